@@ -1,0 +1,1 @@
+"""ONNX export of encoder and decoder, parity checks, and the versioned model repository."""

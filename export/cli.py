@@ -1,0 +1,50 @@
+"""`vae export` and `vae verify`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.onnx_export import ExportError, export_run
+    from export.repository import RepositoryError
+    from vae_cli import CommandError
+
+    try:
+        path = export_run(args.run, args.repo, args.name, version=args.version, fp16=args.fp16)
+    except (ExportError, RepositoryError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"exported {path}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from export.verify import verify_version
+
+    if not args.path.is_dir():
+        raise FileNotFoundError(f"{args.path} is not a directory; pass a version, e.g. models/mnist/1")
+    report = verify_version(args.path)
+    for check in report.checks:
+        print(f"{'ok  ' if check.passed else 'FAIL'}  {check.name}: {check.message}")
+    print(f"{args.path}: {'verified' if report.ok else f'{len(report.failures)} check(s) failed'}")
+    return 0 if report.ok else 1
+
+
+def register(commands: Any) -> None:
+    export = commands.add_parser(
+        "export", help="export a run's checkpoint to ONNX as a new version in a model repository"
+    )
+    export.add_argument("run", type=Path, help="run directory (best.pt, else last.pt) or a .pt file")
+    export.add_argument(
+        "--repo", type=Path, default=Path("models"), help="model repository (default: models)"
+    )
+    export.add_argument("--name", required=True, help="model name, e.g. mnist")
+    export.add_argument("--version", type=int, default=None, help="default: the next free version")
+    export.add_argument("--fp16", action="store_true", help="also write half-precision copies")
+    export.set_defaults(handler=_export)
+
+    verify = commands.add_parser("verify", help="check a model version: hashes, shapes, pairing, a batch")
+    verify.add_argument("path", type=Path, help="a version directory, e.g. models/mnist/1")
+    verify.set_defaults(handler=_verify)

@@ -1,0 +1,35 @@
+"""The two exported graphs: the VAE split at the latent, as small modules torch.onnx can trace."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.model import VAE
+
+
+class EncoderGraph(nn.Module):
+    """x float32 [batch, C, H, W] in [0, 1] -> (mu, logvar) float32 [batch, D]."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encode(x)
+
+
+class DecoderGraph(nn.Module):
+    """z float32 [batch, D] -> probs [batch, C, H, W] in [0, 1], plus logits for Bernoulli models."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.vae.config.likelihood == "bernoulli":
+            # VAE.decode_mean is sigmoid(decode(z)); calling both would run the decoder twice in the
+            # graph. Export's parity check compares probs with decode_mean itself.
+            logits = self.vae.decode(z)
+            return torch.sigmoid(logits), logits
+        return self.vae.decode_mean(z)

@@ -1,0 +1,284 @@
+"""`vae export`: a checkpoint -> encoder.onnx, decoder.onnx and model.json, checked before written."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnxconverter_common import float16
+
+from export.graphs import DecoderGraph, EncoderGraph
+from export.repository import (
+    BATCH_AXIS,
+    GRAPHS,
+    Fp16Entry,
+    GraphEntry,
+    Manifest,
+    RepositoryError,
+    file_sha256,
+    graph_contract,
+    graph_metadata,
+    next_version,
+    validate_model_name,
+    write_manifest,
+)
+from export.verify import (
+    compare_outputs,
+    fp16_differences,
+    probe_images,
+    probe_latents,
+    recorded_difference,
+    verify_version,
+)
+from service.runtime import Graph
+from training import checkpoint as ckpt
+from training.config import to_dict
+from training.model import VAE
+
+# torchlib's own opset: newer would make the exporter run a version converter, older ones lack ops
+# it emits. onnxruntime has run opset 18 since 1.14.
+OPSET = 18
+PARITY_BATCH_SIZES = (1, 7, 64)
+PARITY_TOLERANCE = 1e-4
+# torch.export specialises sizes 0 and 1, which would pin the batch axis; trace with 2.
+_TRACE_BATCH = 2
+
+
+class ExportError(Exception):
+    """The export was refused (parity, fp16 or verification failed); nothing was written."""
+
+
+def export_run(run: Path, repo: Path, name: str, *, version: int | None = None, fp16: bool = False) -> Path:
+    """Export RUN's checkpoint (best.pt, else last.pt, or a .pt file) with RUN/eval.json if present."""
+    checkpoint = ckpt.load(run)
+    eval_path = (run if run.is_dir() else run.parent) / "eval.json"
+    evaluation = json.loads(eval_path.read_text(encoding="utf-8")) if eval_path.is_file() else None
+    training = {
+        "model": to_dict(checkpoint.model_config),
+        "train": to_dict(checkpoint.train_config),
+        "epochs": checkpoint.epoch,
+        "train_seconds": checkpoint.train_seconds,
+    }
+    return export_model(
+        checkpoint.build_model(),
+        repo,
+        name,
+        version=version,
+        fp16=fp16,
+        training=training,
+        evaluation=evaluation,
+    )
+
+
+def export_model(
+    model: VAE,
+    repo: Path,
+    name: str,
+    *,
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None = None,
+    version: int | None = None,
+    fp16: bool = False,
+) -> Path:
+    """Write repo/name/version (default: the next free one) and return its path.
+
+    Everything is built and checked in a hidden staging directory inside `repo` and moved into place
+    with one rename, so a failed export leaves nothing behind and the service never sees half a version.
+    """
+    validate_model_name(name)
+    version = next_version(repo, name) if version is None else version
+    if version < 1:
+        raise RepositoryError(f"version must be a positive integer, got {version}")
+    target = repo / name / str(version)
+    if target.exists():
+        raise RepositoryError(
+            f"{target} already exists; versions are immutable, so pick another --version "
+            f"or omit it to get the next free one ({next_version(repo, name)})"
+        )
+    model = model.eval()
+    config = model.config
+    repo.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=repo))
+    try:
+        staged = staging / name / str(version)
+        staged.mkdir(parents=True)
+        pairing_id = uuid.uuid4().hex
+        contract = graph_contract(config.latent_dim, config.image_shape, config.likelihood)
+        modules = {"encoder": EncoderGraph(model), "decoder": DecoderGraph(model)}
+        # Tracing needs shapes, not values; zeros leave the caller's RNG state alone.
+        examples = {
+            "encoder": torch.zeros(_TRACE_BATCH, *config.image_shape),
+            "decoder": torch.zeros(_TRACE_BATCH, config.latent_dim),
+        }
+        graphs = {}
+        for role in GRAPHS:
+            inputs, outputs = contract[role]
+            proto = _to_onnx(modules[role], examples[role], inputs[0].name, [t.name for t in outputs])
+            _name_batch_axis(proto)
+            metadata = graph_metadata(
+                name=name,
+                version=version,
+                latent_dim=config.latent_dim,
+                image_shape=config.image_shape,
+                likelihood=config.likelihood,
+                pairing_id=pairing_id,
+                graph=role,
+            )
+            onnx.helper.set_model_props(proto, metadata)
+            onnx.checker.check_model(proto, full_check=True)
+            file = f"{role}.onnx"
+            # Serialised in one piece: torch's own save defaults to an external-data side file.
+            (staged / file).write_bytes(proto.SerializeToString())
+            graphs[role] = GraphEntry(
+                file=file, sha256=file_sha256(staged / file), inputs=inputs, outputs=outputs
+            )
+        parity = _check_parity(model, staged)
+        manifest = Manifest(
+            name=name,
+            version=version,
+            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            latent_dim=config.latent_dim,
+            image_shape=config.image_shape,
+            likelihood=config.likelihood,
+            opset=OPSET,
+            pairing_id=pairing_id,
+            graphs=graphs,
+            fp16=None,
+            parity_max_abs_diff=parity,
+            parity_batch_sizes=PARITY_BATCH_SIZES,
+            eval=evaluation,
+            training=training,
+        )
+        if fp16:
+            manifest = _add_fp16(staged, manifest)
+        write_manifest(staged, manifest)
+        report = verify_version(staged)
+        if not report.ok:
+            problems = "; ".join(f"{c.name}: {c.message}" for c in report.failures)
+            raise ExportError(f"the exported version failed verification: {problems}")
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():  # another export took this version while we worked
+            raise RepositoryError(f"{target} appeared during the export; nothing was written")
+        staged.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _to_onnx(
+    module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: list[str]
+) -> onnx.ModelProto:
+    batch = torch.export.Dim(BATCH_AXIS)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            dynamo=True,
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_shapes={input_name: {0: batch}},
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:  # only the legacy exporter returns None
+        raise ExportError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's notes about its own internals (missing torchvision ops, pytree renames)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _name_batch_axis(proto: onnx.ModelProto) -> None:
+    """Call the dynamic leading axis of every input and output "batch", whatever torch named it."""
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not dims[0].dim_param:
+            raise ExportError(
+                f"{value.name}: the batch axis was exported with fixed size {dims[0].dim_value}; "
+                "the dynamic_shapes given to torch.onnx.export did not take effect"
+            )
+        dims[0].dim_param = BATCH_AXIS
+
+
+def _check_parity(model: VAE, staged: Path) -> dict[str, float]:
+    """onnxruntime against PyTorch at each parity batch size; max abs difference per graph."""
+    config = model.config
+    encoder = Graph(staged / "encoder.onnx")
+    decoder = Graph(staged / "decoder.onnx")
+    worst = dict.fromkeys(GRAPHS, 0.0)
+    for batch in PARITY_BATCH_SIZES:
+        x = probe_images(config.image_shape, batch, seed=batch)
+        z = probe_latents(config.latent_dim, batch, seed=batch)
+        with torch.no_grad():
+            mu, logvar = model.encode(torch.from_numpy(x))
+            expected = {
+                "encoder": {"mu": mu.numpy(), "logvar": logvar.numpy()},
+                "decoder": {"probs": model.decode_mean(torch.from_numpy(z)).numpy()},
+            }
+            if config.likelihood == "bernoulli":
+                expected["decoder"]["logits"] = model.decode(torch.from_numpy(z)).numpy()
+        actual = {"encoder": encoder.run({"x": x}), "decoder": decoder.run({"z": z})}
+        for role in GRAPHS:
+            differences = compare_outputs(expected[role], actual[role], PARITY_TOLERANCE)
+            for d in differences:
+                if not d.ok:
+                    raise ExportError(
+                        f"parity failed for the {role} graph: output {d.output!r} at batch size {batch} "
+                        f"{d.describe('PyTorch')}; nothing was written"
+                    )
+            worst[role] = max(worst[role], recorded_difference(differences))
+    return worst
+
+
+def _add_fp16(staged: Path, manifest: Manifest) -> Manifest:
+    """Write half-precision copies with float32 inputs and outputs; refuse them if they drift."""
+    entries = {}
+    for role in GRAPHS:
+        source = staged / manifest.graphs[role].file
+        file = f"{role}.fp16.onnx"
+        with warnings.catch_warnings():
+            # The converter warns for each weight it clamps into the float16 range; the comparison
+            # below is what decides whether that mattered.
+            warnings.filterwarnings("ignore", category=UserWarning, module="onnxconverter_common")
+            half = float16.convert_float_to_float16(onnx.load(source), keep_io_types=True)
+        # The converter types every intermediate as float16, even Sigmoid(logits), which reads the
+        # float32 graph output "logits" and so computes in float32; the checker rejects that stale
+        # annotation. Shape inference recomputes the types from the nodes.
+        half.graph.ClearField("value_info")
+        onnx.checker.check_model(half, full_check=True)
+        (staged / file).write_bytes(half.SerializeToString())
+        differences = fp16_differences(Graph(source), Graph(staged / file), manifest, role)
+        for d in differences:
+            if not d.ok:
+                raise ExportError(
+                    f"fp16 refused: the {role} graph's output {d.output!r} {d.describe('float32')} "
+                    "(VAE decoders can overflow float16); export without --fp16. Nothing was written"
+                )
+        entries[role] = Fp16Entry(
+            file=file, sha256=file_sha256(staged / file), max_abs_diff=recorded_difference(differences)
+        )
+    return dataclasses.replace(manifest, fp16=entries)

@@ -1,0 +1,393 @@
+"""The model repository on disk: models/NAME/VERSION/{encoder.onnx, decoder.onnx, model.json}.
+
+Imports neither torch nor onnx: the serving install reads repositories with this module alone.
+
+Errors::
+
+    RepositoryError            anything wrong with a repository, a model or a version
+    ├── ModelNotFoundError     no such model, or no such version of it
+    └── ManifestError          model.json is missing, unreadable or not format_version 1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "model.json"
+GRAPHS = ("encoder", "decoder")
+BATCH_AXIS = "batch"
+LIKELIHOODS = ("bernoulli", "gaussian")
+# Names become directory names and Prometheus label values; keep them plain.
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+GraphRole = Literal["encoder", "decoder"]
+Shape = tuple[int | str, ...]
+
+
+class RepositoryError(Exception):
+    """Something is wrong with a model repository, a model or a version."""
+
+
+class ModelNotFoundError(RepositoryError):
+    """The model or version asked for is not in the repository."""
+
+
+class ManifestError(RepositoryError):
+    """model.json is missing, is not valid JSON, or does not follow format_version 1."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorInfo:
+    """One graph input or output: name, element type and shape ("batch" for the dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: Shape
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphEntry:
+    """One float32 graph file of a version, its hash and its interface."""
+
+    file: str
+    sha256: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fp16Entry:
+    """A half-precision copy of a graph (float32 inputs and outputs) and how far it is from float32."""
+
+    file: str
+    sha256: str
+    max_abs_diff: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "max_abs_diff": self.max_abs_diff}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """The contents of model.json (format_version 1); see docs/export.md for each field."""
+
+    name: str
+    version: int
+    created: str  # ISO-8601, UTC
+    latent_dim: int
+    image_shape: tuple[int, int, int]
+    likelihood: str
+    opset: int
+    pairing_id: str
+    graphs: Mapping[str, GraphEntry]  # keys: exactly GRAPHS
+    fp16: Mapping[str, Fp16Entry] | None
+    parity_max_abs_diff: Mapping[str, float]  # keys: exactly GRAPHS
+    parity_batch_sizes: tuple[int, ...]
+    eval: Mapping[str, Any] | None
+    training: Mapping[str, Any]
+
+    def files(self) -> dict[str, str]:
+        """Every file the manifest covers, mapped to its expected sha256."""
+        entries: list[GraphEntry | Fp16Entry] = [self.graphs[g] for g in GRAPHS]
+        if self.fp16 is not None:
+            entries += [self.fp16[g] for g in GRAPHS]
+        return {entry.file: entry.sha256 for entry in entries}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "latent_dim": self.latent_dim,
+            "image_shape": list(self.image_shape),
+            "likelihood": self.likelihood,
+            "opset": self.opset,
+            "pairing_id": self.pairing_id,
+            "graphs": {g: self.graphs[g].to_json() for g in GRAPHS},
+            "fp16": None if self.fp16 is None else {g: self.fp16[g].to_json() for g in GRAPHS},
+            "parity": {
+                **{g: {"max_abs_diff": self.parity_max_abs_diff[g]} for g in GRAPHS},
+                "batch_sizes": list(self.parity_batch_sizes),
+            },
+            "eval": None if self.eval is None else dict(self.eval),
+            "training": dict(self.training),
+        }
+
+
+def graph_contract(
+    latent_dim: int, image_shape: tuple[int, int, int], likelihood: str
+) -> dict[str, tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]]:
+    """The inputs and outputs every encoder and decoder must have: {graph: (inputs, outputs)}."""
+    image: Shape = (BATCH_AXIS, *image_shape)
+    latent: Shape = (BATCH_AXIS, latent_dim)
+    decoder_outputs = [TensorInfo(name="probs", dtype="float32", shape=image)]
+    if likelihood == "bernoulli":
+        decoder_outputs.append(TensorInfo(name="logits", dtype="float32", shape=image))
+    return {
+        "encoder": (
+            (TensorInfo(name="x", dtype="float32", shape=image),),
+            (
+                TensorInfo(name="mu", dtype="float32", shape=latent),
+                TensorInfo(name="logvar", dtype="float32", shape=latent),
+            ),
+        ),
+        "decoder": ((TensorInfo(name="z", dtype="float32", shape=latent),), tuple(decoder_outputs)),
+    }
+
+
+def graph_metadata(
+    *,
+    name: str,
+    version: int,
+    latent_dim: int,
+    image_shape: tuple[int, int, int],
+    likelihood: str,
+    pairing_id: str,
+    graph: str,
+) -> dict[str, str]:
+    """The metadata_props every exported graph carries, so a lone file still says what it is."""
+    return {
+        "vae.name": name,
+        "vae.version": str(version),
+        "vae.latent_dim": str(latent_dim),
+        "vae.image_shape": json.dumps(list(image_shape)),
+        "vae.likelihood": likelihood,
+        "vae.pairing_id": pairing_id,
+        "vae.graph": graph,
+    }
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(version_dir: Path, manifest: Manifest) -> Path:
+    path = version_dir / MANIFEST_FILE
+    path.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Read and validate version_dir/model.json; raises ManifestError naming the file and the field."""
+    path = version_dir / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing; every version directory needs a model.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: not readable JSON ({exc})") from exc
+    return parse_manifest(data, source=str(path))
+
+
+def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
+    """Validate decoded model.json data; `source` names the file in error messages."""
+    root = _Fields(data, source, "")
+    if root.get("format_version", int) != FORMAT_VERSION:
+        raise ManifestError(
+            f"{source}: format_version is {data['format_version']!r}; this build reads {FORMAT_VERSION}"
+        )
+    name = root.get("name", str)
+    if not _NAME_PATTERN.fullmatch(name):
+        raise ManifestError(f"{source}: name {name!r} is not a valid model name")
+    created = root.get("created", str)
+    try:
+        datetime.fromisoformat(created)
+    except ValueError:
+        raise ManifestError(f"{source}: created {created!r} is not an ISO-8601 time") from None
+    likelihood = root.get("likelihood", str)
+    if likelihood not in LIKELIHOODS:
+        raise ManifestError(f"{source}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    image_shape = root.get("image_shape", list)
+    if len(image_shape) != 3 or not all(_is_positive_int(v) for v in image_shape):
+        raise ManifestError(f"{source}: image_shape must be [C, H, W] positive integers, got {image_shape}")
+
+    graphs = root.child("graphs")
+    fp16 = None if data.get("fp16") is None else root.child("fp16")
+    parity = root.child("parity")
+    evaluation = data.get("eval")
+    if evaluation is not None and not isinstance(evaluation, dict):
+        raise ManifestError(f"{source}: eval must be an object or null")
+    return Manifest(
+        name=name,
+        version=root.positive_int("version"),
+        created=created,
+        latent_dim=root.positive_int("latent_dim"),
+        image_shape=(image_shape[0], image_shape[1], image_shape[2]),
+        likelihood=likelihood,
+        opset=root.positive_int("opset"),
+        pairing_id=root.get("pairing_id", str),
+        graphs={g: _graph_entry(graphs.child(g)) for g in GRAPHS},
+        fp16=None if fp16 is None else {g: _fp16_entry(fp16.child(g)) for g in GRAPHS},
+        parity_max_abs_diff={g: parity.child(g).number("max_abs_diff") for g in GRAPHS},
+        parity_batch_sizes=tuple(parity.positive_int_list("batch_sizes")),
+        eval=evaluation,
+        training=root.get("training", dict),
+    )
+
+
+class _Fields:
+    """Typed access to one JSON object of model.json, with errors that give the field's path."""
+
+    def __init__(self, data: Any, source: str, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{source}: {where or 'the top level'} must be a JSON object")
+        self.data = cast(dict[str, Any], data)
+        self.source = source
+        self.where = where
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, *kinds: type[Any]) -> Any:
+        if key not in self.data:
+            raise ManifestError(f"{self.source}: missing field {self._path(key)!r}")
+        value = self.data[key]
+        # bool is an int in Python, but a JSON true is never a valid count or size.
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            expected = " or ".join(kind.__name__ for kind in kinds)
+            raise ManifestError(f"{self.source}: field {self._path(key)!r} must be {expected}, got {value!r}")
+        return value
+
+    def child(self, key: str) -> _Fields:
+        return _Fields(self.get(key, dict), self.source, self._path(key))
+
+    def positive_int(self, key: str) -> int:
+        value = self.get(key, int)
+        if value < 1:
+            raise ManifestError(f"{self.source}: field {self._path(key)!r} must be positive, got {value}")
+        return cast(int, value)
+
+    def number(self, key: str) -> float:
+        return float(self.get(key, int, float))
+
+    def positive_int_list(self, key: str) -> list[int]:
+        values = self.get(key, list)
+        if not all(_is_positive_int(v) for v in values):
+            raise ManifestError(
+                f"{self.source}: field {self._path(key)!r} must list positive integers, got {values}"
+            )
+        return cast(list[int], values)
+
+    def tensors(self, key: str) -> tuple[TensorInfo, ...]:
+        items = self.get(key, list)
+        result = []
+        for i, item in enumerate(items):
+            fields = _Fields(item, self.source, f"{self._path(key)}[{i}]")
+            shape = fields.get("shape", list)
+            if not all(_is_positive_int(d) or d == BATCH_AXIS for d in shape):
+                raise ManifestError(
+                    f"{self.source}: field {fields._path('shape')!r} must hold positive integers "
+                    f"and {BATCH_AXIS!r}, got {shape}"
+                )
+            result.append(
+                TensorInfo(name=fields.get("name", str), dtype=fields.get("dtype", str), shape=tuple(shape))
+            )
+        return tuple(result)
+
+
+def _graph_entry(fields: _Fields) -> GraphEntry:
+    return GraphEntry(
+        file=_file_name(fields),
+        sha256=_sha256_field(fields),
+        inputs=fields.tensors("inputs"),
+        outputs=fields.tensors("outputs"),
+    )
+
+
+def _fp16_entry(fields: _Fields) -> Fp16Entry:
+    return Fp16Entry(
+        file=_file_name(fields), sha256=_sha256_field(fields), max_abs_diff=fields.number("max_abs_diff")
+    )
+
+
+def _file_name(fields: _Fields) -> str:
+    name: str = fields.get("file", str)
+    # A manifest must not point outside its own version directory.
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ManifestError(
+            f"{fields.source}: {fields._path('file')!r} must be a plain file name, got {name!r}"
+        )
+    return name
+
+
+def _sha256_field(fields: _Fields) -> str:
+    value: str = fields.get("sha256", str)
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ManifestError(f"{fields.source}: {fields._path('sha256')!r} is not a sha256 hex digest")
+    return value
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+
+def validate_model_name(name: str) -> str:
+    if not _NAME_PATTERN.fullmatch(name):
+        raise RepositoryError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '.' or '-', not starting with "
+            "'.', '_' or '-'"
+        )
+    return name
+
+
+def list_models(repo: Path) -> list[str]:
+    """Model names in a repository, sorted; hidden directories (export staging) are skipped."""
+    if not repo.is_dir():
+        raise ModelNotFoundError(f"model repository {repo} does not exist")
+    return sorted(p.name for p in repo.iterdir() if p.is_dir() and _NAME_PATTERN.fullmatch(p.name))
+
+
+def list_versions(repo: Path, name: str) -> list[int]:
+    """Version numbers of a model, ascending; only positive integer directory names count."""
+    model_dir = repo / validate_model_name(name)
+    if not model_dir.is_dir():
+        known = ", ".join(list_models(repo)) or "none"
+        raise ModelNotFoundError(f"no model {name!r} in {repo} (models there: {known})")
+    # "01" would alias version 1; only canonical positive integers count.
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"[1-9][0-9]*", p.name)
+    )
+
+
+def version_dir(repo: Path, name: str, version: int) -> Path:
+    """The directory of an existing version; raises ModelNotFoundError listing the versions there."""
+    versions = list_versions(repo, name)
+    if version not in versions:
+        raise ModelNotFoundError(f"model {name!r} in {repo} has no version {version} (versions: {versions})")
+    return repo / name / str(version)
+
+
+def next_version(repo: Path, name: str) -> int:
+    """One more than the newest version, or 1; gaps left by deleted versions are not reused."""
+    model_dir = repo / validate_model_name(name)
+    return max(list_versions(repo, name), default=0) + 1 if model_dir.is_dir() else 1

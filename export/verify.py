@@ -1,0 +1,334 @@
+"""`vae verify`: check a repository version against its model.json with onnxruntime alone.
+
+Imports neither torch nor onnx, so the service can run the same checks before it loads a version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.repository import (
+    GRAPHS,
+    Manifest,
+    ManifestError,
+    RepositoryError,
+    TensorInfo,
+    file_sha256,
+    graph_contract,
+    graph_metadata,
+    read_manifest,
+)
+from service.runtime import Graph, TensorSpec
+
+# Half precision keeps ~3 significant digits and overflows past 65504. The bound is 1% of an
+# output's scale (at least 0.01 absolute, about 2.5 grey levels of an 8-bit pixel): rounding noise
+# stays well inside it, a layer that lost its precision or overflowed does not.
+FP16_TOLERANCE = 1e-2
+# Logits of saturated pixels reach magnitudes of 20 or more, where float32 itself resolves only
+# ~2e-6, so they are compared relative to their scale and left out of the recorded max_abs_diff,
+# which covers mu, logvar and probs: the outputs the parity rule of the issue bounds absolutely.
+SCALED_OUTPUTS = frozenset({"logits"})
+VERIFY_BATCH = 8
+_ORT_DTYPES = {"float": "float32", "double": "float64"}  # onnxruntime's names -> numpy's
+
+
+class VerificationError(RepositoryError):
+    """A version failed `verify_version`; the message lists every failed check."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check of a version, and what it found (the problems, or what passed)."""
+
+    name: str
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Every check run on one version directory, in order.
+
+    Later checks are skipped when an earlier failure makes them meaningless: no manifest, a file
+    whose hash is wrong (never run what we cannot vouch for), mis-shaped graphs.
+    """
+
+    path: Path
+    manifest: Manifest | None
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+    def raise_for_failures(self) -> None:
+        if not self.ok:
+            lines = "; ".join(f"{c.name}: {c.message}" for c in self.failures)
+            raise VerificationError(f"{self.path} failed verification: {lines}")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How far one output of a candidate is from its reference."""
+
+    output: str
+    max_abs_diff: float
+    allowed: float
+    finite: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.finite and self.max_abs_diff <= self.allowed
+
+    def describe(self, against: str) -> str:
+        if not self.finite:
+            return "has NaN or Inf values"
+        return f"differs from {against} by {self.max_abs_diff:.3g} (allowed {self.allowed:.3g})"
+
+
+def compare_outputs(
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    tolerance: float,
+    *,
+    scaled: Collection[str] = SCALED_OUTPUTS,
+) -> list[Difference]:
+    """Per output: max |candidate - reference| against tolerance, times max(1, |reference|) if scaled."""
+    differences = []
+    for name, expected in reference.items():
+        actual = candidate[name]
+        finite = bool(np.isfinite(actual).all())
+        diff = float(np.abs(actual.astype(np.float64) - expected).max()) if finite else float("inf")
+        scale = max(1.0, float(np.abs(expected).max())) if name in scaled else 1.0
+        differences.append(Difference(name, diff, tolerance * scale, finite))
+    return differences
+
+
+def recorded_difference(differences: Collection[Difference]) -> float:
+    """The max_abs_diff model.json records for a graph: over its outputs that are not scaled."""
+    return max(d.max_abs_diff for d in differences if d.output not in SCALED_OUTPUTS)
+
+
+def probe_images(image_shape: tuple[int, int, int], batch: int, seed: int = 0) -> np.ndarray:
+    """Deterministic encoder inputs in [0, 1]."""
+    return np.random.default_rng(seed).random((batch, *image_shape), dtype=np.float32)
+
+
+def probe_latents(latent_dim: int, batch: int, seed: int = 0) -> np.ndarray:
+    """Deterministic decoder inputs drawn from the prior, N(0, I)."""
+    return np.random.default_rng(seed).standard_normal((batch, latent_dim), dtype=np.float32)
+
+
+def fp16_differences(
+    fp32: Graph, fp16: Graph, manifest: Manifest, role: str, batch: int = 64
+) -> list[Difference]:
+    """Run both precisions of one graph on the same probe batch and compare every output."""
+    feeds = _probe_feeds(manifest, role, batch)
+    reference = fp32.run(feeds)
+    return compare_outputs(reference, fp16.run(feeds), FP16_TOLERANCE, scaled=reference.keys())
+
+
+def verify_version(path: Path, *, intra_op_threads: int = 1) -> VerifyReport:
+    """Every check of docs/export.md on one version directory; never raises for a bad version."""
+    checks: list[Check] = []
+
+    def check(name: str, problems: list[str], ok_message: str) -> bool:
+        checks.append(Check(name, not problems, "; ".join(problems) or ok_message))
+        return not problems
+
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as exc:
+        return VerifyReport(path, None, (Check("manifest", False, str(exc)),))
+    check("manifest", _location_problems(path, manifest), f"{manifest.name} version {manifest.version}")
+    check("contract", _contract_problems(manifest), "inputs and outputs follow the graph contract")
+    hashes_ok = check(
+        "hashes", _hash_problems(path, manifest), f"sha256 of {len(manifest.files())} files match"
+    )
+    if not hashes_ok:
+        return VerifyReport(path, manifest, tuple(checks))  # never run files we cannot vouch for
+
+    graphs: dict[str, Graph] = {}
+    load_problems = []
+    for name in manifest.files():
+        try:
+            graphs[name] = Graph(path / name, intra_op_threads=intra_op_threads)
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            load_problems.append(f"{name} does not load in onnxruntime: {exc}")
+    if not check("load", load_problems, f"{len(graphs)} graphs load in onnxruntime"):
+        return VerifyReport(path, manifest, tuple(checks))
+
+    variants = _variants(manifest)
+    spec_problems = [p for role, file in variants for p in _spec_problems(graphs[file], file, manifest, role)]
+    check("shapes", spec_problems, "graph inputs and outputs match model.json")
+    pairing_problems = [
+        p for role, file in variants for p in _metadata_problems(graphs[file], file, manifest, role)
+    ]
+    check("pairing", pairing_problems, f"all graphs carry pairing id {manifest.pairing_id}")
+    if spec_problems:
+        return VerifyReport(path, manifest, tuple(checks))  # running mis-shaped graphs proves nothing
+
+    encoder, decoder = (graphs[manifest.graphs[g].file] for g in GRAPHS)
+    problems = _guarded(lambda: _end_to_end_problems(encoder, decoder, manifest))
+    check("end-to-end", problems, f"a batch of {VERIFY_BATCH} round-trips")
+    if manifest.fp16 is not None:
+        problems = _guarded(lambda: _fp16_problems(graphs, manifest))
+        check("fp16", problems, f"half-precision graphs within {FP16_TOLERANCE} of float32")
+    return VerifyReport(path, manifest, tuple(checks))
+
+
+def _guarded(find_problems: Callable[[], list[str]]) -> list[str]:
+    """Report a graph that fails while running as a problem, so verify_version never raises for it."""
+    try:
+        return find_problems()
+    except Exception as exc:  # onnxruntime raises its own exception types at run time
+        return [f"onnxruntime failed while running the graphs: {exc}"]
+
+
+def _variants(manifest: Manifest) -> list[tuple[str, str]]:
+    """(role, file) for every graph file: float32 and, if present, float16."""
+    files = [(role, manifest.graphs[role].file) for role in GRAPHS]
+    if manifest.fp16 is not None:
+        files += [(role, manifest.fp16[role].file) for role in GRAPHS]
+    return files
+
+
+def _location_problems(path: Path, manifest: Manifest) -> list[str]:
+    # The service names a version by its directory; model.json and the metadata must agree with it.
+    problems = []
+    resolved = path.resolve()
+    if resolved.name != str(manifest.version):
+        problems.append(f"directory {resolved.name!r} but model.json says version {manifest.version}")
+    if resolved.parent.name != manifest.name:
+        problems.append(f"model directory {resolved.parent.name!r} but model.json says {manifest.name!r}")
+    return problems
+
+
+def _contract_problems(manifest: Manifest) -> list[str]:
+    problems = []
+    contract = graph_contract(manifest.latent_dim, manifest.image_shape, manifest.likelihood)
+    for role, (inputs, outputs) in contract.items():
+        entry = manifest.graphs[role]
+        for kind, declared, expected in (
+            ("inputs", entry.inputs, inputs),
+            ("outputs", entry.outputs, outputs),
+        ):
+            if declared != expected:
+                problems.append(
+                    f"model.json {role} {kind} are {_show(declared)} but latent_dim {manifest.latent_dim}, "
+                    f"image_shape {list(manifest.image_shape)} and likelihood {manifest.likelihood!r} "
+                    f"require {_show(expected)}"
+                )
+    return problems
+
+
+def _hash_problems(path: Path, manifest: Manifest) -> list[str]:
+    problems = []
+    for name, expected in manifest.files().items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        try:
+            actual = file_sha256(file)
+        except OSError as exc:
+            problems.append(f"{name} is not readable: {exc}")
+            continue
+        if actual != expected:
+            problems.append(
+                f"{name} sha256 is {actual[:12]}… but model.json says {expected[:12]}… (file changed)"
+            )
+    return problems
+
+
+def _spec_problems(graph: Graph, file: str, manifest: Manifest, role: str) -> list[str]:
+    entry = manifest.graphs[role]
+    problems = []
+    for kind, declared, actual in (
+        ("inputs", entry.inputs, graph.inputs),
+        ("outputs", entry.outputs, graph.outputs),
+    ):
+        found = tuple(_tensor_info(spec) for spec in actual)
+        if found != declared:
+            problems.append(f"{file} {kind} are {_show(found)} but model.json says {_show(declared)}")
+    return problems
+
+
+def _metadata_problems(graph: Graph, file: str, manifest: Manifest, role: str) -> list[str]:
+    expected = graph_metadata(
+        name=manifest.name,
+        version=manifest.version,
+        latent_dim=manifest.latent_dim,
+        image_shape=manifest.image_shape,
+        likelihood=manifest.likelihood,
+        pairing_id=manifest.pairing_id,
+        graph=role,
+    )
+    problems = []
+    for key, value in expected.items():
+        found = graph.metadata.get(key)
+        if found != value:
+            what = "pairing id" if key == "vae.pairing_id" else f"metadata {key}"
+            problems.append(f"{file} {what} is {found!r} but model.json says {value!r}")
+    return problems
+
+
+def _end_to_end_problems(encoder: Graph, decoder: Graph, manifest: Manifest) -> list[str]:
+    batch, latent = VERIFY_BATCH, manifest.latent_dim
+    image = (batch, *manifest.image_shape)
+    encoded = encoder.run({"x": probe_images(manifest.image_shape, batch)})
+    decoded = decoder.run({"z": encoded["mu"]})
+    expectations: list[tuple[str, np.ndarray, tuple[int, ...], Callable[[np.ndarray], bool], str]] = [
+        ("mu", encoded["mu"], (batch, latent), _finite, "finite"),
+        ("logvar", encoded["logvar"], (batch, latent), _finite, "finite"),
+        ("probs", decoded["probs"], image, lambda a: bool(((a >= 0) & (a <= 1)).all()), "in [0, 1]"),
+    ]
+    if "logits" in decoded:
+        expectations.append(("logits", decoded["logits"], image, _finite, "finite"))
+    problems = []
+    for name, array, shape, ok, wanted in expectations:
+        if array.shape != shape:
+            problems.append(f"{name} has shape {list(array.shape)}, expected {list(shape)}")
+        elif array.dtype != np.float32:
+            problems.append(f"{name} is {array.dtype}, expected float32")
+        elif not ok(array):
+            problems.append(f"{name} is not {wanted}")
+    return problems
+
+
+def _probe_feeds(manifest: Manifest, role: str, batch: int) -> dict[str, np.ndarray]:
+    if role == "encoder":
+        return {"x": probe_images(manifest.image_shape, batch)}
+    return {"z": probe_latents(manifest.latent_dim, batch)}
+
+
+def _fp16_problems(graphs: Mapping[str, Graph], manifest: Manifest) -> list[str]:
+    if manifest.fp16 is None:
+        return []
+    problems = []
+    for role in GRAPHS:
+        fp32_file, fp16_file = manifest.graphs[role].file, manifest.fp16[role].file
+        for d in fp16_differences(graphs[fp32_file], graphs[fp16_file], manifest, role):
+            if not d.ok:
+                problems.append(f"{fp16_file} output {d.output!r} {d.describe('float32')}")
+    return problems
+
+
+def _finite(array: np.ndarray) -> bool:
+    return bool(np.isfinite(array).all())
+
+
+def _tensor_info(spec: TensorSpec) -> TensorInfo:
+    return TensorInfo(name=spec.name, dtype=_ORT_DTYPES.get(spec.dtype, spec.dtype), shape=spec.shape)
+
+
+def _show(tensors: tuple[TensorInfo, ...]) -> str:
+    return ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in tensors)

@@ -1,0 +1,1 @@
+"""The gRPC service: codec and validation, onnxruntime runtime, dynamic batcher, metrics, server."""

@@ -1,0 +1,257 @@
+"""Dynamic batching: merge the items of concurrent requests into batches for one `run_batch` callable.
+
+Items, not requests, are the unit. A request of n items joins a bounded queue (RESOURCE_EXHAUSTED at
+admission when it would overflow); a batch takes up to `max_batch_items` items from the head,
+splitting a request that does not fit, and runs in a worker thread so the event loop keeps serving.
+A batch starts as soon as the worker is free: at once when idle (or after `max_delay_s`, to let more
+items gather), right after the previous batch under load, when items have been queuing meanwhile.
+Requests that were cancelled or whose deadline passed are dropped before their items run.
+
+The batcher knows nothing of gRPC or ONNX: `run_batch(items) -> outputs` takes one array whose
+first axis is the items and returns arrays with the same first axis, which are checked and scattered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports; service/metrics.py turns it into Prometheus series."""
+
+    def queued(self, items: int) -> None: ...  # items joined (> 0) or left (< 0) the queue
+    def batch_ran(self, items: int, seconds: float) -> None: ...
+    def request_waited(self, seconds: float) -> None: ...
+    def request_expired(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A request's outputs (first axis: its items) and where its time went."""
+
+    outputs: tuple[np.ndarray, ...]
+    queue_seconds: float
+    compute_seconds: float
+
+
+class _Request:
+    __slots__ = ("admitted", "compute", "deadline", "future", "items", "left", "next", "pieces")
+
+    def __init__(self, items: np.ndarray, deadline: float | None, future: asyncio.Future[Result]) -> None:
+        self.items = items
+        self.deadline = deadline
+        self.future = future
+        self.admitted = time.perf_counter()
+        self.next = 0  # first item not yet handed to a batch
+        self.left = len(items)  # items whose outputs have not come back
+        self.pieces: list[tuple[np.ndarray, ...]] = []
+        self.compute = 0.0
+
+
+# One slice of a request in a batch: (request, first item, item count).
+_Slice = tuple[_Request, int, int]
+
+
+class Batcher:
+    """Batches for one graph of one model version."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_items: int,
+        max_delay_s: float,
+        max_queue_items: int,
+        observer: BatchObserver,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_items < 1 or max_queue_items < max_batch_items or max_delay_s < 0:
+            raise ValueError("need max_batch_items >= 1, max_queue_items >= max_batch_items, max_delay_s >= 0")
+        self._run_batch = run_batch
+        self.max_batch_items = max_batch_items
+        self._max_delay_s = max_delay_s
+        self._max_queue_items = max_queue_items
+        self._observer = observer
+        self._name = name
+        # One thread: batches of one graph run one after another, each using onnxruntime's own
+        # intra-op threads; a second batch in flight would only compete for the same cores.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._queue: deque[_Request] = deque()
+        self._queued = 0  # items admitted but not yet handed to a batch
+        self._running = False
+        self._timer: asyncio.Handle | None = None
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued
+
+    async def submit(self, items: np.ndarray, deadline: float | None = None) -> Result:
+        """Run `items` (first axis: items) as part of batches; `deadline` is a time.perf_counter() value."""
+        if self._closed:
+            raise Unavailable("the server is shutting down or reloading this model; retry")
+        count = len(items)
+        if count < 1:
+            raise ValueError("a request needs at least one item")
+        if self._queued + count > self._max_queue_items:
+            raise ResourceExhausted(
+                f"{self._name}: queue full ({self._queued} of {self._max_queue_items} items waiting, "
+                f"this request adds {count}); retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        request = _Request(items, deadline, loop.create_future())
+        self._queue.append(request)
+        self._queued += count
+        self._idle.clear()
+        self._observer.queued(count)
+        if not self._running:
+            if self._queued >= self.max_batch_items:
+                self._dispatch()
+            elif self._timer is None:
+                # call_soon still lets requests handled in this loop iteration join the batch.
+                self._timer = (
+                    loop.call_later(self._max_delay_s, self._dispatch)
+                    if self._max_delay_s
+                    else loop.call_soon(self._dispatch)
+                )
+        return await request.future
+
+    def _dispatch(self) -> None:
+        """Hand the head of the queue, up to max_batch_items items, to the worker thread."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running:
+            return
+        before = self._queued
+        batch = self._take()
+        self._observer.queued(self._queued - before)
+        if not batch:
+            self._set_idle()
+            return
+        self._running = True
+        parts = [request.items[first : first + count] for request, first, count in batch]
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self._execute, parts)
+        job.add_done_callback(lambda done: self._finish(batch, done))
+
+    def _take(self) -> list[_Slice]:
+        """Slices from the head of the queue; drops cancelled and expired requests on the way."""
+        batch: list[_Slice] = []
+        room = self.max_batch_items
+        now = time.perf_counter()
+        while self._queue and room:
+            request = self._queue[0]
+            pending = len(request.items) - request.next
+            # gRPC may already have cancelled a request whose deadline passed: it still counts as expired.
+            expired = request.deadline is not None and request.deadline <= now
+            if expired or request.future.done():
+                self._queue.popleft()
+                self._queued -= pending
+                if expired:
+                    self._observer.request_expired()
+                if not request.future.done():
+                    request.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            take = min(pending, room)
+            batch.append((request, request.next, take))
+            request.next += take
+            room -= take
+            self._queued -= take
+            if request.next == len(request.items):
+                self._queue.popleft()
+        return batch
+
+    def _execute(self, parts: list[np.ndarray]) -> tuple[Sequence[np.ndarray], float]:
+        """Worker thread: one contiguous batch through run_batch, timed."""
+        started = time.perf_counter()
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        outputs = self._run_batch(batch)
+        return outputs, time.perf_counter() - started
+
+    def _finish(self, batch: list[_Slice], done: asyncio.Future[tuple[Sequence[np.ndarray], float]]) -> None:
+        """Event loop: scatter a batch's outputs to its requests, then start the next batch."""
+        self._running = False
+        items = sum(count for _, _, count in batch)
+        try:
+            outputs, seconds = done.result()
+            self._check(outputs, items)
+        except Exception:
+            log.exception("%s: a batch of %d items from %d requests failed", self._name, items, len(batch))
+            for request, _, _ in batch:
+                if not request.future.done():
+                    request.future.set_exception(Internal("inference failed; the server log has the details"))
+        else:
+            self._observer.batch_ran(items, seconds)
+            self._scatter(batch, outputs, seconds)
+        if self._queue:
+            self._dispatch()
+        else:
+            self._set_idle()
+
+    def _check(self, outputs: Sequence[np.ndarray], items: int) -> None:
+        """Outputs must match inputs one to one, or results would go to the wrong requests."""
+        lengths = [len(output) for output in outputs]
+        if not lengths or any(length != items for length in lengths):
+            raise RuntimeError(f"run_batch returned first axes {lengths} for a batch of {items} items")
+
+    def _scatter(self, batch: list[_Slice], outputs: Sequence[np.ndarray], seconds: float) -> None:
+        now = time.perf_counter()
+        offset = 0
+        for request, first, count in batch:
+            piece = tuple(output[offset : offset + count] for output in outputs)
+            offset += count
+            if request.future.done():
+                continue
+            request.compute += seconds
+            request.left -= count
+            if first == 0 and request.left == 0:
+                result = piece
+            else:
+                request.pieces.append(piece)
+                if request.left:
+                    continue
+                result = tuple(np.concatenate(parts) for parts in zip(*request.pieces, strict=True))
+            waited = now - request.admitted - request.compute
+            self._observer.request_waited(waited)
+            request.future.set_result(Result(result, waited, request.compute))
+
+    def _set_idle(self) -> None:
+        if not self._queue and not self._running:
+            self._idle.set()
+
+    async def warm_up(self, example: np.ndarray, sizes: Sequence[int]) -> None:
+        """Run batches of every size in `sizes` (copies of example[0]) so none is first met under load."""
+        loop = asyncio.get_running_loop()
+        for size in sizes:
+            batch = np.repeat(example[:1], size, axis=0)
+            outputs, _ = await loop.run_in_executor(self._executor, self._execute, [batch])
+            self._check(outputs, size)
+
+    async def close(self) -> None:
+        """Refuse new requests, let admitted ones finish, then stop the worker thread."""
+        self._closed = True
+        await self._idle.wait()
+        await asyncio.to_thread(self._executor.shutdown)
+
+
+def bucket_sizes(max_batch_items: int) -> list[int]:
+    """Powers of two up to max_batch_items, and max_batch_items itself: the sizes warmed at start."""
+    sizes = [1 << i for i in range(max_batch_items.bit_length()) if 1 << i <= max_batch_items]
+    return sizes if sizes[-1] == max_batch_items else [*sizes, max_batch_items]

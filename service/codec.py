@@ -1,0 +1,123 @@
+"""Tensors on the wire <-> numpy arrays: bytes -> array -> checked array, and back.
+
+Everything a request carries is checked here, at the edge, so nothing invalid reaches a batch;
+each failure is an InvalidArgument whose message names the field and what was wrong with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.errors import InvalidArgument
+from vae.v1 import vae_pb2 as pb
+
+FLOAT32 = pb.DTYPE_FLOAT32
+UINT8 = pb.DTYPE_UINT8
+# Little-endian whatever the host: the wire format says so.
+_NUMPY = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype("u1")}
+# A standard normal prior puts essentially all its mass within +-10; beyond this bound a latent
+# is a mistake, and large enough values overflow the decoder's activations.
+LATENT_LIMIT = 1e4
+
+
+def dtype_name(value: int) -> str:
+    return pb.DType.Name(value) if value in pb.DType.values() else f"unknown dtype {value}"
+
+
+def array(tensor: pb.Tensor, what: str, allowed: Sequence[int] = (FLOAT32,)) -> np.ndarray:
+    """The tensor's bytes as an array of its shape, without copying; dtype and byte length checked."""
+    if tensor.dtype == pb.DTYPE_UNSPECIFIED and not tensor.shape and not tensor.data:
+        raise InvalidArgument(f"{what}: missing; set its shape, dtype and data")
+    if tensor.dtype not in allowed:
+        names = " or ".join(dtype_name(d) for d in allowed)
+        raise InvalidArgument(f"{what}: dtype must be {names}, got {dtype_name(tensor.dtype)}")
+    shape = tuple(tensor.shape)
+    if not shape or min(shape) < 1:
+        raise InvalidArgument(f"{what}: every dimension of the shape must be at least 1, got {list(shape)}")
+    dtype = _NUMPY[tensor.dtype]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidArgument(
+            f"{what}: shape {list(shape)} of {dtype_name(tensor.dtype)} needs {expected} bytes, "
+            f"got {len(tensor.data)}"
+        )
+    return np.frombuffer(tensor.data, dtype).reshape(shape)
+
+
+def _check_shape(what: str, got: tuple[int, ...], item_shape: tuple[int, ...], max_items: int) -> None:
+    """[batch, *item_shape] with 1 <= batch <= max_items."""
+    if len(got) != 1 + len(item_shape) or tuple(got[1:]) != item_shape:
+        expected = ", ".join(["batch", *map(str, item_shape)])
+        raise InvalidArgument(f"{what}: shape must be [{expected}], got {list(got)}")
+    if not 1 <= got[0] <= max_items:
+        raise InvalidArgument(f"{what}: batch must be in 1..{max_items}, got {got[0]}")
+
+
+def images(tensor: pb.Tensor, image_shape: tuple[int, ...], max_items: int, what: str = "images") -> np.ndarray:
+    """float32 [batch, C, H, W] in [0, 1]; uint8 input is scaled by 1/255."""
+    values = array(tensor, what, (FLOAT32, UINT8))
+    _check_shape(what, values.shape, image_shape, max_items)
+    if values.dtype == np.uint8:
+        return values.astype(np.float32) * np.float32(1 / 255)
+    low, high = values.min(), values.max()
+    # NaN fails both comparisons, so one test covers range and finiteness.
+    if not (low >= 0 and high <= 1):
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        item = int(np.argmax(bad.reshape(len(values), -1).any(axis=1)))
+        if not np.isfinite(values[item]).all():
+            raise InvalidArgument(f"{what}: item {item} holds a NaN or infinite value")
+        raise InvalidArgument(
+            f"{what}: float32 pixel values must lie in [0, 1]; item {item} spans "
+            f"[{values[item].min():g}, {values[item].max():g}]"
+        )
+    return values
+
+
+def latents(tensor: pb.Tensor, latent_dim: int, max_items: int, what: str = "latents") -> np.ndarray:
+    """float32 [batch, D], finite and within +-LATENT_LIMIT."""
+    values = array(tensor, what)
+    _check_shape(what, values.shape, (latent_dim,), max_items)
+    # NaN fails the comparison, so one reduction covers both checks.
+    if not np.abs(values).max() <= LATENT_LIMIT:
+        item = int(np.argmax(~(np.abs(values) <= LATENT_LIMIT).all(axis=1)))
+        if not np.isfinite(values[item]).all():
+            raise InvalidArgument(f"{what}: item {item} holds a NaN or infinite value")
+        raise InvalidArgument(f"{what}: values must lie within ±{LATENT_LIMIT:g}; item {item} does not")
+    return values
+
+
+def count(value: int, what: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{what} must be in {low}..{high}, got {value}")
+    return value
+
+
+def output_dtype(value: int) -> int:
+    """FLOAT32 (also when unspecified) or UINT8."""
+    if value == pb.DTYPE_UNSPECIFIED:
+        return FLOAT32
+    if value not in _NUMPY:
+        raise InvalidArgument(f"output_dtype must be DTYPE_FLOAT32 or DTYPE_UINT8, got {dtype_name(value)}")
+    return value
+
+
+def tensor(values: np.ndarray) -> pb.Tensor:
+    """A float32 or uint8 array on the wire."""
+    kind = UINT8 if values.dtype == np.uint8 else FLOAT32
+    data = values.astype(_NUMPY[kind], copy=False).tobytes()
+    return pb.Tensor(shape=values.shape, dtype=kind, data=data)
+
+
+def image_tensor(pixels: np.ndarray, dtype: int) -> pb.Tensor:
+    """Pixel means in [0, 1] as float32, or quantized to 0..255 when the client asked for uint8."""
+    if dtype == UINT8:
+        return tensor((pixels * np.float32(255) + np.float32(0.5)).astype(np.uint8))
+    return tensor(pixels)
+
+
+def to_numpy(tensor: pb.Tensor, what: str) -> np.ndarray:
+    """Any well-formed float32 or uint8 tensor, as the client reads responses."""
+    return array(tensor, what, (FLOAT32, UINT8))

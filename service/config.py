@@ -1,0 +1,117 @@
+"""The server's configuration: one frozen dataclass, loaded with precedence CLI > VAE_* environment > default.
+
+Every field documents its flag (`--max-batch-items`) and environment variable (`VAE_MAX_BATCH_ITEMS`);
+`vae serve --help` and docs/api.md list them. Invalid values raise ValueError saying how to fix them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """Everything `vae serve` can be told; field NAME is flag --NAME (dashes) and variable VAE_NAME."""
+
+    repo: Path = _option(Path("models"), "model repository: NAME/VERSION/{encoder,decoder}.onnx, model.json")
+    model: str = _option("mnist", "default model: answers requests that name no model")
+    host: str = _option("[::]", "address to listen on")
+    port: int = _option(50051, "gRPC port (0 picks a free one)")
+    metrics_port: int = _option(8000, "Prometheus /metrics HTTP port (0 picks a free one)")
+    device: str = _option("auto", "auto, cpu, cuda or cuda:N (auto takes CUDA when onnxruntime offers it)")
+    # onnxruntime sizes its CPU pools to the host, not the container, so the counts are explicit.
+    intra_op_threads: int = _option(1, "onnxruntime threads per graph run (CPU)")
+    inter_op_threads: int = _option(1, "onnxruntime threads across independent nodes (CPU)")
+    # Spinning threads burn the cores the gRPC event loop needs on a small machine.
+    spinning: bool = _option(False, "let onnxruntime's idle CPU threads spin instead of sleeping")
+    max_batch_items: int = _option(256, "items per executed batch at most; larger requests are split")
+    max_delay_ms: float = _option(0.0, "wait at most this long after the first item for more (0: run at once)")
+    max_queue_items: int = _option(4096, "queued items per graph before RESOURCE_EXHAUSTED")
+    max_request_items: int = _option(4096, "images, latents, samples or steps per unary request")
+    max_stream_items: int = _option(1_000_000, "samples per SampleStream request")
+    max_posterior_samples: int = _option(64, "posterior samples per image in Encode")
+    max_message_bytes: int = _option(64 * 2**20, "largest gRPC message received or sent")
+    grace_seconds: float = _option(10.0, "on SIGTERM/SIGINT, time admitted requests get to finish")
+    log_level: str = _option("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in 0..65535 (0 picks a free port), got {getattr(self, name)}")
+        positive = (
+            "intra_op_threads",
+            "inter_op_threads",
+            "max_batch_items",
+            "max_queue_items",
+            "max_request_items",
+            "max_stream_items",
+            "max_posterior_samples",
+            "max_message_bytes",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue_items < self.max_batch_items:
+            raise ValueError(
+                f"max_queue_items ({self.max_queue_items}) must be at least max_batch_items "
+                f"({self.max_batch_items}), or no batch could ever fill"
+            )
+        if self.max_queue_items < self.max_request_items:
+            raise ValueError(
+                f"max_queue_items ({self.max_queue_items}) must be at least max_request_items "
+                f"({self.max_request_items}), or the largest requests could never be admitted"
+            )
+        if not 0 <= self.max_delay_ms <= 1000:
+            raise ValueError(f"max_delay_ms must be in 0..1000, got {self.max_delay_ms}")
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds must be at least 0, got {self.grace_seconds}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @classmethod
+    def load(cls, cli: Mapping[str, Any], env: Mapping[str, str]) -> ServiceConfig:
+        """CLI values that are not None win, then VAE_<NAME> variables, then the defaults."""
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            if cli.get(spec.name) is not None:
+                values[spec.name] = cli[spec.name]
+            elif (raw := env.get(env_var(spec.name))) is not None:
+                values[spec.name] = _parse(spec.name, type(spec.default), raw)
+        return cls(**values)
+
+
+def env_var(name: str) -> str:
+    return f"VAE_{name.upper()}"
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse(name: str, kind: type, raw: str) -> Any:
+    """An environment variable's text as the field's type."""
+    if kind is bool:
+        if raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ValueError(f"{env_var(name)} must be one of 1/0, true/false, yes/no, on/off, got {raw!r}")
+    if issubclass(kind, Path):
+        return Path(raw)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{env_var(name)} must be a {kind.__name__}, got {raw!r}") from None

@@ -1,0 +1,53 @@
+"""Latent-space arithmetic done in numpy around the graphs: prior and posterior draws, interpolation paths.
+
+Random draws come from a per-request stream, numpy's PCG64 seeded with the request's seed, so a
+seeded request gets the same numbers whatever else the server is doing; a client can reproduce
+them with `np.random.Generator(np.random.PCG64(seed)).standard_normal(shape, dtype=np.float32)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stream(seed: int | None, fallback: np.random.Generator) -> np.random.Generator:
+    """The request's own generator when it has a seed; the server's shared one otherwise."""
+    return fallback if seed is None else np.random.Generator(np.random.PCG64(seed))
+
+
+def prior(rng: np.random.Generator, n: int, latent_dim: int, temperature: float) -> np.ndarray:
+    """n draws from N(0, temperature^2 I): temperature scales the prior's standard deviation."""
+    z = rng.standard_normal((n, latent_dim), dtype=np.float32)
+    if temperature != 1.0:
+        z *= np.float32(temperature)
+    return z
+
+
+def posterior(rng: np.random.Generator, mu: np.ndarray, logvar: np.ndarray, k: int) -> np.ndarray:
+    """k reparameterized draws per item, z = mu + eps * exp(logvar / 2): shape [batch, k, D]."""
+    eps = rng.standard_normal((len(mu), k, mu.shape[1]), dtype=np.float32)
+    return mu[:, None, :] + eps * np.exp(np.float32(0.5) * logvar)[:, None, :]
+
+
+def interpolate(start: np.ndarray, end: np.ndarray, steps: int, spherical: bool) -> np.ndarray:
+    """`steps` points from start to end, both included: [steps, D] float32.
+
+    Spherical interpolation (Shoemake 1985; White 2016 for VAE latents) follows the great circle,
+    so midpoints keep the norm typical of Gaussian draws instead of shrinking toward the origin.
+    """
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    a, b = start.astype(np.float64), end.astype(np.float64)
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    if spherical and norms > 0:
+        omega = np.arccos(np.clip(a @ b / norms, -1.0, 1.0))
+        # Nearly parallel endpoints: sin(omega) -> 0 and slerp tends to lerp anyway.
+        if np.sin(omega) > 1e-6:
+            path = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+            return path.astype(np.float32)
+    return ((1 - t) * a + t * b).astype(np.float32)
+
+
+def reconstruction_error(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """Mean squared error per item over its pixels in [0, 1]: shape [batch] float32."""
+    diff = (reconstructions - images).reshape(len(images), -1)
+    return np.mean(diff * diff, axis=1, dtype=np.float32)

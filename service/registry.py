@@ -1,0 +1,191 @@
+"""Loaded model versions: verify and load them from the repository, warm them, resolve requests to one.
+
+A version is served only after export.verify has checked it (model.json, sha256 of every file,
+graph interfaces, encoder/decoder pairing, a round trip): a broken version is logged, counted in
+vae_model_load_failures_total and skipped, and the default is the newest version that loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.repository import Manifest, RepositoryError, list_models, list_versions
+from export.verify import verify_version
+from service.batcher import Batcher, BatchObserver, RunBatch, bucket_sizes
+from service.config import ServiceConfig
+from service.errors import NotFound, Unavailable
+from service.metrics import Metrics
+from service.runtime import Graph, Placement
+from vae.v1 import vae_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One model version ready to serve: its manifest, its two graphs and their batchers."""
+
+    manifest: Manifest
+    provider: str
+    encode: Batcher  # images [n, C, H, W] -> (mu [n, D], logvar [n, D])
+    decode: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
+    ref: pb.ModelRef  # built once, copied into every response
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.manifest.image_shape
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    async def close(self) -> None:
+        await asyncio.gather(self.encode.close(), self.decode.close())
+
+
+def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tuple[Manifest, Graph, Graph]:
+    """Verify a version directory, then load its two graphs for serving (blocking: call in a thread)."""
+    report = verify_version(path, intra_op_threads=config.intra_op_threads)
+    report.raise_for_failures()
+    if report.manifest is None:  # raise_for_failures covers it; this narrows the type
+        raise RepositoryError(f"{path}: no manifest")
+    manifest = report.manifest
+    graphs = [
+        Graph(
+            path / manifest.graphs[role].file,
+            intra_op_threads=config.intra_op_threads,
+            inter_op_threads=config.inter_op_threads,
+            spinning=config.spinning,
+            placement=placement,
+        )
+        for role in ("encoder", "decoder")
+    ]
+    return manifest, graphs[0], graphs[1]
+
+
+def _encoder_batch(graph: Graph) -> RunBatch:
+    def run(images: np.ndarray) -> tuple[np.ndarray, ...]:
+        out = graph.run({"x": images}, ("mu", "logvar"))
+        return out["mu"], out["logvar"]
+
+    return run
+
+
+def _decoder_batch(graph: Graph) -> RunBatch:
+    def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
+        # Only the pixel means: a bernoulli decoder's logits are never sent, so never copied.
+        return (graph.run({"z": latents}, ("probs",))["probs"],)
+
+    return run
+
+
+async def load_model(
+    path: Path, config: ServiceConfig, placement: Placement, observers: Mapping[str, BatchObserver]
+) -> LoadedModel:
+    """Verify, load and warm up one version; every batch-size bucket runs once before it serves."""
+    manifest, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
+    label = f"{manifest.name}/{manifest.version}"
+
+    def batcher(run_batch: RunBatch, graph: str) -> Batcher:
+        return Batcher(
+            run_batch,
+            max_batch_items=config.max_batch_items,
+            max_delay_s=config.max_delay_ms / 1000,
+            max_queue_items=config.max_queue_items,
+            observer=observers[graph],
+            name=f"{label}/{graph}",
+        )
+
+    model = LoadedModel(
+        manifest=manifest,
+        provider=decoder.provider,
+        encode=batcher(_encoder_batch(encoder), "encoder"),
+        decode=batcher(_decoder_batch(decoder), "decoder"),
+        ref=pb.ModelRef(name=manifest.name, version=manifest.version),
+    )
+    sizes = bucket_sizes(config.max_batch_items)
+    await model.encode.warm_up(np.zeros((1, *manifest.image_shape), np.float32), sizes)
+    await model.decode.warm_up(np.zeros((1, manifest.latent_dim), np.float32), sizes)
+    log.info("loaded %s on %s, warmed batch sizes %s", label, model.provider, sizes)
+    return model
+
+
+class Registry:
+    """The loaded versions by name and number, and which one answers requests that name none."""
+
+    def __init__(self, default_model: str) -> None:
+        self.default_model = default_model
+        self._models: dict[str, dict[int, LoadedModel]] = {}
+        self._default: LoadedModel | None = None
+
+    def add(self, model: LoadedModel) -> None:
+        self._models.setdefault(model.manifest.name, {})[model.manifest.version] = model
+        versions = self._models.get(self.default_model)
+        if versions:
+            self._default = versions[max(versions)]
+
+    def models(self) -> list[LoadedModel]:
+        return [self._models[name][v] for name in sorted(self._models) for v in sorted(self._models[name])]
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._models.get(name, {}))
+
+    @property
+    def default(self) -> LoadedModel | None:
+        return self._default
+
+    def resolve(self, ref: pb.ModelRef) -> LoadedModel:
+        """Empty name: the default model; version 0: its newest loaded version."""
+        if self._default is None:
+            raise Unavailable("models are still loading; retry when health reports SERVING")
+        if not ref.name and not ref.version:
+            return self._default
+        name = ref.name or self.default_model
+        versions = self._models.get(name)
+        if not versions:
+            raise NotFound(f"unknown model {name!r}; loaded models: {', '.join(sorted(self._models))}")
+        version = ref.version or max(versions)
+        if version not in versions:
+            raise NotFound(
+                f"model {name!r} has no version {version}; loaded versions: {', '.join(map(str, sorted(versions)))}"
+            )
+        return versions[version]
+
+
+async def load_repository(
+    registry: Registry, config: ServiceConfig, placement: Placement, metrics: Metrics
+) -> None:
+    """Load every version of every model in config.repo; the default model must end up with one."""
+    observers = {graph: metrics.graph(graph) for graph in ("encoder", "decoder")}
+    for name in _model_names(config.repo, registry.default_model):
+        for version in sorted(list_versions(config.repo, name), reverse=True):
+            try:
+                model = await load_model(config.repo / name / str(version), config, placement, observers)
+            except Exception as exc:  # a bad version must never stop the others from serving
+                log.error("model %s version %d refused: %s", name, version, exc, exc_info=True)
+                metrics.model_load_failures.labels(name).inc()
+                continue
+            registry.add(model)
+            metrics.model_info.labels(name, str(version), model.provider).set(1)
+    if registry.default is None:
+        raise RepositoryError(
+            f"no version of the default model {registry.default_model!r} in {config.repo} could be loaded; "
+            "the log says why (run `vae verify` on it), or choose another with --model"
+        )
+
+
+def _model_names(repo: Path, default_model: str) -> Sequence[str]:
+    """The default model first, so its versions are warm soonest; a missing one fails at once."""
+    names = list_models(repo)
+    if default_model not in names:
+        raise RepositoryError(
+            f"no model {default_model!r} in repository {repo} (models there: {', '.join(names) or 'none'}); "
+            "pass --repo and --model"
+        )
+    return [default_model, *(n for n in names if n != default_model)]

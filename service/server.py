@@ -1,0 +1,126 @@
+"""The gRPC server: VaeService, grpc.health.v1 and reflection on one port, Prometheus on another.
+
+Lifecycle: `create_server(config)` binds the port; `start()` begins answering with health
+NOT_SERVING; `load_models()` verifies, loads and warms every version, then flips health to SERVING;
+`stop()` flips it back, refuses new calls, lets admitted ones finish within the grace period, and
+stops the batchers. `serve()` runs all of it until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from service.config import ServiceConfig
+from service.metrics import Metrics
+from service.registry import Registry, load_repository
+from service.runtime import available_providers, select_placement
+from service.servicer import VaeServicer
+from vae.v1 import vae_pb2, vae_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+# A thread waiting for the GIL (a batch coming back from onnxruntime) waits up to the switch
+# interval while the event loop thread keeps it busy; 5 ms by default is longer than a batch.
+SWITCH_INTERVAL_S = 0.0005
+
+
+class VaeServer:
+    """One server process's gRPC server, models, metrics endpoint and health."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.registry = Registry(config.model)
+        self.health = health.aio.HealthServicer()
+        self.grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                # Two servers must not share a port by accident.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        vae_pb2_grpc.add_VaeServiceServicer_to_server(
+            VaeServicer(self.registry, config, self.metrics), self.grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
+        )
+        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        if not self.port:
+            raise ValueError(f"cannot listen on {config.host}:{config.port}; pick another --port")
+        self.metrics_port = 0
+        self._http: WSGIServer | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Answer from now on: health NOT_SERVING, RPCs UNAVAILABLE until load_models() is done."""
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._http, _ = start_http_server(
+            self.config.metrics_port, addr=self.config.host.strip("[]"), registry=self.metrics.registry
+        )
+        self.metrics_port = self._http.server_port
+        await self.grpc.start()
+        log.info("gRPC on port %d, metrics on port %d; loading models", self.port, self.metrics_port)
+
+    async def load_models(self) -> None:
+        """Verify, load and warm every version in the repository, then report SERVING."""
+        placement = select_placement(self.config.device, available_providers())
+        await load_repository(self.registry, self.config, placement, self.metrics)
+        if not self._stopping:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving %s", ", ".join(f"{m.manifest.name}/{m.manifest.version}" for m in self.registry.models()))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING at once, refuse new calls, finish admitted ones (at most `grace` seconds)."""
+        self._stopping = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.config.grace_seconds if grace is None else grace)
+        await asyncio.gather(*(model.close() for model in self.registry.models()))
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("stopped")
+
+    async def serve(self) -> None:
+        """start, load_models, and run until SIGTERM or SIGINT; then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        loading = asyncio.ensure_future(self.load_models())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((loading, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if loading.done():
+                loading.result()  # a model that failed to load ends the process here
+                await stopped
+            log.info("signal received; draining for up to %.1f s", self.config.grace_seconds)
+        finally:
+            loading.cancel()
+            stopped.cancel()
+            await self.stop()
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        # "" is the whole server, which is what `vae health` and load balancers ask about.
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+def create_server(config: ServiceConfig) -> tuple[VaeServer, int]:
+    """A server bound to config.port (0 picks a free one) and that port; call within the event loop."""
+    server = VaeServer(config)
+    return server, server.port

@@ -1,0 +1,192 @@
+"""Export to ONNX: the graph contract, parity with PyTorch, a dynamic batch, refusals that write nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import OPSET, ExportError, export_model, export_run
+from export.repository import RepositoryError, read_manifest
+from export.verify import verify_version
+from service.runtime import Graph
+from training import checkpoint as ckpt
+from training.config import ModelConfig, TrainConfig, to_dict
+from training.model import VAE
+
+TRAINING = {"model": {}, "train": {}, "epochs": 0, "train_seconds": 0.0}
+
+
+def _model(config: ModelConfig, seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(config).eval()
+
+
+def _assert_matches_pytorch(model: VAE, version: Path, batch: int = 5) -> None:
+    """An independent parity check: the written graphs against the model's own methods."""
+    config = model.config
+    x = torch.rand(batch, *config.image_shape)
+    z = torch.randn(batch, config.latent_dim)
+    encoded = Graph(version / "encoder.onnx").run({"x": x.numpy()})
+    decoded = Graph(version / "decoder.onnx").run({"z": z.numpy()})
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        np.testing.assert_allclose(encoded["mu"], mu.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(encoded["logvar"], logvar.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(decoded["probs"], model.decode_mean(z).numpy(), atol=1e-4, rtol=0)
+        if config.likelihood == "bernoulli":
+            np.testing.assert_allclose(decoded["logits"], model.decode(z).numpy(), atol=1e-4, rtol=1e-5)
+        else:
+            assert set(decoded) == {"probs"}
+
+
+def test_tiny_conv_export_follows_the_contract(tiny_model_repo: Path) -> None:
+    version = tiny_model_repo / "tiny" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["decoder.onnx", "encoder.onnx", "model.json"]
+    assert [p.name for p in tiny_model_repo.iterdir()] == ["tiny"]  # the staging directory is gone
+    manifest = read_manifest(version)
+    assert (manifest.name, manifest.version, manifest.opset) == ("tiny", 1, OPSET)
+    assert manifest.parity_batch_sizes == (1, 7, 64)
+    assert all(0 <= diff <= 1e-4 for diff in manifest.parity_max_abs_diff.values())
+    assert manifest.fp16 is None and manifest.eval is None
+    assert manifest.training["epochs"] == 0 and manifest.training["model"]["latent_dim"] == 8
+
+    pairing = set()
+    for role in ("encoder", "decoder"):
+        proto = onnx.load(version / f"{role}.onnx")
+        assert [(o.domain, o.version) for o in proto.opset_import if o.domain == ""] == [("", OPSET)]
+        assert all(not t.HasField("data_location") or t.data_location == 0 for t in proto.graph.initializer)
+        for value in [*proto.graph.input, *proto.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            assert dims[0].dim_param == "batch", value.name
+            assert all(d.dim_value > 0 and not d.dim_param for d in dims[1:]), value.name
+        props = {p.key: p.value for p in proto.metadata_props}
+        assert props["vae.graph"] == role
+        assert (props["vae.name"], props["vae.version"], props["vae.likelihood"]) == (
+            "tiny",
+            "1",
+            "bernoulli",
+        )
+        assert (props["vae.latent_dim"], json.loads(props["vae.image_shape"])) == ("8", [1, 28, 28])
+        pairing.add(props["vae.pairing_id"])
+    assert pairing == {manifest.pairing_id}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(image_shape=(1, 8, 8), latent_dim=4, widths=(4, 8, 16)),
+        ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=4, widths=(32, 16)),
+        # A 2-D latent, and the Gaussian likelihood, whose decoder has no logits output.
+        ModelConfig(image_shape=(1, 8, 8), latent_dim=2, widths=(4, 8, 16), likelihood="gaussian"),
+    ],
+    ids=["conv-bernoulli", "mlp-bernoulli", "conv-gaussian-2d"],
+)
+def test_export_matches_pytorch(config: ModelConfig, tmp_path: Path) -> None:
+    model = _model(config)
+    version = export_model(model, tmp_path, "toy", training=TRAINING)
+    assert version == tmp_path / "toy" / "1"
+    _assert_matches_pytorch(model, version)
+    assert verify_version(version).ok
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64, 513])
+def test_batch_axis_is_dynamic(tiny_model_repo: Path, batch: int) -> None:
+    version = tiny_model_repo / "tiny" / "1"
+    encoded = Graph(version / "encoder.onnx").run(
+        {"x": np.random.default_rng(batch).random((batch, 1, 28, 28), np.float32)}
+    )
+    decoded = Graph(version / "decoder.onnx").run({"z": encoded["mu"]})
+    assert encoded["mu"].shape == encoded["logvar"].shape == (batch, 8)
+    assert decoded["probs"].shape == decoded["logits"].shape == (batch, 1, 28, 28)
+
+
+def test_export_run_records_checkpoint_and_eval(tmp_path: Path) -> None:
+    config = ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=3, widths=(16,))
+    train = TrainConfig(epochs=4, seed=3)
+    model = _model(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt.save(
+        run / ckpt.BEST,
+        ckpt.Checkpoint(
+            model_config=config,
+            train_config=train,
+            epoch=4,
+            step=40,
+            model_state=model.state_dict(),
+            optimizer_state=None,
+            best_val_nelbo=50.0,
+            train_seconds=12.5,
+        ),
+    )
+    (run / "eval.json").write_text(json.dumps({"test_iw_nll": 81.25, "k": 5000}))
+    version = export_run(run, tmp_path / "models", "toy", version=4)
+    manifest = read_manifest(version)
+    assert (manifest.version, manifest.eval) == (4, {"test_iw_nll": 81.25, "k": 5000})
+    assert manifest.training == {
+        "model": json.loads(json.dumps(to_dict(config))),
+        "train": json.loads(json.dumps(to_dict(train))),
+        "epochs": 4,
+        "train_seconds": 12.5,
+    }
+    # Versions are immutable, and the default is the next free one.
+    with pytest.raises(RepositoryError, match=r"already exists; versions are immutable.*\(5\)"):
+        export_run(run, tmp_path / "models", "toy", version=4)
+    assert export_run(run, tmp_path / "models", "toy") == tmp_path / "models" / "toy" / "5"
+
+
+class _DriftingVAE(VAE):
+    """A model whose exported encoder differs from its eager one, as a mis-traced op would."""
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = super().encode(x)
+        if torch.compiler.is_exporting():
+            mu = mu + 1e-3
+        return mu, logvar
+
+
+def test_failed_parity_names_the_graph_and_writes_nothing(tmp_path: Path) -> None:
+    config = ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=2, widths=(8,))
+    torch.manual_seed(0)
+    model = _DriftingVAE(config).eval()
+    with pytest.raises(ExportError, match=r"parity failed for the encoder graph: output 'mu'.*by 0\.001 "):
+        export_model(model, tmp_path, "toy", training=TRAINING)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_copies_are_validated_and_recorded(
+    tmp_path: Path, tiny_model_exporter: Callable[..., Path]
+) -> None:
+    version = tiny_model_exporter(tmp_path, 1, seed=0, fp16=True)
+    manifest = read_manifest(version)
+    assert manifest.fp16 is not None
+    assert {e.file for e in manifest.fp16.values()} == {"encoder.fp16.onnx", "decoder.fp16.onnx"}
+    assert all(0 < e.max_abs_diff <= 1e-2 for e in manifest.fp16.values())
+    assert verify_version(version).ok
+    half = onnx.load(version / "decoder.fp16.onnx")
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    z = np.random.default_rng(0).standard_normal((4, 8), np.float32)
+    fp32_out = Graph(version / "decoder.onnx").run({"z": z})
+    fp16_out = Graph(version / "decoder.fp16.onnx").run({"z": z})
+    assert fp16_out["probs"].dtype == np.float32  # float32 at the edges, float16 inside
+    np.testing.assert_allclose(fp16_out["probs"], fp32_out["probs"], atol=1e-2)
+
+
+def test_fp16_overflow_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    model = _model(ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=2, widths=(8,)))
+    with torch.no_grad():
+        # Hidden activations of ~1e5 are fine in float32 and past float16's 65504.
+        model.decoder[0][0].weight.mul_(1e5)
+    # Overflow shows as Inf/NaN, or as pixels flipped between 0 and 1 after a saturated sigmoid.
+    refused = (
+        r"fp16 refused: the decoder graph's output '(probs|logits)' (has NaN or Inf|differs from float32)"
+    )
+    with pytest.raises(ExportError, match=refused):
+        export_model(model, tmp_path, "toy", training=TRAINING, fp16=True)
+    assert list(tmp_path.iterdir()) == []

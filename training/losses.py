@@ -1,0 +1,95 @@
+"""The ELBO and the importance-weighted bound, in nats per image.
+
+KL(q(z|x) || N(0, I)) is analytic for a diagonal Gaussian posterior (Kingma & Welling 2013, app. B);
+the importance-weighted bound is Burda et al. 2015 (arXiv:1509.00519).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.model import VAE
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_likelihood(model: VAE, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) summed over pixels, one value per row; decoded is model.decode(z)."""
+    dims = tuple(range(1, x.dim()))
+    if model.config.likelihood == "bernoulli":
+        # BCE with logits is the numerically stable form of log sigmoid / log(1 - sigmoid).
+        return -F.binary_cross_entropy_with_logits(decoded, x, reduction="none").sum(dims)
+    log_scale = model.log_scale.expand_as(decoded)
+    log_density = -0.5 * ((x - decoded) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
+    return log_density.sum(dims)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension, shape of mu."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    return (-0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * (LOG_2PI + z.pow(2))).sum(-1)
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    loss: torch.Tensor  # what the optimizer minimises (warm-up, beta and free bits applied)
+    nelbo: torch.Tensor  # mean negative bound per image, no weighting: the number to report
+    recon: torch.Tensor  # mean -log p(x|z) per image
+    kl: torch.Tensor  # mean KL per image
+
+
+def elbo_loss(
+    model: VAE,
+    x: torch.Tensor,
+    net: nn.Module | None = None,
+    *,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+    sum_over_batch: bool = False,
+) -> LossTerms:
+    """Single-sample ELBO with KL weight beta (warm-up passes beta < 1).
+
+    Free bits keep at least that many nats per latent dimension out of the gradient (Kingma et
+    al. 2016). net runs the forward pass: a DistributedDataParallel wrapper of model, or model.
+    """
+    decoded, mu, logvar, _ = (net or model)(x)
+    recon = -log_likelihood(model, decoded, x)
+    kl_dims = gaussian_kl(mu, logvar)
+    kl = kl_dims.sum(1)
+    if free_bits > 0:
+        kl_for_loss = torch.clamp(kl_dims.mean(0), min=free_bits).sum() * x.shape[0]
+    else:
+        kl_for_loss = kl.sum()
+    total = recon.sum() + beta * kl_for_loss
+    loss = total if sum_over_batch else total / x.shape[0]
+    return LossTerms(loss, (recon + kl).mean().detach(), recon.mean().detach(), kl.mean().detach())
+
+
+def log_importance_weights(model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None) -> torch.Tensor:
+    """log p(x, z_i) - log q(z_i | x) for k posterior samples per image: shape (k, B)."""
+    decoded, mu, logvar, z = (net or model)(x, k)
+    x_rep = x.expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
+    log_px_z = log_likelihood(model, decoded, x_rep).reshape(k, x.shape[0])
+    return log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar)
+
+
+def iwae_loss(model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None) -> LossTerms:
+    """The importance-weighted bound with k samples, averaged over the batch."""
+    log_w = log_importance_weights(model, x, k, net)
+    bound = torch.logsumexp(log_w, 0) - math.log(k)
+    loss = -bound.mean()
+    zero = torch.zeros((), device=x.device)
+    return LossTerms(loss, loss.detach(), zero, zero)

@@ -1,0 +1,137 @@
+"""The VAE: encode(x) -> (mu, logvar), reparameterize, decode(z); export splits it into two graphs.
+
+Kingma & Welling 2013 (arXiv:1312.6114). The conv variant keeps the convolutions at half and quarter
+resolution, with a pre-activation residual block (He et al. 2016) and a dense bottleneck, because
+decoder FLOPs set the cost of a k=5000 importance-weighted evaluation; the MLP variant is the
+pytorch/examples model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from training.config import ModelConfig
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual: torch.Tensor = self.body(x)
+        return x + residual
+
+
+def _conv_encoder(config: ModelConfig) -> nn.Module:
+    channels, height, width = config.image_shape
+    w_half, w_quarter, hidden = config.widths
+    return nn.Sequential(
+        nn.Conv2d(channels, w_half, 4, stride=2, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(w_half, w_quarter, 4, stride=2, padding=1),
+        ResidualBlock(w_quarter),
+        nn.SiLU(),
+        nn.Flatten(),
+        nn.Linear(w_quarter * (height // 4) * (width // 4), hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, 2 * config.latent_dim),
+    )
+
+
+def _conv_decoder(config: ModelConfig) -> nn.Module:
+    channels, height, width = config.image_shape
+    w_half, w_quarter, hidden = config.widths
+    return nn.Sequential(
+        nn.Linear(config.latent_dim, hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, w_quarter * (height // 4) * (width // 4)),
+        nn.Unflatten(1, (w_quarter, height // 4, width // 4)),
+        nn.SiLU(),
+        nn.ConvTranspose2d(w_quarter, w_half, 4, stride=2, padding=1),
+        nn.SiLU(),
+        # Sub-pixel convolution (Shi et al. 2016): a transposed conv with one output channel
+        # is several times slower on CPU for the same receptive field.
+        nn.Conv2d(w_half, 4 * channels, 3, padding=1),
+        nn.PixelShuffle(2),
+    )
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """Gaussian posterior, standard normal prior, Bernoulli or Gaussian likelihood."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        pixels = math.prod(config.image_shape)
+        if config.architecture == "conv":
+            self.encoder = _conv_encoder(config)
+            self.decoder = _conv_decoder(config)
+        else:
+            hidden = list(config.widths)
+            self.encoder = nn.Sequential(nn.Flatten(), _mlp([pixels, *hidden, 2 * config.latent_dim]))
+            self.decoder = nn.Sequential(
+                _mlp([config.latent_dim, *reversed(hidden), pixels]), nn.Unflatten(1, config.image_shape)
+            )
+        if config.likelihood == "gaussian":
+            log_scale = torch.full(config.image_shape, config.gaussian_log_scale)
+            if config.gaussian_learned_scale:
+                self.log_scale = nn.Parameter(log_scale)
+            else:
+                self.register_buffer("log_scale", log_scale)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x in [0, 1], (B, C, H, W) -> posterior mean and log-variance, (B, D) each."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    @staticmethod
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * torch.exp(0.5 * logvar)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli: logits. Gaussian: the mean, squashed into [0, 1]."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.config.likelihood == "gaussian" else out
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixel means in [0, 1] for either likelihood: what pictures and the service show."""
+        out = self.decode(z)
+        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out
+
+    def forward(
+        self, x: torch.Tensor, samples: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, draw `samples` latents per image, decode them all.
+
+        Returns decoded (samples * B, ...), mu and logvar (B, D), and z (samples, B, D). Training
+        goes through forward so that DistributedDataParallel sees every pass.
+        """
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
+        return self.decode(z.reshape(-1, mu.shape[1])), mu, logvar, z
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

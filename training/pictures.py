@@ -1,0 +1,116 @@
+"""PNG pictures of a trained run: prior samples, reconstructions, interpolation, 2-D latent maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from training import checkpoint as ckpt
+from training.data import load_dataset
+from training.model import VAE
+
+# Ten well-separated label colours (Tableau 10), for the 2-D latent scatter.
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+
+
+def tile(images: np.ndarray, columns: int, pad: int = 1) -> Image.Image:
+    """(N, C, H, W) floats in [0, 1] -> one grid image, white gaps between tiles."""
+    n, channels, height, width = images.shape
+    rows = -(-n // columns)
+    grid = np.ones((channels, rows * (height + pad) + pad, columns * (width + pad) + pad), np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        grid[:, top : top + height, left : left + width] = image
+    pixels = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+    if channels == 1:
+        return Image.fromarray(pixels[0], mode="L")
+    return Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")
+
+
+def _scaled(image: Image.Image, factor: int = 3) -> Image.Image:
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+@torch.no_grad()
+def _decode(model: VAE, z: torch.Tensor) -> np.ndarray:
+    return model.decode_mean(z).numpy()
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985), which stays on the prior's typical shell."""
+    cos = torch.clamp((a * b).sum() / (a.norm() * b.norm()), -1.0, 1.0)
+    omega = torch.arccos(cos)
+    if float(omega) < 1e-6:
+        return a + t[:, None] * (b - a)
+    return (torch.sin((1 - t) * omega)[:, None] * a + torch.sin(t * omega)[:, None] * b) / torch.sin(omega)
+
+
+def latent_scatter(mu: np.ndarray, labels: np.ndarray, size: int = 600) -> Image.Image:
+    """Encoded test set in a 2-D latent space, one colour per label."""
+    canvas = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(canvas)
+    low, high = np.percentile(mu, 0.5, axis=0), np.percentile(mu, 99.5, axis=0)
+    scaled = (mu - low) / np.maximum(high - low, 1e-6)
+    for (x, y), label in zip(scaled, labels, strict=True):
+        if 0 <= x <= 1 and 0 <= y <= 1:
+            px, py = 10 + x * (size - 20), 10 + (1 - y) * (size - 20)
+            draw.ellipse((px - 1.5, py - 1.5, px + 1.5, py + 1.5), fill=PALETTE[int(label) % 10])
+    return canvas
+
+
+def write_pictures(
+    run: Path, out: Path | None = None, *, data_dir: Path | None = None, seed: int = 0
+) -> list[Path]:
+    """Write samples.png, reconstructions.png, interpolation.png (+ 2-D maps) into out."""
+    state = ckpt.load(run)
+    model = state.build_model()
+    out = out or (run if run.is_dir() else run.parent) / "pictures"
+    out.mkdir(parents=True, exist_ok=True)
+    test = load_dataset(state.train_config.dataset, data_dir)
+    x = torch.from_numpy(test.test_x[:2000]).float() / 255.0
+    generator = torch.Generator().manual_seed(seed)
+    latent = state.model_config.latent_dim
+    written = []
+
+    samples = _decode(model, torch.randn((64, latent), generator=generator))
+    written.append(out / "samples.png")
+    _scaled(tile(samples, 8)).save(written[-1])
+
+    with torch.no_grad():
+        mu, _ = model.encode(x[:16])
+    pairs = np.stack([x[:16].numpy(), _decode(model, mu)], 1).reshape(32, *x.shape[1:])
+    written.append(out / "reconstructions.png")
+    _scaled(tile(pairs, 8)).save(written[-1])  # each original sits left of its reconstruction
+
+    with torch.no_grad():
+        ends, _ = model.encode(x[:2])
+    steps = torch.linspace(0, 1, 10)
+    rows = [
+        x[:1].numpy(),
+        _decode(model, ends[0] + steps[:, None] * (ends[1] - ends[0])),
+        x[1:2].numpy(),
+        x[:1].numpy(),
+        _decode(model, slerp(ends[0], ends[1], steps)),
+        x[1:2].numpy(),
+    ]
+    written.append(out / "interpolation.png")  # top: linear, bottom: spherical
+    _scaled(tile(np.concatenate(rows), 12)).save(written[-1])
+
+    if latent == 2:
+        with torch.no_grad():
+            mu_all, _ = model.encode(x)
+        written.append(out / "latent_space.png")
+        latent_scatter(mu_all.numpy(), test.test_y[:2000]).save(written[-1])
+        # Decode a grid of prior quantiles, as in Kingma & Welling 2013, figure 4.
+        quantiles = torch.special.ndtri(torch.linspace(0.05, 0.95, 20))
+        grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1).reshape(-1, 2)
+        written.append(out / "manifold.png")
+        _scaled(tile(_decode(model, grid), 20), 2).save(written[-1])
+    return written
