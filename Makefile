@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 REPO ?= models
 MODEL ?= mnist
 
-.PHONY: help test lint format protos serve model clean
+.PHONY: help test lint format protos serve model bench clean
 
 help:
 	@echo "make serve   install the serving extra and serve the bundled model on :50051 (metrics :8000)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint    ruff (lint + format check) and mypy"
 	@echo "make protos  regenerate vae/v1/*_pb2*.py from protos/vae/v1/vae.proto"
 	@echo "make model   reproduce models/mnist/1: data, train, eval, export, verify"
+	@echo "make bench   the side-by-side benchmark suite (docs/benchmarks.md), about 12 minutes"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +61,23 @@ model: $(VENV)/.installed
 	rm -rf $(REPO)/$(MODEL)/1
 	$(VENV)/bin/vae export $(RUN) --repo $(REPO) --name $(MODEL) --version 1
 	$(VENV)/bin/vae verify $(REPO)/$(MODEL)/1
+
+# The side-by-side suite: in-process onnxruntime, our service with and without batching, Triton and a
+# bare gRPC echo server, interleaved over several rounds; writes $(BENCH_OUT)/{results.json,summary.md,*.png}.
+TRITON_VENV ?= .venv-triton
+BENCH_OUT ?= docs/benchmarks
+BENCH_ARGS ?=
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e '.[bench]'
+	touch $@
+
+# Triton has its own environment: nvidia-pytriton needs numpy<2 and protobuf<7.
+$(TRITON_VENV)/.installed: benchmarks/triton-requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet -r benchmarks/triton-requirements.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed $(TRITON_VENV)/.installed
+	$(PY) -m benchmarks.suite --repo $(REPO) --model $(MODEL) --out $(BENCH_OUT) $(BENCH_ARGS)

@@ -81,7 +81,9 @@ class Batcher:
         name: str = "batcher",
     ) -> None:
         if max_batch_items < 1 or max_queue_items < max_batch_items or max_delay_s < 0:
-            raise ValueError("need max_batch_items >= 1, max_queue_items >= max_batch_items, max_delay_s >= 0")
+            raise ValueError(
+                "need max_batch_items >= 1, max_queue_items >= max_batch_items, max_delay_s >= 0"
+            )
         self._run_batch = run_batch
         self.max_batch_items = max_batch_items
         self._max_delay_s = max_delay_s

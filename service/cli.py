@@ -30,7 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     from vae_cli import CommandError
 
     config = ServiceConfig.load(vars(args), os.environ)
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     async def run() -> None:
         server, _ = create_server(config)
@@ -49,9 +51,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         kind = type(spec.default)
         help = f"{spec.metadata['help']} [{env_var(spec.name)}; default {spec.default}]"
         if kind is bool:
-            parser.add_argument(flag(spec.name), action=argparse.BooleanOptionalAction, default=None, help=help)
+            parser.add_argument(
+                flag(spec.name), action=argparse.BooleanOptionalAction, default=None, help=help
+            )
         else:
-            parser.add_argument(flag(spec.name), type=kind, default=None, metavar=spec.name.upper(), help=help)
+            parser.add_argument(
+                flag(spec.name), type=kind, default=None, metavar=spec.name.upper(), help=help
+            )
 
 
 # --- vae health -----------------------------------------------------------------------------------
@@ -152,9 +158,18 @@ def _image_dtype(args: argparse.Namespace) -> Any:
 def _client_sample(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.sample(
-            args.n, seed=args.seed, temperature=args.temperature, output_dtype=_image_dtype(args), **_pick(args)
+            args.n,
+            seed=args.seed,
+            temperature=args.temperature,
+            output_dtype=_image_dtype(args),
+            **_pick(args),
         )
-    _print([*_write_images(result.images, args.out, "sample", args.npy), _save(args.out, "latents", result.latents)])
+    _print(
+        [
+            *_write_images(result.images, args.out, "sample", args.npy),
+            _save(args.out, "latents", result.latents),
+        ]
+    )
     return 0
 
 
@@ -174,7 +189,9 @@ def _client_decode(args: argparse.Namespace) -> int:
 
     latents = np.load(args.latents)
     with _client(args) as client:
-        result = client.decode(latents[None] if latents.ndim == 1 else latents, output_dtype=_image_dtype(args), **_pick(args))
+        result = client.decode(
+            latents[None] if latents.ndim == 1 else latents, output_dtype=_image_dtype(args), **_pick(args)
+        )
     _print(_write_images(result.images, args.out, "decoded", args.npy))
     return 0
 
@@ -183,7 +200,12 @@ def _client_reconstruct(args: argparse.Namespace) -> int:
     with _client(args) as client:
         images = _read_images(args.images, client.model_info(**_pick(args)).image_shape[0])
         result = client.reconstruct(images, output_dtype=_image_dtype(args), **_pick(args))
-    _print([*_write_images(result.images, args.out, "reconstruction", args.npy), _save(args.out, "error", result.error)])
+    _print(
+        [
+            *_write_images(result.images, args.out, "reconstruction", args.npy),
+            _save(args.out, "error", result.error),
+        ]
+    )
     return 0
 
 
@@ -191,9 +213,12 @@ def _endpoint(path: Path, channels: int) -> np.ndarray:
     """A .npy of rank 1 is a latent [D]; anything else is one image [C, H, W]."""
     import numpy as np
 
-    if path.suffix == ".npy" and (array := np.load(path)).ndim == 1:
-        return array
-    return _read_images([path], channels)[0]
+    if path.suffix == ".npy":
+        array: np.ndarray = np.load(path)
+        if array.ndim == 1:
+            return array
+    image: np.ndarray = _read_images([path], channels)[0]
+    return image
 
 
 def _client_interpolate(args: argparse.Namespace) -> int:
@@ -201,9 +226,19 @@ def _client_interpolate(args: argparse.Namespace) -> int:
         channels = client.model_info(**_pick(args)).image_shape[0]
         ends = [_endpoint(path, channels) for path in (args.start, args.end)]
         result = client.interpolate(
-            ends[0], ends[1], steps=args.steps, method=args.method, output_dtype=_image_dtype(args), **_pick(args)
+            ends[0],
+            ends[1],
+            steps=args.steps,
+            method=args.method,
+            output_dtype=_image_dtype(args),
+            **_pick(args),
         )
-    _print([*_write_images(result.images, args.out, "step", args.npy), _save(args.out, "latents", result.latents)])
+    _print(
+        [
+            *_write_images(result.images, args.out, "step", args.npy),
+            _save(args.out, "latents", result.latents),
+        ]
+    )
     return 0
 
 
@@ -256,7 +291,9 @@ def register(commands: Any) -> None:
     decode.add_argument("latents", type=Path)
     decode.set_defaults(handler=_client_decode)
 
-    reconstruct = client.add_parser("reconstruct", parents=[common], help="images -> reconstructions, error.npy")
+    reconstruct = client.add_parser(
+        "reconstruct", parents=[common], help="images -> reconstructions, error.npy"
+    )
     reconstruct.add_argument("images", type=Path, nargs="+", help="PNG files or .npy arrays")
     reconstruct.set_defaults(handler=_client_reconstruct)
 

@@ -94,8 +94,12 @@ def _model(ref: pb.ModelRef) -> tuple[str, int]:
     return ref.name, ref.version
 
 
-def encode_request(images: np.ndarray, samples: int, seed: int | None, model: str, version: int) -> pb.EncodeRequest:
-    return pb.EncodeRequest(model=_ref(model, version), images=images_tensor(images), samples=samples, seed=seed)
+def encode_request(
+    images: np.ndarray, samples: int, seed: int | None, model: str, version: int
+) -> pb.EncodeRequest:
+    return pb.EncodeRequest(
+        model=_ref(model, version), images=images_tensor(images), samples=samples, seed=seed
+    )
 
 
 def encoded(response: pb.EncodeResponse) -> Encoded:
@@ -107,7 +111,9 @@ def encoded(response: pb.EncodeResponse) -> Encoded:
     )
 
 
-def decode_request(latents: np.ndarray, output_dtype: ImageDType, model: str, version: int) -> pb.DecodeRequest:
+def decode_request(
+    latents: np.ndarray, output_dtype: ImageDType, model: str, version: int
+) -> pb.DecodeRequest:
     return pb.DecodeRequest(
         model=_ref(model, version),
         latents=codec.tensor(np.asarray(latents, dtype=np.float32)),
@@ -119,7 +125,11 @@ def sample_request(
     n: int, seed: int | None, temperature: float | None, output_dtype: ImageDType, model: str, version: int
 ) -> pb.SampleRequest:
     return pb.SampleRequest(
-        model=_ref(model, version), n=n, seed=seed, temperature=temperature, output_dtype=_OUTPUT_DTYPES[output_dtype]
+        model=_ref(model, version),
+        n=n,
+        seed=seed,
+        temperature=temperature,
+        output_dtype=_OUTPUT_DTYPES[output_dtype],
     )
 
 
@@ -142,24 +152,37 @@ def reconstruct_request(
 
 def reconstructed(response: pb.ReconstructResponse) -> Reconstructed:
     return Reconstructed(
-        _model(response.model), codec.to_numpy(response.images, "images"), codec.to_numpy(response.error, "error")
+        _model(response.model),
+        codec.to_numpy(response.images, "images"),
+        codec.to_numpy(response.error, "error"),
     )
 
 
 def interpolate_request(
-    start: np.ndarray, end: np.ndarray, steps: int, method: Method, output_dtype: ImageDType, model: str, version: int
+    start: np.ndarray,
+    end: np.ndarray,
+    steps: int,
+    method: Method,
+    output_dtype: ImageDType,
+    model: str,
+    version: int,
 ) -> pb.InterpolateRequest:
     """Endpoints of rank 1 are latents [D]; of rank 3 images [C, H, W]."""
     ends = np.stack([np.asarray(start), np.asarray(end)])
     request = pb.InterpolateRequest(
-        model=_ref(model, version), steps=steps, method=_METHODS[method], output_dtype=_OUTPUT_DTYPES[output_dtype]
+        model=_ref(model, version),
+        steps=steps,
+        method=_METHODS[method],
+        output_dtype=_OUTPUT_DTYPES[output_dtype],
     )
     if ends.ndim == 2:
         request.latents.CopyFrom(codec.tensor(ends.astype(np.float32)))
     elif ends.ndim == 4:
         request.images.CopyFrom(images_tensor(ends))
     else:
-        raise ValueError(f"endpoints must both be latents [D] or images [C, H, W], got shape {list(ends.shape[1:])}")
+        raise ValueError(
+            f"endpoints must both be latents [D] or images [C, H, W], got shape {list(ends.shape[1:])}"
+        )
     return request
 
 
@@ -202,20 +225,29 @@ class VaeClient:
         channel: grpc.Channel | None = None,
     ) -> None:
         self._channel = channel or grpc.insecure_channel(target, options=_options(max_message_bytes))
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
+        # grpcio-tools writes no type stubs for the service; the message types are typed (.pyi).
+        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
 
     def __enter__(self) -> VaeClient:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
         self._channel.close()
 
     def encode(
-        self, images: np.ndarray, *, samples: int = 0, seed: int | None = None, model: str = "", version: int = 0
+        self,
+        images: np.ndarray,
+        *,
+        samples: int = 0,
+        seed: int | None = None,
+        model: str = "",
+        version: int = 0,
     ) -> Encoded:
         request = encode_request(images, samples, seed, model, version)
         return encoded(self._stub.Encode(request, timeout=self.timeout))
@@ -295,7 +327,7 @@ class AsyncVaeClient:
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         self._channel = channel or grpc.aio.insecure_channel(target, options=_options(max_message_bytes))
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
+        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
 
     async def __aenter__(self) -> AsyncVaeClient:
@@ -307,10 +339,16 @@ class AsyncVaeClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def encode(
-        self, images: np.ndarray, *, samples: int = 0, seed: int | None = None, model: str = "", version: int = 0
+        self,
+        images: np.ndarray,
+        *,
+        samples: int = 0,
+        seed: int | None = None,
+        model: str = "",
+        version: int = 0,
     ) -> Encoded:
         request = encode_request(images, samples, seed, model, version)
         return encoded(await self._stub.Encode(request, timeout=self.timeout))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from vae.v1 import vae_pb2 as pb
 FLOAT32 = pb.DTYPE_FLOAT32
 UINT8 = pb.DTYPE_UINT8
 # Little-endian whatever the host: the wire format says so.
-_NUMPY = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype("u1")}
+_NUMPY: dict[int, np.dtype[Any]] = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype("u1")}
 # A standard normal prior puts essentially all its mass within +-10; beyond this bound a latent
 # is a mistake, and large enough values overflow the decoder's activations.
 LATENT_LIMIT = 1e4
@@ -44,7 +45,8 @@ def array(tensor: pb.Tensor, what: str, allowed: Sequence[int] = (FLOAT32,)) -> 
             f"{what}: shape {list(shape)} of {dtype_name(tensor.dtype)} needs {expected} bytes, "
             f"got {len(tensor.data)}"
         )
-    return np.frombuffer(tensor.data, dtype).reshape(shape)
+    values: np.ndarray = np.frombuffer(tensor.data, dtype).reshape(shape)
+    return values
 
 
 def _check_shape(what: str, got: tuple[int, ...], item_shape: tuple[int, ...], max_items: int) -> None:
@@ -56,7 +58,9 @@ def _check_shape(what: str, got: tuple[int, ...], item_shape: tuple[int, ...], m
         raise InvalidArgument(f"{what}: batch must be in 1..{max_items}, got {got[0]}")
 
 
-def images(tensor: pb.Tensor, image_shape: tuple[int, ...], max_items: int, what: str = "images") -> np.ndarray:
+def images(
+    tensor: pb.Tensor, image_shape: tuple[int, ...], max_items: int, what: str = "images"
+) -> np.ndarray:
     """float32 [batch, C, H, W] in [0, 1]; uint8 input is scaled by 1/255."""
     values = array(tensor, what, (FLOAT32, UINT8))
     _check_shape(what, values.shape, image_shape, max_items)

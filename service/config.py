@@ -26,7 +26,10 @@ def _option(default: Any, help: str) -> Any:
 class ServiceConfig:
     """Everything `vae serve` can be told; field NAME is flag --NAME (dashes) and variable VAE_NAME."""
 
-    repo: Path = _option(Path("models"), "model repository: NAME/VERSION/{encoder,decoder}.onnx, model.json")
+    repo: Path = field(
+        default=Path("models"),
+        metadata={"help": "model repository: NAME/VERSION/{encoder,decoder}.onnx, model.json"},
+    )
     model: str = _option("mnist", "default model: answers requests that name no model")
     host: str = _option("[::]", "address to listen on")
     port: int = _option(50051, "gRPC port (0 picks a free one)")
@@ -38,7 +41,9 @@ class ServiceConfig:
     # Spinning threads burn the cores the gRPC event loop needs on a small machine.
     spinning: bool = _option(False, "let onnxruntime's idle CPU threads spin instead of sleeping")
     max_batch_items: int = _option(256, "items per executed batch at most; larger requests are split")
-    max_delay_ms: float = _option(0.0, "wait at most this long after the first item for more (0: run at once)")
+    max_delay_ms: float = _option(
+        0.0, "wait at most this long after the first item for more (0: run at once)"
+    )
     max_queue_items: int = _option(4096, "queued items per graph before RESOURCE_EXHAUSTED")
     max_request_items: int = _option(4096, "images, latents, samples or steps per unary request")
     max_stream_items: int = _option(1_000_000, "samples per SampleStream request")
@@ -52,7 +57,9 @@ class ServiceConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"{name} must be in 0..65535 (0 picks a free port), got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be in 0..65535 (0 picks a free port), got {getattr(self, name)}"
+                )
         positive = (
             "intra_op_threads",
             "inter_op_threads",
@@ -103,7 +110,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse(name: str, kind: type, raw: str) -> Any:
+def _parse(name: str, kind: type[Any], raw: str) -> Any:
     """An environment variable's text as the field's type."""
     if kind is bool:
         if raw.strip().lower() in _TRUE | _FALSE:
@@ -114,4 +121,5 @@ def _parse(name: str, kind: type, raw: str) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ValueError(f"{env_var(name)} must be a {kind.__name__}, got {raw!r}") from None
+        expected = "an integer" if kind is int else "a number"
+        raise ValueError(f"{env_var(name)} must be {expected}, got {raw!r}") from None

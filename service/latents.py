@@ -42,12 +42,13 @@ def interpolate(start: np.ndarray, end: np.ndarray, steps: int, spherical: bool)
         omega = np.arccos(np.clip(a @ b / norms, -1.0, 1.0))
         # Nearly parallel endpoints: sin(omega) -> 0 and slerp tends to lerp anyway.
         if np.sin(omega) > 1e-6:
-            path = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+            path: np.ndarray = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
             return path.astype(np.float32)
-    return ((1 - t) * a + t * b).astype(np.float32)
+    line: np.ndarray = (1 - t) * a + t * b
+    return line.astype(np.float32)
 
 
 def reconstruction_error(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
     """Mean squared error per item over its pixels in [0, 1]: shape [batch] float32."""
     diff = (reconstructions - images).reshape(len(images), -1)
-    return np.mean(diff * diff, axis=1, dtype=np.float32)
+    return np.asarray(np.mean(diff * diff, axis=1, dtype=np.float32))

@@ -6,6 +6,8 @@ Label children are bound once per method and graph: the request path does no lab
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Request latency: from well under a millisecond (one latent) to seconds (large streams).
@@ -23,7 +25,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "vae_requests_total", "RPCs answered, by method and gRPC status code", ["method", "code"], registry=r
+            "vae_requests_total",
+            "RPCs answered, by method and gRPC status code",
+            ["method", "code"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "vae_request_duration_seconds",
@@ -53,15 +58,23 @@ class Metrics:
             "vae_queue_depth_items", "Items admitted and waiting for a batch", ["graph"], registry=r
         )
         self.in_flight = Gauge("vae_in_flight_requests", "RPCs being handled now", registry=r)
-        self.items = Counter("vae_items_total", "Items (images, latents, samples) served, by method", ["method"], registry=r)
+        self.items = Counter(
+            "vae_items_total", "Items (images, latents, samples) served, by method", ["method"], registry=r
+        )
         self.model_info = Gauge(
             "vae_model_info", "1 for each loaded model version", ["name", "version", "provider"], registry=r
         )
         self.deadline_expired = Counter(
-            "vae_deadline_expired_total", "Requests dropped before compute: deadline passed", ["graph"], registry=r
+            "vae_deadline_expired_total",
+            "Requests dropped before compute: deadline passed",
+            ["graph"],
+            registry=r,
         )
         self.model_load_failures = Counter(
-            "vae_model_load_failures_total", "Model versions that failed to verify or load", ["name"], registry=r
+            "vae_model_load_failures_total",
+            "Model versions that failed to verify or load",
+            ["name"],
+            registry=r,
         )
         # Every graph's series exist from the start, so dashboards and alerts see zeros, not gaps.
         for graph in GRAPHS:
@@ -87,8 +100,11 @@ class MethodMetrics:
         self.items = metrics.items.labels(method)
         self.in_flight = metrics.in_flight
 
-    def answered(self, code: str) -> None:
+    def finished(self, code: str, started: float) -> None:
+        """An RPC that began at time.perf_counter() `started` ends with status `code`."""
+        self.in_flight.dec()
         (self.ok if code == "OK" else self._requests.labels(self._method, code)).inc()
+        self.duration.observe(time.perf_counter() - started)
 
 
 class GraphMetrics:

@@ -152,9 +152,8 @@ class Registry:
             raise NotFound(f"unknown model {name!r}; loaded models: {', '.join(sorted(self._models))}")
         version = ref.version or max(versions)
         if version not in versions:
-            raise NotFound(
-                f"model {name!r} has no version {version}; loaded versions: {', '.join(map(str, sorted(versions)))}"
-            )
+            loaded = ", ".join(map(str, sorted(versions)))
+            raise NotFound(f"model {name!r} has no version {version}; loaded versions: {loaded}")
         return versions[version]
 
 
@@ -167,8 +166,12 @@ async def load_repository(
         for version in sorted(list_versions(config.repo, name), reverse=True):
             try:
                 model = await load_model(config.repo / name / str(version), config, placement, observers)
-            except Exception as exc:  # a bad version must never stop the others from serving
-                log.error("model %s version %d refused: %s", name, version, exc, exc_info=True)
+            except RepositoryError as exc:  # verification said why; no traceback needed
+                log.error("model %s version %d refused: %s", name, version, exc)
+                metrics.model_load_failures.labels(name).inc()
+                continue
+            except Exception:  # a bad version must never stop the others from serving
+                log.exception("model %s version %d failed to load", name, version)
                 metrics.model_load_failures.labels(name).inc()
                 continue
             registry.add(model)

@@ -47,7 +47,9 @@ def select_placement(device: str, available: Sequence[str]) -> Placement:
     if device == "auto":
         if CUDA in available:
             return Placement(CUDA)
-        log.info("device auto: onnxruntime offers no CUDA (providers: %s); running on CPU", ", ".join(available))
+        log.info(
+            "device auto: onnxruntime offers no CUDA (providers: %s); running on CPU", ", ".join(available)
+        )
         return Placement(CPU)
     if CUDA not in available:
         raise ValueError(
@@ -107,7 +109,9 @@ class Graph:
         # onnxruntime falls back to CPU when CUDA cannot start; report what actually runs.
         self.provider: str = self.session.get_providers()[0]
         if placement.provider != self.provider:
-            log.warning("%s: asked for %s, onnxruntime runs it on %s", path, placement.provider, self.provider)
+            log.warning(
+                "%s: asked for %s, onnxruntime runs it on %s", path, placement.provider, self.provider
+            )
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.inputs = tuple(_spec(arg) for arg in self.session.get_inputs())
         self.outputs = tuple(_spec(arg) for arg in self.session.get_outputs())

@@ -41,7 +41,8 @@ class VaeServer:
         self.config = config
         self.metrics = Metrics()
         self.registry = Registry(config.model)
-        self.health = health.aio.HealthServicer()
+        # grpc-stubs 1.53 predates grpc_health's asyncio servicer.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -50,7 +51,8 @@ class VaeServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        vae_pb2_grpc.add_VaeServiceServicer_to_server(
+        # grpcio-tools writes no type stubs for the service code.
+        vae_pb2_grpc.add_VaeServiceServicer_to_server(  # type: ignore[no-untyped-call]
             VaeServicer(self.registry, config, self.metrics), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -81,7 +83,10 @@ class VaeServer:
         await load_repository(self.registry, self.config, placement, self.metrics)
         if not self._stopping:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            log.info("serving %s", ", ".join(f"{m.manifest.name}/{m.manifest.version}" for m in self.registry.models()))
+            log.info(
+                "serving %s",
+                ", ".join(f"{m.manifest.name}/{m.manifest.version}" for m in self.registry.models()),
+            )
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING at once, refuse new calls, finish admitted ones (at most `grace` seconds)."""

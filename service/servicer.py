@@ -66,7 +66,7 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-class VaeServicer(vae_pb2_grpc.VaeServiceServicer):  # type: ignore[misc]
+class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     """Implements every RPC of protos/vae/v1/vae.proto over the registry's loaded models."""
 
     def __init__(self, registry: Registry, config: ServiceConfig, metrics: Metrics) -> None:
@@ -88,25 +88,22 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):  # type: ignore[misc]
         method = self._method(name)
         started = time.perf_counter()
         method.in_flight.inc()
-        code = "OK"
         call = Call(context)
         try:
             response = await handler(request, call)
-            context.set_trailing_metadata(call.trailers())
-            method.items.inc(call.items)
-            return response
         except asyncio.CancelledError:
-            code = "CANCELLED"
+            method.finished("CANCELLED", started)
             raise
         except Exception as exc:
             status, message = status_of(exc)
-            code = status.name
+            # Recorded before answering: a client that saw the answer also sees it counted.
+            method.finished(status.name, started)
             await context.abort(status, message, call.trailers())
             raise  # abort raises; this line only satisfies the type checker
-        finally:
-            method.in_flight.dec()
-            method.answered(code)
-            method.duration.observe(time.perf_counter() - started)
+        context.set_trailing_metadata(call.trailers())
+        method.items.inc(call.items)
+        method.finished("OK", started)
+        return response
 
     # --- RPCs ------------------------------------------------------------------------------------
 
@@ -131,28 +128,28 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):  # type: ignore[misc]
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
         return await self._answer("GetModelInfo", self._model_info, request, context)
 
-    async def SampleStream(self, request: pb.SampleRequest, context: Context) -> AsyncIterator[pb.SampleResponse]:
+    async def SampleStream(
+        self, request: pb.SampleRequest, context: Context
+    ) -> AsyncIterator[pb.SampleResponse]:
         method = self._method("SampleStream")
         started = time.perf_counter()
         method.in_flight.inc()
-        code = "OK"
         call = Call(context)
         try:
             async for response in self._sample_stream(request, call):
                 yield response
-            context.set_trailing_metadata(call.trailers())
-            method.items.inc(call.items)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: grpc closes the stream when the client goes away.
+            method.finished("CANCELLED", started)
             raise
         except Exception as exc:
             status, message = status_of(exc)
-            code = status.name
+            method.finished(status.name, started)
             await context.abort(status, message, call.trailers())
-        finally:
-            method.in_flight.dec()
-            method.answered(code)
-            method.duration.observe(time.perf_counter() - started)
+            return
+        context.set_trailing_metadata(call.trailers())
+        method.items.inc(call.items)
+        method.finished("OK", started)
 
     # --- handlers: request -> checked arrays -> batches -> response ------------------------------
 
@@ -186,7 +183,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):  # type: ignore[misc]
         z = latents.prior(latents.stream(_seed(request), self._rng), n, model.latent_dim, temperature)
         (pixels,) = await call.run(model.decode, z)
         call.items = n
-        return pb.SampleResponse(model=model.ref, images=codec.image_tensor(pixels, dtype), latents=codec.tensor(z))
+        return pb.SampleResponse(
+            model=model.ref, images=codec.image_tensor(pixels, dtype), latents=codec.tensor(z)
+        )
 
     async def _sample_stream(self, request: pb.SampleRequest, call: Call) -> AsyncIterator[pb.SampleResponse]:
         model = self._registry.resolve(request.model)
@@ -204,7 +203,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):  # type: ignore[misc]
             z, task = pending.popleft()
             (pixels,) = await task
             call.items += len(z)
-            return pb.SampleResponse(model=model.ref, images=codec.image_tensor(pixels, dtype), latents=codec.tensor(z))
+            return pb.SampleResponse(
+                model=model.ref, images=codec.image_tensor(pixels, dtype), latents=codec.tensor(z)
+            )
 
         try:
             for start in range(0, n, chunk):
@@ -253,7 +254,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):  # type: ignore[misc]
         path = latents.interpolate(ends[0], ends[1], steps, spherical)
         (pixels,) = await call.run(model.decode, path)
         call.items = steps
-        return pb.InterpolateResponse(model=model.ref, images=codec.image_tensor(pixels, dtype), latents=codec.tensor(path))
+        return pb.InterpolateResponse(
+            model=model.ref, images=codec.image_tensor(pixels, dtype), latents=codec.tensor(path)
+        )
 
     async def _list_models(self, request: pb.ListModelsRequest, call: Call) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[self._info(model) for model in self._registry.models()])

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli")
+SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli", "benchmarks.cli")
 
 
 class CommandError(Exception):

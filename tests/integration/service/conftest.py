@@ -1,0 +1,46 @@
+"""Fixtures for the service tests: real servers on port 0 with real ONNX models (see service_harness)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from service_harness import RunningServer, config_for
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Iterator[Callable[..., RunningServer]]:
+    """start_server(repo, load=True, **config) -> a running server, stopped at the end of the session."""
+    servers: list[RunningServer] = []
+
+    def start(repo: Path, *, load: bool = True, **options: Any) -> RunningServer:
+        server = RunningServer(config_for(repo, **options), load=load)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_repo: Path, start_server: Callable[..., RunningServer]) -> RunningServer:
+    """The shared server: tiny/1, batches of at most 8 items, no batching delay."""
+    return start_server(tiny_model_repo)
+
+
+@pytest.fixture(scope="session")
+def versioned_repo(
+    tiny_model_repo: Path, tmp_path_factory: pytest.TempPathFactory, tiny_model_exporter: Callable[..., Path]
+) -> Path:
+    """tiny/1 and tiny/2 (other weights), and tiny/3 whose decoder file no longer matches its sha256."""
+    repo = tmp_path_factory.mktemp("versioned") / "models"
+    shutil.copytree(tiny_model_repo, repo)
+    tiny_model_exporter(repo, 2, seed=1)
+    broken = tiny_model_exporter(repo, 3, seed=2)
+    with open(broken / "decoder.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    return repo

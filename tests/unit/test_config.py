@@ -1,0 +1,73 @@
+"""ServiceConfig: flags beat VAE_* variables beat defaults; bad values fail with the fix in the message."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from service.cli import register
+from service.config import ServiceConfig
+
+
+def serve_args(*argv: str) -> dict[str, object]:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    return vars(parser.parse_args(["serve", *argv]))
+
+
+def test_defaults_without_flags_or_environment() -> None:
+    config = ServiceConfig.load(serve_args(), {})
+    assert config == ServiceConfig()
+    assert (config.port, config.metrics_port, config.repo, config.model) == (
+        50051,
+        8000,
+        Path("models"),
+        "mnist",
+    )
+
+
+def test_environment_overrides_defaults_and_flags_override_environment() -> None:
+    env = {"VAE_PORT": "6000", "VAE_MAX_BATCH_ITEMS": "32", "VAE_SPINNING": "yes", "VAE_REPO": "/srv/models"}
+    config = ServiceConfig.load(serve_args("--port", "7000", "--no-spinning"), env)
+    assert config.port == 7000  # flag over environment
+    assert config.spinning is False  # flag over environment
+    assert config.max_batch_items == 32  # environment over default
+    assert config.repo == Path("/srv/models")
+    assert config.max_delay_ms == ServiceConfig().max_delay_ms  # default
+
+
+def test_every_field_has_a_flag() -> None:
+    args = serve_args()
+    for name in ServiceConfig.__dataclass_fields__:
+        assert name in args, f"no --{name.replace('_', '-')} flag"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"VAE_PORT": "http"}, "VAE_PORT must be an integer, got 'http'"),
+        ({"VAE_SPINNING": "maybe"}, "VAE_SPINNING must be one of 1/0, true/false"),
+        ({"VAE_PORT": "70000"}, "port must be in 0..65535"),
+        ({"VAE_DEVICE": "tpu"}, "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        ({"VAE_MAX_BATCH_ITEMS": "0"}, "max_batch_items must be at least 1, got 0"),
+        (
+            {"VAE_MAX_QUEUE_ITEMS": "8", "VAE_MAX_BATCH_ITEMS": "16"},
+            "max_queue_items (8) must be at least max_batch_items",
+        ),
+        ({"VAE_MAX_QUEUE_ITEMS": "300"}, "max_queue_items (300) must be at least max_request_items (4096)"),
+        ({"VAE_MAX_DELAY_MS": "-1"}, "max_delay_ms must be in 0..1000"),
+        ({"VAE_LOG_LEVEL": "LOUD"}, "log_level must be DEBUG, INFO, WARNING or ERROR"),
+    ],
+)
+def test_invalid_values_say_what_to_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServiceConfig.load({}, env)
+
+
+def test_config_is_frozen() -> None:
+    config = ServiceConfig()
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]

@@ -1,0 +1,64 @@
+"""Every metric of the operations contract exists once, with its labels, in each server's own registry."""
+
+from __future__ import annotations
+
+from service.metrics import Metrics
+
+CONTRACT = {
+    "vae_requests_total": ("counter", {"method", "code"}),
+    "vae_request_duration_seconds": ("histogram", {"method"}),
+    "vae_queue_wait_seconds": ("histogram", {"graph"}),
+    "vae_batch_size_items": ("histogram", {"graph"}),
+    "vae_inference_duration_seconds": ("histogram", {"graph"}),
+    "vae_queue_depth_items": ("gauge", {"graph"}),
+    "vae_in_flight_requests": ("gauge", set()),
+    "vae_items_total": ("counter", {"method"}),
+    "vae_model_info": ("gauge", {"name", "version", "provider"}),
+    "vae_deadline_expired_total": ("counter", {"graph"}),
+    "vae_model_load_failures_total": ("counter", {"name"}),
+}
+
+
+def _families(metrics: Metrics) -> dict[str, tuple[str, set[str]]]:
+    found = {}
+    for family in metrics.registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {label for sample in family.samples for label in sample.labels if label != "le"}
+        found[name] = (family.type, labels)
+    return found
+
+
+def test_the_contract_metrics_and_nothing_else() -> None:
+    metrics = Metrics()
+    decode = metrics.method("Decode")
+    decode.in_flight.inc()
+    decode.finished("OK", started=0.0)
+    metrics.requests.labels("Decode", "NOT_FOUND").inc()
+    metrics.items.labels("Decode").inc()
+    metrics.model_info.labels("mnist", "1", "CPUExecutionProvider").set(1)
+    metrics.model_load_failures.labels("mnist").inc()
+    assert _families(metrics) == CONTRACT
+
+
+def test_graph_series_exist_before_any_traffic() -> None:
+    registry = Metrics().registry
+    for graph in ("encoder", "decoder"):
+        assert registry.get_sample_value("vae_batch_size_items_count", {"graph": graph}) == 0
+        assert registry.get_sample_value("vae_queue_depth_items", {"graph": graph}) == 0
+        assert registry.get_sample_value("vae_deadline_expired_total", {"graph": graph}) == 0
+
+
+def test_two_servers_in_one_process_do_not_collide() -> None:
+    first, second = Metrics(), Metrics()
+    first.graph("decoder").batch_ran(5, 0.01)
+    assert first.registry.get_sample_value("vae_batch_size_items_sum", {"graph": "decoder"}) == 5
+    assert second.registry.get_sample_value("vae_batch_size_items_sum", {"graph": "decoder"}) == 0
+
+
+def test_queue_depth_adds_up_across_batchers_of_one_graph() -> None:
+    metrics = Metrics()
+    version1, version2 = metrics.graph("encoder"), metrics.graph("encoder")
+    version1.queued(3)
+    version2.queued(4)
+    version1.queued(-3)
+    assert metrics.registry.get_sample_value("vae_queue_depth_items", {"graph": "encoder"}) == 4
