@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 REPO ?= models
 MODEL ?= mnist
 
-.PHONY: help test lint format protos serve model bench clean
+.PHONY: help test lint format protos serve model bench clean system-packages
 
 help:
 	@echo "make serve   install the serving extra and serve the bundled model on :50051 (metrics :8000)"
@@ -28,7 +28,11 @@ $(SERVE_VENV)/.installed: pyproject.toml
 	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
 	touch $@
 
-test: $(VENV)/.installed
+# Debian's prometheus and haproxy: the deployment and balancer tests run the real binaries.
+system-packages:
+	./scripts/debian-packages.sh
+
+test: $(VENV)/.installed system-packages
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed

@@ -228,7 +228,7 @@ def render_prometheus_config(replicas: list[Replica]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def prometheus(replicas: list[Replica], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if shutil.which("prometheus") is None:
-        pytest.skip("prometheus is not installed (Debian package `prometheus`; .ci/run installs it)")
+        pytest.skip("prometheus is not installed (Debian package `prometheus`; `make test` installs it)")
     home = tmp_path_factory.mktemp("prometheus")
     (home / "prometheus.yml").write_text(yaml.safe_dump(render_prometheus_config(replicas)))
     address = f"127.0.0.1:{free_port()}"
@@ -301,7 +301,7 @@ def test_every_dashboard_query_returns_the_series_its_legend_names(
 
 needs_haproxy = pytest.mark.skipif(
     shutil.which("haproxy") is None,
-    reason="haproxy is not installed (Debian package `haproxy`; .ci/run installs it)",
+    reason="haproxy is not installed (Debian package `haproxy`; `make test` installs it)",
 )
 
 
@@ -328,7 +328,7 @@ def render_haproxy_config(replicas: list[Replica], balancer: Balancer) -> str:
 @pytest.fixture(scope="module")
 def balancer(replicas: list[Replica], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
     if shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not installed (Debian package `haproxy`; .ci/run installs it)")
+        pytest.skip("haproxy is not installed (Debian package `haproxy`; `make test` installs it)")
     home = tmp_path_factory.mktemp("haproxy")
     balancer = Balancer(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
     (home / "haproxy.cfg").write_text(render_haproxy_config(replicas, balancer))

@@ -28,7 +28,7 @@ TOPICS = (
 
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None,
-    reason="promtool is not installed (Debian package `prometheus`; .ci/run installs it)",
+    reason="promtool is not installed (Debian package `prometheus`; `make test` installs it)",
 )
 
 

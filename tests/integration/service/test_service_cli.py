@@ -29,6 +29,11 @@ def vae(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[st
     return result
 
 
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 def test_client_sample_writes_valid_pngs_of_the_served_images(server: RunningServer, tmp_path: Path) -> None:
     out = tmp_path / "samples"
     printed = vae(
@@ -51,7 +56,7 @@ def test_client_encode_decode_reconstruct_interpolate(server: RunningServer, tmp
     target = ["--target", server.target]
     vae("client", "sample", *target, "--n", "2", "--seed", "8", "--out", tmp_path / "s")
     pngs = sorted((tmp_path / "s").glob("*.png"))
-    pixels = np.stack([np.asarray(Image.open(p))[None] for p in pngs])
+    pixels = np.stack([read_png(p)[None] for p in pngs])
 
     vae("client", "encode", *target, *pngs, "--samples", "2", "--seed", "1", "--out", tmp_path / "e")
     with VaeClient(server.target) as client:
@@ -107,29 +112,28 @@ def test_serve_starts_serves_and_drains_on_sigterm(tiny_model_repo: Path) -> Non
         "--max-batch-items",
         "4",
     ]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    try:
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as process:
         assert process.stderr is not None
-        port = None
-        for line in process.stderr:
-            if match := re.search(r"gRPC on port (\d+)", line):
-                port = int(match.group(1))
-            if "serving tiny/1" in line:
-                break
-        assert port, "the server never said which port it took"
-        target = f"127.0.0.1:{port}"
-        assert vae("health", "--target", target).returncode == 0
-        with VaeClient(target) as client:
-            assert client.model_info().max_batch_items == 4  # the flag reached the server
-            assert client.sample(2, seed=0).images.shape == (2, 1, 28, 28)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        rest = process.stderr.read()
-        assert "draining for up to 5.0 s" in rest and "stopped" in rest
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        try:
+            port = None
+            for line in process.stderr:
+                if match := re.search(r"gRPC on port (\d+)", line):
+                    port = int(match.group(1))
+                if "serving tiny/1" in line:
+                    break
+            assert port, "the server never said which port it took"
+            target = f"127.0.0.1:{port}"
+            assert vae("health", "--target", target).returncode == 0
+            with VaeClient(target) as client:
+                assert client.model_info().max_batch_items == 4  # the flag reached the server
+                assert client.sample(2, seed=0).images.shape == (2, 1, 28, 28)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+            rest = process.stderr.read()
+            assert "draining for up to 5.0 s" in rest and "stopped" in rest
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
