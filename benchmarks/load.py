@@ -51,6 +51,14 @@ class Workload:
     items: int
 
 
+def call_once(target: str, workload: Workload, timeout: float = 30.0) -> bytes:
+    """Send the workload's request once and return the raw response; raises grpc.RpcError."""
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        call = channel.unary_unary(workload.method, request_serializer=None, response_deserializer=None)
+        response: bytes = call(workload.request, timeout=timeout)
+    return response
+
+
 @dataclass(frozen=True)
 class LoadResult:
     """What the measured window saw."""

@@ -36,6 +36,7 @@ def _conditions(conditions: dict[str, Any], settings: dict[str, Any]) -> str:
         f"- settings: {settings['rounds']} rounds; per run {settings['duration']} s measured after "
         f"{settings['warmup']} s of warmup; {settings['processes']} client process(es); Triton's batcher "
         f"delay {settings['triton_delay_us']} µs",
+        f"- extra `vae serve` flags: {settings.get('service_flags') or 'none'}",
     ]
     return "\n".join(lines)
 

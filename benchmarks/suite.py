@@ -26,7 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from benchmarks import inprocess, load, report, scrape, systems, workloads
@@ -89,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=int, default=1, help="client processes per run")
     parser.add_argument("--inprocess-seconds", type=float, default=0.3, help="per graph and batch size")
     parser.add_argument("--cold-starts", type=int, default=2, help="per round, for our service")
+    parser.add_argument("--service-flags", default="", help="more `vae serve` flags for our service, quoted")
     parser.add_argument("--triton-delay-us", type=int, default=0, help="Triton's dynamic batcher delay")
     parser.add_argument("--no-triton", action="store_true", help="leave Triton out (no .venv-triton)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
@@ -106,6 +106,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "processes",
         "inprocess_seconds",
         "cold_starts",
+        "service_flags",
         "triton_delay_us",
     )
     return {key: getattr(args, key) for key in keys} | {"scenarios": [asdict(s) for s in SCENARIOS]}
@@ -151,12 +152,10 @@ def _run(
             servers[server.name] = server
             stack.callback(server.stop)
 
-        keep(systems.start_service("service", repo, args.model, logs / "service.log"))
-        keep(
-            systems.start_service(
-                "service, batching off", repo, args.model, logs / "nobatch.log", NO_BATCHING
-            )
-        )
+        flags = shlex.split(args.service_flags)
+        keep(systems.start_service("service", repo, args.model, logs / "service.log", flags))
+        nobatch = [*flags, *NO_BATCHING]
+        keep(systems.start_service("service, batching off", repo, args.model, logs / "nobatch.log", nobatch))
         if not args.no_triton:
             keep(systems.start_triton(version_dir, logs / "triton.log", 256, args.triton_delay_us))
         plans, reply_sizes = _plans(servers, version_dir, args.model, args.version)
@@ -194,12 +193,11 @@ def _plans(
         sizes.append(checked.response_bytes)
         graph = TRITON_GRAPH.get(scenario.rpc)
         if "triton" in servers and graph:
-            request = systems.triton_request(version_dir, graph, scenario.items)
-            plans[scenario.key, "triton"] = load.Workload(TRITON_INFER, request, scenario.items)
-            with grpc.insecure_channel(servers["triton"].target, options=load.CHANNEL_OPTIONS) as channel:
-                channel.unary_unary(TRITON_INFER, request_serializer=None, response_deserializer=None)(
-                    request, timeout=30
-                )  # raises if Triton rejects it
+            triton = load.Workload(
+                TRITON_INFER, systems.triton_request(version_dir, graph, scenario.items), scenario.items
+            )
+            load.call_once(servers["triton"].target, triton)  # raises if Triton rejects it
+            plans[scenario.key, "triton"] = triton
     return plans, sizes
 
 
@@ -247,7 +245,9 @@ def _cold_starts(
 ) -> None:
     """Process start to SERVING for our service (several times) and to both models ready for Triton."""
     for _ in range(args.cold_starts):
-        server = systems.start_service("cold", repo, args.model, logs / "cold.log")
+        server = systems.start_service(
+            "cold", repo, args.model, logs / "cold.log", shlex.split(args.service_flags)
+        )
         server.stop()
         into.append({"round": round_, "system": "service", "seconds": server.started_s})
     if not args.no_triton:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 
 from benchmarks import Rpc
-from benchmarks.load import CHANNEL_OPTIONS, Workload
+from benchmarks.load import Workload, call_once
 from service import client
 from vae.v1 import vae_pb2 as pb
 
@@ -63,9 +62,7 @@ def build(
 
 def check(target: str, rpc: Rpc, workload: Workload, timeout: float = 30.0) -> Checked:
     """Send the workload's request once; raises grpc.RpcError, or ValueError for a wrong answer."""
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(workload.method, request_serializer=None, response_deserializer=None)
-        raw: bytes = call(workload.request, timeout=timeout)
+    raw = call_once(target, workload, timeout)
     response = _RESPONSES[rpc].FromString(raw)
     answered = response.mu.shape[0] if rpc == "encode" else response.images.shape[0]
     if answered != workload.items:

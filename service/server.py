@@ -23,12 +23,12 @@ from service.config import ServiceConfig
 from service.metrics import Metrics
 from service.registry import Registry, load_repository
 from service.runtime import available_providers, select_placement
-from service.servicer import VaeServicer
-from vae.v1 import vae_pb2, vae_pb2_grpc
+from service.servicer import SERVICE, VaeServicer
+from vae.v1 import vae_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+SERVICE_NAME = SERVICE.full_name
 # A thread waiting for the GIL (a batch coming back from onnxruntime) waits up to the switch
 # interval while the event loop thread keeps it busy; 5 ms by default is longer than a batch.
 SWITCH_INTERVAL_S = 0.0005

@@ -23,7 +23,7 @@ from service import codec, latents
 from service.batcher import Batcher, Result
 from service.config import ServiceConfig
 from service.errors import InvalidArgument, ServiceError
-from service.metrics import MethodMetrics, Metrics
+from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
@@ -31,6 +31,7 @@ from vae.v1 import vae_pb2_grpc
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
 Response = TypeVar("Response")
 MAX_TEMPERATURE = 10.0
 INTERNAL_MESSAGE = "internal error; the server log has the details"
@@ -72,20 +73,15 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     def __init__(self, registry: Registry, config: ServiceConfig, metrics: Metrics) -> None:
         self._registry = registry
         self._config = config
-        self._methods: dict[str, MethodMetrics] = {}
-        self._metrics = metrics
+        # Bound once per method: the request path does no label lookups.
+        self._methods = {method.name: metrics.method(method.name) for method in SERVICE.methods}
         # Unseeded draws share one generator: only the event loop thread touches it.
         self._rng = np.random.default_rng()
-
-    def _method(self, name: str) -> MethodMetrics:
-        if name not in self._methods:
-            self._methods[name] = self._metrics.method(name)
-        return self._methods[name]
 
     async def _answer(
         self, name: str, handler: Callable[[Any, Call], Awaitable[Response]], request: Any, context: Context
     ) -> Response:
-        method = self._method(name)
+        method = self._methods[name]
         started = time.perf_counter()
         method.in_flight.inc()
         call = Call(context)
@@ -131,7 +127,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     async def SampleStream(
         self, request: pb.SampleRequest, context: Context
     ) -> AsyncIterator[pb.SampleResponse]:
-        method = self._method("SampleStream")
+        method = self._methods["SampleStream"]
         started = time.perf_counter()
         method.in_flight.inc()
         call = Call(context)

@@ -81,6 +81,8 @@ def _eval(args: argparse.Namespace) -> int:
         device_name=args.device,
         batch_decodes=args.batch_decodes,
         progress=not args.no_progress,
+        out=args.out,
+        threads=args.threads,
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -114,8 +116,10 @@ def register(commands: Any) -> None:
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", parents=[data_dir], help="test ELBO, IW-NLL, active units")
-    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("run", type=Path, help="a run directory, or an exported version (models/NAME/N)")
     evaluate.add_argument("--k", type=int, default=5000, help="importance samples per image")
+    evaluate.add_argument("--out", type=Path, default=None, help="report file (default: RUN/eval.json)")
+    evaluate.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     evaluate.add_argument("--subset", type=int, default=0, help="first N test images (0 = all)")
     evaluate.add_argument("--batch-decodes", type=int, default=5000, help="decodes per forward pass")
     evaluate.set_defaults(handler=_eval)

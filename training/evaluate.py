@@ -1,6 +1,8 @@
 """Test-set evaluation as the literature reports it: -ELBO, IW-NLL, active units, KL per dim.
 
 The importance-weighted NLL follows Burda et al. 2015 (k samples, log-sum-exp in bounded memory).
+It evaluates either a run's checkpoint in PyTorch or an exported model version's ONNX graphs in
+onnxruntime: the latter measures exactly what the service serves, and is faster on CPU.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from typing import Any
 import torch
 
 from training import checkpoint as ckpt
-from training.config import trains_on_binary
+from training.config import (
+    ModelConfig,
+    TrainConfig,
+    model_config_from_dict,
+    train_config_from_dict,
+    trains_on_binary,
+)
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
-from training.losses import elbo_loss, gaussian_kl, log_likelihood, log_normal, log_standard_normal
+from training.losses import gaussian_kl, log_likelihood, log_normal, log_standard_normal
 from training.model import VAE
 from training.train import pick_device
 
@@ -24,8 +32,45 @@ EVAL_NOISE_SEED = 12345
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[u]) above 1e-2
 
 
+class ExportedModel:
+    """An exported version's encoder and decoder graphs behind the VAE's encode/decode interface.
+
+    Only Bernoulli models: their decoder graph exports the logits the likelihood needs.
+    """
+
+    def __init__(self, version_dir: Path, config: ModelConfig, threads: int) -> None:
+        from service.runtime import Graph  # the one module that imports onnxruntime
+
+        if config.likelihood != "bernoulli":
+            raise ValueError(
+                "evaluating exported graphs needs a Bernoulli model (its decoder exports logits)"
+            )
+        self.config = config
+        self.encoder = Graph(version_dir / "encoder.onnx", intra_op_threads=threads)
+        self.decoder = Graph(version_dir / "decoder.onnx", intra_op_threads=threads)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.encoder.run({"x": x.contiguous().numpy()})
+        return torch.from_numpy(out["mu"]), torch.from_numpy(out["logvar"])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.decoder.run({"z": z.contiguous().numpy()}, ["logits"])["logits"])
+
+
+Evaluable = VAE | ExportedModel
+
+
+def negative_elbo(model: Evaluable, x: torch.Tensor) -> torch.Tensor:
+    """Single-sample reconstruction term plus the analytic KL, one value per image."""
+    mu, logvar = model.encode(x)
+    decoded = model.decode(VAE.reparameterize(mu, logvar))
+    return -log_likelihood(model, decoded, x) + gaussian_kl(mu, logvar).sum(1)
+
+
 @torch.no_grad()
-def importance_weighted_nll(model: VAE, x: torch.Tensor, k: int, batch_decodes: int = 5000) -> torch.Tensor:
+def importance_weighted_nll(
+    model: Evaluable, x: torch.Tensor, k: int, batch_decodes: int = 5000
+) -> torch.Tensor:
     """-log p(x) estimated with k importance samples per image, one value per image.
 
     Samples are drawn in chunks and folded into a running log-sum-exp, so memory is bounded by
@@ -58,26 +103,33 @@ def evaluate_run(
     device_name: str = "auto",
     batch_decodes: int = 5000,
     progress: bool = True,
+    out: Path | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate RUN's best checkpoint on the test set and write RUN/eval.json."""
+    """Evaluate a run's best checkpoint, or an exported version (a folder with model.json).
+
+    Writes the report to `out`, by default RUN/eval.json (an exported version's folder is never
+    written to: it is what its manifest's hashes describe).
+    """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    device = pick_device(device_name)
-    state = ckpt.load(run)
-    model = state.build_model().to(device)
-    splits = load_dataset(state.train_config.dataset, data_dir)
+    model, model_config, train_config, provenance = _load(
+        run, device_name, threads or torch.get_num_threads()
+    )
+    device = torch.device("cpu") if isinstance(model, ExportedModel) else pick_device(device_name)
+    splits = load_dataset(train_config.dataset, data_dir)
     test_uint8 = splits.test_x[: subset or None]
 
-    binarized = trains_on_binary(state.model_config, state.train_config)
+    binarized = trains_on_binary(model_config, train_config)
     x_all = torch.from_numpy(model_inputs(test_uint8, binarized, EVAL_BINARIZATION_SEED)).to(device)
     torch.manual_seed(EVAL_NOISE_SEED)
     started = time.perf_counter()
 
-    elbo_sum, mus, kl_sum = 0.0, [], torch.zeros(state.model_config.latent_dim, device=device)
+    elbo_sum, mus, kl_sum = 0.0, [], torch.zeros(model_config.latent_dim, device=device)
     with torch.no_grad():
         for start in range(0, len(x_all), 1000):
             x = x_all[start : start + 1000]
-            elbo_sum += float(elbo_loss(model, x).nelbo) * len(x)
+            elbo_sum += float(negative_elbo(model, x).sum())
             mu, logvar = model.encode(x)
             mus.append(mu)
             kl_sum += gaussian_kl(mu, logvar).sum(0)
@@ -113,13 +165,42 @@ def evaluate_run(
         "iw_nll_stderr": float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0,
         "iw_k": k,
         "active_units": int((unit_variance > ACTIVE_UNIT_THRESHOLD).sum()),
-        "latent_dim": state.model_config.latent_dim,
+        "latent_dim": model_config.latent_dim,
         "kl_per_dim": [round(float(v), 4) for v in kl_per_dim],
+        **provenance,
+        "eval_seconds": time.perf_counter() - started,
+    }
+    if out is None:
+        if isinstance(model, ExportedModel):
+            raise ValueError("evaluating an exported version needs --out FILE for the report")
+        out = (run if run.is_dir() else run.parent) / "eval.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _load(
+    path: Path, device_name: str, threads: int
+) -> tuple[Evaluable, ModelConfig, TrainConfig, dict[str, Any]]:
+    manifest_path = path / "model.json"
+    if manifest_path.exists():
+        training = json.loads(manifest_path.read_text())["training"]
+        model_config = model_config_from_dict(training["model"])
+        provenance = {
+            "checkpoint_epoch": training["epochs"],
+            "train_seconds": training["train_seconds"],
+            "engine": f"onnxruntime ({path})",
+        }
+        return (
+            ExportedModel(path, model_config, threads),
+            model_config,
+            train_config_from_dict(training["train"]),
+            provenance,
+        )
+    state = ckpt.load(path)
+    device = pick_device(device_name)
+    provenance = {
         "checkpoint_epoch": state.epoch,
         "train_seconds": state.train_seconds,
-        "eval_seconds": time.perf_counter() - started,
-        "device": str(device),
+        "engine": f"torch ({device})",
     }
-    run_dir = run if run.is_dir() else run.parent
-    (run_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return state.build_model().to(device), state.model_config, state.train_config, provenance

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,8 +19,11 @@ from training.model import VAE
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def log_likelihood(model: VAE, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x | z) summed over pixels, one value per row; decoded is model.decode(z)."""
+def log_likelihood(model: VAE | Any, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) summed over pixels, one value per row; decoded is model.decode(z).
+
+    model is anything with the VAE's `config` (and, for Gaussian models, `log_scale`).
+    """
     dims = tuple(range(1, x.dim()))
     if model.config.likelihood == "bernoulli":
         # BCE with logits is the numerically stable form of log sigmoid / log(1 - sigmoid).

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from export.onnx_export import export_run
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig
 from training.data import default_data_dir, load_mnist, model_inputs, prepare_mnist
@@ -109,6 +110,22 @@ def test_evaluate_and_pictures(tmp_path: Path, data_dir: Path) -> None:
     with Image.open(paths[3]) as scatter:
         colours = {colour for _, colour in scatter.getcolors(maxcolors=100_000) or []}
         assert len(colours) >= 10  # ten labels drawn, plus the white background
+
+
+def test_exported_graphs_evaluate_like_the_checkpoint(tmp_path: Path, data_dir: Path) -> None:
+    first_epoch = TrainConfig(**{**SMALL_TRAINING.__dict__, "epochs": 1})
+    run = train(SMALL_MODEL, first_epoch, tmp_path / "run", data_dir=data_dir, progress=False)
+    version = export_run(run, tmp_path / "models", "small")
+    options = {"k": 32, "subset": 24, "data_dir": data_dir, "progress": False, "batch_decodes": 256}
+    in_torch = evaluate_run(run, **options)
+    in_onnxruntime = evaluate_run(version, out=tmp_path / "onnx-eval.json", **options)
+    assert in_onnxruntime["engine"].startswith("onnxruntime") and in_torch["engine"].startswith("torch")
+    # Same seeds, same noise: only the graphs' float rounding differs.
+    assert in_onnxruntime["iw_nll"] == pytest.approx(in_torch["iw_nll"], abs=1e-3)
+    assert in_onnxruntime["negative_elbo"] == pytest.approx(in_torch["negative_elbo"], abs=1e-3)
+    assert in_onnxruntime["active_units"] == in_torch["active_units"]
+    with pytest.raises(ValueError, match="--out"):
+        evaluate_run(version, **options)  # the model repository is never written to
 
 
 def test_cli_reports_bad_overrides(tmp_path: Path) -> None:

@@ -188,12 +188,12 @@ def test_the_async_client_gives_the_same_answers(server: RunningServer, client: 
     asyncio.run(main())
 
 
-def test_versions_pinning_and_refusing_a_tampered_version(
+def test_versions_pinning_and_refusing_a_version_that_fails_verification(
     versioned_repo: Path, start_server: Callable[..., RunningServer]
 ) -> None:
     running = start_server(versioned_repo)
     with VaeClient(running.target) as client:
-        # tiny/3 fails its sha256 check, so the newest version that loads, 2, is the default.
+        # tiny/3 fails verification (sha256, directory), so the newest version that loads, 2, is the default.
         assert [(m.version, m.is_default) for m in client.list_models()] == [(1, False), (2, True)]
         z = latents(2)
         newest, pinned = client.decode(z), client.decode(z, model="tiny", version=1)

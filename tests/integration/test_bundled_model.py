@@ -1,0 +1,23 @@
+"""The bundled default model verifies and carries the figures reported in docs/results.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export.verify import verify_version
+
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "mnist" / "1"
+
+
+def test_bundled_model_verifies() -> None:
+    report = verify_version(BUNDLED)
+    assert report.ok, report.failures
+
+
+def test_bundled_model_is_small_and_describes_its_training() -> None:
+    assert sum(f.stat().st_size for f in BUNDLED.iterdir()) < 20 * 1024 * 1024
+    manifest = json.loads((BUNDLED / "model.json").read_text())
+    assert (manifest["name"], manifest["version"], manifest["latent_dim"]) == ("mnist", 1, 32)
+    assert manifest["training"]["model"]["architecture"] == "conv"
+    assert manifest["training"]["epochs"] == manifest["training"]["train"]["epochs"]
