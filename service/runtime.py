@@ -72,7 +72,6 @@ def provider_list(placement: Placement) -> list[tuple[str, dict[str, Any]]]:
         # Grow the arena by what is asked, not by powers of two: a few batch sizes otherwise
         # reserve several times the memory they use.
         "arena_extend_strategy": "kSameAsRequested",
-        "do_copy_in_default_stream": True,
     }
     # CPU stays listed so nodes CUDA lacks kernels for still run.
     return [(CUDA, cuda_options), (CPU, {})]

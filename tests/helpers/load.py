@@ -20,6 +20,7 @@ class Tally:
     codes: Counter[str] = field(default_factory=Counter)
     latencies: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     messages: dict[str, str] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)  # "CODE: message" of calls that failed
     items: int = 0
 
     @property
@@ -51,6 +52,7 @@ async def timed_call(call: Callable[[], Awaitable[Any]], tally: Tally, items: in
     except grpc.aio.AioRpcError as error:
         code = error.code().name
         tally.messages.setdefault(code, error.details() or "")
+        tally.outcomes[f"{code}: {error.details()}"] += 1
     tally.codes[code] += 1
     tally.latencies[code].append(time.perf_counter() - started)
     return code

@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from service_harness import RunningServer
 
 from service.client import VaeClient
 
-pytestmark = pytest.mark.timeout(180)
 VAE = [sys.executable, "-m", "vae_cli"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

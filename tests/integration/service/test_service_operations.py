@@ -18,7 +18,6 @@ from service_harness import RunningServer
 
 from service.client import AsyncVaeClient, VaeClient
 
-pytestmark = pytest.mark.timeout(120)
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 

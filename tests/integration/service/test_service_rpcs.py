@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,11 +14,10 @@ import pytest
 from service_harness import RunningServer
 
 from service.client import AsyncVaeClient, VaeClient
-from service.runtime import Graph
+from service.runtime import CPU, CUDA, Graph, Placement
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
 
-pytestmark = pytest.mark.timeout(120)
 LATENT, IMAGE = 8, (1, 28, 28)
 
 
@@ -206,3 +206,16 @@ def test_versions_pinning_and_refusing_a_version_that_fails_verification(
     assert running.metric("vae_model_load_failures_total", name="tiny") == 1
     assert running.metric("vae_model_info", name="tiny", version="2", provider="CPUExecutionProvider") == 1
     assert running.metric("vae_model_info", name="tiny", version="3", provider="CPUExecutionProvider") == 0
+
+
+def test_a_graph_asked_for_cuda_on_a_cpu_build_runs_on_cpu_and_says_so(
+    tiny_model_repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    decoder = tiny_model_repo / "tiny" / "1" / "decoder.onnx"
+    # The CUDA options must be accepted as they are; onnxruntime itself warns that CUDA is missing.
+    with caplog.at_level(logging.WARNING, logger="service.runtime"), pytest.warns(UserWarning, match="CUDA"):
+        graph = Graph(decoder, placement=Placement(CUDA, 0))
+    assert graph.provider == CPU
+    assert "asked for CUDAExecutionProvider, onnxruntime runs it on CPUExecutionProvider" in caplog.text
+    probs = graph.run({"z": latents(2)}, ("probs",))
+    assert list(probs) == ["probs"] and probs["probs"].shape == (2, *IMAGE)

@@ -13,7 +13,6 @@ from service_harness import RunningServer
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
 
-pytestmark = pytest.mark.timeout(120)
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 F32, U8 = pb.DTYPE_FLOAT32, pb.DTYPE_UINT8
 

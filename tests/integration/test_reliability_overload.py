@@ -1,0 +1,89 @@
+"""Overload: far more load than capacity is refused fast at admission, and the server recovers fully."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from helpers.load import Tally, closed_loop
+from helpers.servers import ServerProcess, serving
+
+from vae.v1 import vae_pb2 as pb
+from vae.v1 import vae_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+ITEMS = 64  # latents per request: one request fills a batch
+QUEUE_ITEMS = 4 * ITEMS  # four requests wait while a fifth computes; the rest are refused
+CALM_WORKERS, FLOOD_WORKERS = 2, 96
+PHASE_S = 4.0
+
+
+def _request() -> pb.DecodeRequest:
+    z = np.random.default_rng(0).standard_normal((ITEMS, 8), dtype=np.float32)
+    return pb.DecodeRequest(latents=pb.Tensor(shape=z.shape, dtype=pb.DTYPE_FLOAT32, data=z.tobytes()))
+
+
+async def _phase(stub: vae_pb2_grpc.VaeServiceStub, workers: int, seconds: float) -> tuple[Tally, float]:
+    """Closed-loop Decode calls for `seconds`; returns the tally and items per second served."""
+    request, tally = _request(), Tally()
+    end = time.monotonic() + seconds
+    started = time.perf_counter()
+    await closed_loop(
+        lambda: stub.Decode(request, timeout=30),
+        workers=workers,
+        until=lambda: time.monotonic() > end,
+        tally=tally,
+        items=ITEMS,
+    )
+    return tally, tally.items / (time.perf_counter() - started)
+
+
+async def _scenario(server: ServerProcess) -> tuple[list[tuple[Tally, float]], tuple[int, int]]:
+    """Calm, flood, calm again; resident memory just before and just after the flood."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        await _phase(stub, CALM_WORKERS, 1.0)  # warm-up: connection, allocator pools
+        calm = await _phase(stub, CALM_WORKERS, PHASE_S)
+        rss_before = server.rss_bytes()
+        flood = await _phase(stub, FLOOD_WORKERS, PHASE_S)
+        rss_after = server.rss_bytes()
+        recovered = await _phase(stub, CALM_WORKERS, PHASE_S)
+    return [calm, flood, recovered], (rss_before, rss_after)
+
+
+def test_overload_is_refused_at_admission_and_throughput_recovers(tiny_model_repo: Path) -> None:
+    args = [
+        "--max-batch-items",
+        str(ITEMS),
+        "--max-request-items",
+        str(ITEMS),
+        "--max-queue-items",
+        str(QUEUE_ITEMS),
+    ]
+    with serving(tiny_model_repo, *args) as server:
+        phases, rss = asyncio.run(_scenario(server))
+        refused_by_server = server.metric("vae_requests_total", method="Decode", code="RESOURCE_EXHAUSTED")
+    (calm, before), (flood, during), (recovered, after) = phases
+    print(
+        f"\noverload: calm {calm.summary()}\n  flood {flood.summary()}\n  recovered {recovered.summary()}\n"
+        f"  items/s before {before:.0f}, during {during:.0f}, after {after:.0f}; "
+        f"RSS {rss[0] / 2**20:.1f} -> {rss[1] / 2**20:.1f} MiB"
+    )
+
+    rejected, admitted = flood.codes["RESOURCE_EXHAUSTED"], flood.codes["OK"]
+    # Far above capacity: most of the offered calls are refused, none fails any other way.
+    assert rejected > admitted > 0
+    assert flood.failed("RESOURCE_EXHAUSTED") == 0 and calm.failed() == 0 and recovered.failed() == 0
+    assert refused_by_server == rejected
+    assert "queue full" in flood.messages["RESOURCE_EXHAUSTED"]
+    # Refusal happens at admission, before any queueing: loose bounds, as the machine may be shared.
+    assert flood.percentile("RESOURCE_EXHAUSTED", 50) < 0.05
+    # Admitted calls wait behind at most a full queue, not behind the flood.
+    assert flood.percentile("OK", 99) < 2.0
+    assert rss[1] < 1.05 * rss[0]  # memory stays flat under the flood
+    assert after > 0.7 * before
