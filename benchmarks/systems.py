@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,7 +132,7 @@ def http_ok(*urls: str) -> Callable[[], bool]:
                 with urllib.request.urlopen(url, timeout=0.5) as response:
                     if response.status != 200:
                         return False
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # refused, reset, timed out (URLError is an OSError too)
                 return False
         return True
 

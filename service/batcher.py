@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -29,6 +31,8 @@ from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavai
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
+# What the worker thread hands back: (outputs, seconds) or the exception run_batch raised.
+Outcome = tuple[Sequence[np.ndarray], float] | Exception
 
 
 class BatchObserver(Protocol):
@@ -65,6 +69,8 @@ class _Request:
 
 # One slice of a request in a batch: (request, first item, item count).
 _Slice = tuple[_Request, int, int]
+# A worker job: the loop to report to, the callback that takes the outcome, the parts to concatenate.
+_Job = tuple[asyncio.AbstractEventLoop, Callable[[Outcome], None], list[np.ndarray]]
 
 
 class Batcher:
@@ -90,9 +96,13 @@ class Batcher:
         self._max_queue_items = max_queue_items
         self._observer = observer
         self._name = name
-        # One thread: batches of one graph run one after another, each using onnxruntime's own
-        # intra-op threads; a second batch in flight would only compete for the same cores.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        # One worker thread: batches of one graph run one after another, each using onnxruntime's
+        # own intra-op threads; a second batch in flight would only compete for the same cores.
+        # A bare queue and one call_soon_threadsafe per batch: an executor's futures cost the event
+        # loop more per batch, and that is the throughput of a small machine.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._work, name=name, daemon=True)
+        self._worker.start()
         self._queue: deque[_Request] = deque()
         self._queued = 0  # items admitted but not yet handed to a batch
         self._running = False
@@ -150,8 +160,7 @@ class Batcher:
             return
         self._running = True
         parts = [request.items[first : first + count] for request, first, count in batch]
-        job = asyncio.get_running_loop().run_in_executor(self._executor, self._execute, parts)
-        job.add_done_callback(lambda done: self._finish(batch, done))
+        self._jobs.put((asyncio.get_running_loop(), partial(self._finish, batch), parts))
 
     def _take(self) -> list[_Slice]:
         """Slices from the head of the queue; drops cancelled and expired requests on the way."""
@@ -180,19 +189,27 @@ class Batcher:
                 self._queue.popleft()
         return batch
 
-    def _execute(self, parts: list[np.ndarray]) -> tuple[Sequence[np.ndarray], float]:
-        """Worker thread: one contiguous batch through run_batch, timed."""
-        started = time.perf_counter()
-        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        outputs = self._run_batch(batch)
-        return outputs, time.perf_counter() - started
+    def _work(self) -> None:
+        """Worker thread: run each job's parts as one contiguous batch, hand the outcome to the loop."""
+        while (job := self._jobs.get()) is not None:
+            loop, done, parts = job
+            started = time.perf_counter()
+            outcome: Outcome
+            try:
+                outputs = self._run_batch(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                outcome = outputs, time.perf_counter() - started
+            except Exception as exc:  # reported on the loop, with its traceback
+                outcome = exc
+            loop.call_soon_threadsafe(done, outcome)
 
-    def _finish(self, batch: list[_Slice], done: asyncio.Future[tuple[Sequence[np.ndarray], float]]) -> None:
+    def _finish(self, batch: list[_Slice], outcome: Outcome) -> None:
         """Event loop: scatter a batch's outputs to its requests, then start the next batch."""
         self._running = False
         items = sum(count for _, _, count in batch)
         try:
-            outputs, seconds = done.result()
+            if isinstance(outcome, Exception):
+                raise outcome
+            outputs, seconds = outcome
             self._check(outputs, items)
         except Exception:
             log.exception("%s: a batch of %d items from %d requests failed", self._name, items, len(batch))
@@ -242,15 +259,19 @@ class Batcher:
         """Run batches of every size in `sizes` (copies of example[0]) so none is first met under load."""
         loop = asyncio.get_running_loop()
         for size in sizes:
-            batch = np.repeat(example[:1], size, axis=0)
-            outputs, _ = await loop.run_in_executor(self._executor, self._execute, [batch])
-            self._check(outputs, size)
+            done: asyncio.Future[Outcome] = loop.create_future()
+            self._jobs.put((loop, done.set_result, [np.repeat(example[:1], size, axis=0)]))
+            outcome = await done
+            if isinstance(outcome, Exception):
+                raise outcome
+            self._check(outcome[0], size)
 
     async def close(self) -> None:
         """Refuse new requests, let admitted ones finish, then stop the worker thread."""
         self._closed = True
         await self._idle.wait()
-        await asyncio.to_thread(self._executor.shutdown)
+        self._jobs.put(None)
+        await asyncio.to_thread(self._worker.join)
 
 
 def bucket_sizes(max_batch_items: int) -> list[int]:

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.config import ServiceConfig, env_var, flag
+from service.config import ServiceConfig, env_var, flag, read_token
 
 if TYPE_CHECKING:
+    import grpc
     import numpy as np
 
     from service.client import VaeClient
@@ -67,7 +68,11 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    credentials = _credentials(args)
+    channel = (
+        grpc.secure_channel(args.target, credentials) if credentials else grpc.insecure_channel(args.target)
+    )
+    with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
@@ -78,6 +83,30 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{args.target}: {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's CA certificates")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA certificates to trust instead (implies --tls)")
+    parser.add_argument(
+        "--tls-cert", type=Path, help="PEM client certificate, for mutual TLS (implies --tls)"
+    )
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+
+
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from --tls/--tls-ca/--tls-cert/--tls-key; None for plaintext."""
+    import grpc
+
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+    )
 
 
 # --- vae client -----------------------------------------------------------------------------------
@@ -91,8 +120,11 @@ def _client(args: argparse.Namespace) -> Iterator[VaeClient]:
     from service.client import VaeClient
     from vae_cli import CommandError
 
+    token = read_token(args.token_file) if args.token_file else None
     try:
-        with VaeClient(args.target, timeout=args.timeout) as client:
+        with VaeClient(
+            args.target, timeout=args.timeout, credentials=_credentials(args), token=token
+        ) as client:
             yield client
     except grpc.RpcError as exc:
         raise CommandError(f"{exc.code().name}: {exc.details()}") from exc
@@ -262,6 +294,7 @@ def register(commands: Any) -> None:
     health.add_argument("--target", default="localhost:50051", help="HOST:PORT")
     health.add_argument("--timeout", type=float, default=2.0, help="seconds")
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
+    _add_tls_flags(health)
     health.set_defaults(handler=_health)
 
     common = argparse.ArgumentParser(add_help=False)
@@ -271,6 +304,8 @@ def register(commands: Any) -> None:
     common.add_argument("--version", type=int, default=0, help="model version (default: the newest)")
     common.add_argument("--out", type=Path, default=Path("out"), help="output directory")
     common.add_argument("--npy", action="store_true", help="write images as one .npy instead of PNGs")
+    common.add_argument("--token-file", type=Path, help="file holding the server's bearer token")
+    _add_tls_flags(common)
 
     client = commands.add_parser("client", help="call a running server").add_subparsers(
         dest="rpc", required=True, metavar="RPC"

@@ -8,10 +8,13 @@
 
 Failed calls raise grpc.RpcError; `.code()` is the status (docs/api.md lists them).
 Both clients build requests and read responses with the same functions, so they cannot drift apart.
+Both spread calls over every address the target resolves to and retry UNAVAILABLE (SERVICE_CONFIG);
+`credentials` turns on TLS (grpc.ssl_channel_credentials) and `token` sends a bearer token.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -203,11 +206,42 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
     )
 
 
-def _options(max_message_bytes: int) -> list[tuple[str, int]]:
+# The channel's service config (gRFC A6 retries; docs/reliability.md and docs/api.md explain it).
+# round_robin: calls go to every address the target resolves to (ipv4:HOST:PORT,HOST:PORT, or a
+# headless Service's pods), skipping those that are down. The retry policy sends a call that ended
+# UNAVAILABLE again, after a backoff, up to 5 attempts in all: UNAVAILABLE means it never ran (a
+# draining server refused it, a replica or connection went away, a balancer found no backend),
+# and every RPC here computes a pure function of its request, so a second attempt is safe.
+# RESOURCE_EXHAUSTED (back off: the server is full) and DEADLINE_EXCEEDED (time is up) are final.
+# gRPC buffers at most 256 KiB of a request for retrying; larger requests are not retried.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": "vae.v1.VaeService"}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
     ]
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 # --- the clients ----------------------------------------------------------------------------------
@@ -223,11 +257,19 @@ class VaeClient:
         timeout: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target, options=_options(max_message_bytes))
+        options = _options(max_message_bytes)
+        self._channel = channel or (
+            grpc.secure_channel(target, credentials, options)
+            if credentials
+            else grpc.insecure_channel(target, options)
+        )
         # grpcio-tools writes no type stubs for the service; the message types are typed (.pyi).
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
+        self._metadata = _metadata(token)
 
     def __enter__(self) -> VaeClient:
         return self
@@ -250,13 +292,13 @@ class VaeClient:
         version: int = 0,
     ) -> Encoded:
         request = encode_request(images, samples, seed, model, version)
-        return encoded(self._stub.Encode(request, timeout=self.timeout))
+        return encoded(self._stub.Encode(request, timeout=self.timeout, metadata=self._metadata))
 
     def decode(
         self, latents: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
     ) -> Decoded:
         request = decode_request(latents, output_dtype, model, version)
-        return decoded(self._stub.Decode(request, timeout=self.timeout))
+        return decoded(self._stub.Decode(request, timeout=self.timeout, metadata=self._metadata))
 
     def sample(
         self,
@@ -269,7 +311,7 @@ class VaeClient:
         version: int = 0,
     ) -> Generated:
         request = sample_request(n, seed, temperature, output_dtype, model, version)
-        return generated(self._stub.Sample(request, timeout=self.timeout))
+        return generated(self._stub.Sample(request, timeout=self.timeout, metadata=self._metadata))
 
     def sample_stream(
         self,
@@ -283,14 +325,14 @@ class VaeClient:
     ) -> Iterator[Generated]:
         """Chunks of images as the server sends them; together the same as sample() with that seed."""
         request = sample_request(n, seed, temperature, output_dtype, model, version)
-        for response in self._stub.SampleStream(request, timeout=self.timeout):
+        for response in self._stub.SampleStream(request, timeout=self.timeout, metadata=self._metadata):
             yield generated(response)
 
     def reconstruct(
         self, images: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
     ) -> Reconstructed:
         request = reconstruct_request(images, output_dtype, model, version)
-        return reconstructed(self._stub.Reconstruct(request, timeout=self.timeout))
+        return reconstructed(self._stub.Reconstruct(request, timeout=self.timeout, metadata=self._metadata))
 
     def interpolate(
         self,
@@ -304,15 +346,17 @@ class VaeClient:
         version: int = 0,
     ) -> Generated:
         request = interpolate_request(start, end, steps, method, output_dtype, model, version)
-        return generated(self._stub.Interpolate(request, timeout=self.timeout))
+        return generated(self._stub.Interpolate(request, timeout=self.timeout, metadata=self._metadata))
 
     def list_models(self) -> list[ModelInfo]:
-        response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        response = self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )
         return [model_info(info) for info in response.models]
 
     def model_info(self, model: str = "", version: int = 0) -> ModelInfo:
         request = pb.GetModelInfoRequest(model=_ref(model, version))
-        return model_info(self._stub.GetModelInfo(request, timeout=self.timeout))
+        return model_info(self._stub.GetModelInfo(request, timeout=self.timeout, metadata=self._metadata))
 
 
 class AsyncVaeClient:
@@ -325,10 +369,18 @@ class AsyncVaeClient:
         timeout: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target, options=_options(max_message_bytes))
+        options = _options(max_message_bytes)
+        self._channel = channel or (
+            grpc.aio.secure_channel(target, credentials, options)
+            if credentials
+            else grpc.aio.insecure_channel(target, options)
+        )
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.timeout = timeout
+        self._metadata = _metadata(token)
 
     async def __aenter__(self) -> AsyncVaeClient:
         return self
@@ -351,13 +403,13 @@ class AsyncVaeClient:
         version: int = 0,
     ) -> Encoded:
         request = encode_request(images, samples, seed, model, version)
-        return encoded(await self._stub.Encode(request, timeout=self.timeout))
+        return encoded(await self._stub.Encode(request, timeout=self.timeout, metadata=self._metadata))
 
     async def decode(
         self, latents: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
     ) -> Decoded:
         request = decode_request(latents, output_dtype, model, version)
-        return decoded(await self._stub.Decode(request, timeout=self.timeout))
+        return decoded(await self._stub.Decode(request, timeout=self.timeout, metadata=self._metadata))
 
     async def sample(
         self,
@@ -370,7 +422,7 @@ class AsyncVaeClient:
         version: int = 0,
     ) -> Generated:
         request = sample_request(n, seed, temperature, output_dtype, model, version)
-        return generated(await self._stub.Sample(request, timeout=self.timeout))
+        return generated(await self._stub.Sample(request, timeout=self.timeout, metadata=self._metadata))
 
     async def sample_stream(
         self,
@@ -383,14 +435,16 @@ class AsyncVaeClient:
         version: int = 0,
     ) -> AsyncIterator[Generated]:
         request = sample_request(n, seed, temperature, output_dtype, model, version)
-        async for response in self._stub.SampleStream(request, timeout=self.timeout):
+        async for response in self._stub.SampleStream(request, timeout=self.timeout, metadata=self._metadata):
             yield generated(response)
 
     async def reconstruct(
         self, images: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
     ) -> Reconstructed:
         request = reconstruct_request(images, output_dtype, model, version)
-        return reconstructed(await self._stub.Reconstruct(request, timeout=self.timeout))
+        return reconstructed(
+            await self._stub.Reconstruct(request, timeout=self.timeout, metadata=self._metadata)
+        )
 
     async def interpolate(
         self,
@@ -404,12 +458,16 @@ class AsyncVaeClient:
         version: int = 0,
     ) -> Generated:
         request = interpolate_request(start, end, steps, method, output_dtype, model, version)
-        return generated(await self._stub.Interpolate(request, timeout=self.timeout))
+        return generated(await self._stub.Interpolate(request, timeout=self.timeout, metadata=self._metadata))
 
     async def list_models(self) -> list[ModelInfo]:
-        response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        response = await self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )
         return [model_info(info) for info in response.models]
 
     async def model_info(self, model: str = "", version: int = 0) -> ModelInfo:
         request = pb.GetModelInfoRequest(model=_ref(model, version))
-        return model_info(await self._stub.GetModelInfo(request, timeout=self.timeout))
+        return model_info(
+            await self._stub.GetModelInfo(request, timeout=self.timeout, metadata=self._metadata)
+        )

@@ -50,6 +50,16 @@ class ServiceConfig:
     max_posterior_samples: int = _option(64, "posterior samples per image in Encode")
     max_message_bytes: int = _option(64 * 2**20, "largest gRPC message received or sent")
     grace_seconds: float = _option(10.0, "on SIGTERM/SIGINT, time admitted requests get to finish")
+    reload_interval_seconds: float = _option(
+        0.0, "look for new model versions this often (0: only when sent SIGHUP)"
+    )
+    # Empty paths switch a feature off: plaintext, no client certificates, no token.
+    tls_cert: str = _option("", "PEM certificate chain: with --tls-key, serve TLS instead of plaintext")
+    tls_key: str = _option("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _option("", "PEM CA certificates: require client certificates they signed (mTLS)")
+    auth_token_file: str = _option(
+        "", "file holding the bearer token every VaeService call must send (health stays open)"
+    )
     log_level: str = _option("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def __post_init__(self) -> None:
@@ -87,6 +97,15 @@ class ServiceConfig:
             raise ValueError(f"max_delay_ms must be in 0..1000, got {self.max_delay_ms}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be at least 0, got {self.grace_seconds}")
+        if self.reload_interval_seconds < 0:
+            raise ValueError(
+                f"reload_interval_seconds must be at least 0 (0: reload on SIGHUP only), "
+                f"got {self.reload_interval_seconds}"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both to serve TLS, or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs TLS: set tls_cert and tls_key too")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -100,6 +119,14 @@ class ServiceConfig:
             elif (raw := env.get(env_var(spec.name))) is not None:
                 values[spec.name] = _parse(spec.name, type(spec.default), raw)
         return cls(**values)
+
+
+def read_token(path: Path) -> str:
+    """A bearer token kept in a file (not a flag: flags show in `ps`), without surrounding whitespace."""
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty; put the token in it")
+    return token
 
 
 def env_var(name: str) -> str:

@@ -123,6 +123,12 @@ class Registry:
         self.default_model = default_model
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._default: LoadedModel | None = None
+        # Versions that failed to load, with their files' sizes and times then: a reload skips
+        # them (no new log line or metric every poll) until their files change.
+        self.refused: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}
+
+    def has(self, name: str, version: int) -> bool:
+        return version in self._models.get(name, {})
 
     def add(self, model: LoadedModel) -> None:
         self._models.setdefault(model.manifest.name, {})[model.manifest.version] = model
@@ -161,26 +167,56 @@ async def load_repository(
     registry: Registry, config: ServiceConfig, placement: Placement, metrics: Metrics
 ) -> None:
     """Load every version of every model in config.repo; the default model must end up with one."""
-    observers = {graph: metrics.graph(graph) for graph in ("encoder", "decoder")}
-    for name in _model_names(config.repo, registry.default_model):
-        for version in sorted(list_versions(config.repo, name), reverse=True):
-            try:
-                model = await load_model(config.repo / name / str(version), config, placement, observers)
-            except RepositoryError as exc:  # verification said why; no traceback needed
-                log.error("model %s version %d refused: %s", name, version, exc)
-                metrics.model_load_failures.labels(name).inc()
-                continue
-            except Exception:  # a bad version must never stop the others from serving
-                log.exception("model %s version %d failed to load", name, version)
-                metrics.model_load_failures.labels(name).inc()
-                continue
-            registry.add(model)
-            metrics.model_info.labels(name, str(version), model.provider).set(1)
+    await load_new_versions(registry, config, placement, metrics)
     if registry.default is None:
         raise RepositoryError(
             f"no version of the default model {registry.default_model!r} in {config.repo} could be loaded; "
             "the log says why (run `vae verify` on it), or choose another with --model"
         )
+
+
+async def load_new_versions(
+    registry: Registry, config: ServiceConfig, placement: Placement, metrics: Metrics
+) -> list[LoadedModel]:
+    """Verify, load and warm the versions in config.repo that are not loaded yet; return those loaded.
+
+    Each joins the registry once warm, so the newest version of the default model takes over
+    between two requests. Versions refused before are skipped until their files change.
+    """
+    observers = {graph: metrics.graph(graph) for graph in ("encoder", "decoder")}
+    loaded = []
+    for name in _model_names(config.repo, registry.default_model):
+        for version in sorted(list_versions(config.repo, name), reverse=True):
+            path = config.repo / name / str(version)
+            files = _file_signature(path)
+            if registry.has(name, version) or registry.refused.get((name, version)) == files:
+                continue
+            try:
+                model = await load_model(path, config, placement, observers)
+            except RepositoryError as exc:  # verification said why; no traceback needed
+                log.error("model %s version %d refused: %s", name, version, exc)
+            except Exception:  # a bad version must never stop the others from serving
+                log.exception("model %s version %d failed to load", name, version)
+            else:
+                registry.add(model)
+                metrics.model_info.labels(name, str(version), model.provider).set(1)
+                loaded.append(model)
+                if model is registry.default:
+                    log.info("%s/%d now answers requests that name no version", name, version)
+                continue
+            metrics.model_load_failures.labels(name).inc()
+            registry.refused[name, version] = files
+    return loaded
+
+
+def _file_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of each file in a version directory."""
+    try:
+        return tuple(
+            sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+        )
+    except OSError:  # removed while we looked: nothing to compare with
+        return ()
 
 
 def _model_names(repo: Path, default_model: str) -> Sequence[str]:

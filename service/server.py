@@ -2,8 +2,9 @@
 
 Lifecycle: `create_server(config)` binds the port; `start()` begins answering with health
 NOT_SERVING; `load_models()` verifies, loads and warms every version, then flips health to SERVING;
-`stop()` flips it back, refuses new calls, lets admitted ones finish within the grace period, and
-stops the batchers. `serve()` runs all of it until SIGTERM or SIGINT.
+`reload()` (SIGHUP, or every --reload-interval-seconds) loads versions that appeared since;
+`stop()` flips health back, refuses new calls, lets admitted ones finish within the grace period,
+and stops the batchers. `serve()` runs all of it until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import asyncio
 import logging
 import signal
 import sys
+import time
+from collections.abc import Coroutine
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -19,10 +23,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from export.repository import RepositoryError
+from service import gates
 from service.config import ServiceConfig
 from service.metrics import Metrics
-from service.registry import Registry, load_repository
-from service.runtime import available_providers, select_placement
+from service.registry import Registry, load_new_versions, load_repository
+from service.runtime import Placement, available_providers, select_placement
 from service.servicer import SERVICE, VaeServicer
 from vae.v1 import vae_pb2_grpc
 
@@ -32,6 +38,13 @@ SERVICE_NAME = SERVICE.full_name
 # A thread waiting for the GIL (a batch coming back from onnxruntime) waits up to the switch
 # interval while the event loop thread keeps it busy; 5 ms by default is longer than a batch.
 SWITCH_INTERVAL_S = 0.0005
+# Drain: once admitted calls are done, keep refusing for as long as calls still arrive (at most
+# this long), so that calls already on the wire get UNAVAILABLE and not the CANCELLED with which
+# gRPC ends calls it received but had not handed to the servicer when the server stops.
+DRAIN_LINGER_S = 1.0
+DRAIN_QUIET_S = 0.2
+# Then the port closes; answers still being written get this long (health Watch streams never end).
+FLUSH_S = 0.5
 
 
 class VaeServer:
@@ -44,27 +57,35 @@ class VaeServer:
         # grpc-stubs 1.53 predates grpc_health's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc = grpc.aio.server(
+            interceptors=gates.interceptors(config, self.metrics),
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 # Two servers must not share a port by accident.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         # grpcio-tools writes no type stubs for the service code.
-        vae_pb2_grpc.add_VaeServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            VaeServicer(self.registry, config, self.metrics), self.grpc
-        )
+        self.servicer = VaeServicer(self.registry, config, self.metrics)
+        vae_pb2_grpc.add_VaeServiceServicer_to_server(self.servicer, self.grpc)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
-        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        credentials = gates.server_credentials(config)
+        if credentials is None:
+            self.port = self.grpc.add_insecure_port(address)
+        else:
+            self.port = self.grpc.add_secure_port(address, credentials)
         if not self.port:
             raise ValueError(f"cannot listen on {config.host}:{config.port}; pick another --port")
         self.metrics_port = 0
         self._http: WSGIServer | None = None
         self._stopping = False
+        self._placement: Placement | None = None
+        self._loading = asyncio.Lock()  # one look at the repository at a time
+        self._tasks: set[asyncio.Task[None]] = set()  # reloads and polling, kept until done
 
     async def start(self) -> None:
         """Answer from now on: health NOT_SERVING, RPCs UNAVAILABLE until load_models() is done."""
@@ -80,7 +101,9 @@ class VaeServer:
     async def load_models(self) -> None:
         """Verify, load and warm every version in the repository, then report SERVING."""
         placement = select_placement(self.config.device, available_providers())
-        await load_repository(self.registry, self.config, placement, self.metrics)
+        async with self._loading:
+            await load_repository(self.registry, self.config, placement, self.metrics)
+            self._placement = placement
         if not self._stopping:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info(
@@ -88,16 +111,52 @@ class VaeServer:
                 ", ".join(f"{m.manifest.name}/{m.manifest.version}" for m in self.registry.models()),
             )
 
+    async def reload(self) -> None:
+        """Load, warm and switch to versions that appeared in the repository; the old ones keep serving."""
+        if self._placement is None or self._stopping:
+            return  # the first load is still under way, or the server is going away
+        async with self._loading:
+            try:
+                loaded = await load_new_versions(self.registry, self.config, self._placement, self.metrics)
+            except RepositoryError as exc:
+                log.error("reload failed; still serving what was loaded: %s", exc)
+                return
+        if loaded:
+            log.info("reload: %s", ", ".join(f"{m.manifest.name}/{m.manifest.version}" for m in loaded))
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval_seconds)
+            await self.reload()
+
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING at once, refuse new calls, finish admitted ones (at most `grace` seconds)."""
+        deadline = time.monotonic() + (self.config.grace_seconds if grace is None else grace)
         self._stopping = True
+        for task in self._tasks:
+            task.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.grpc.stop(self.config.grace_seconds if grace is None else grace)
+        self.servicer.draining = True
+        await self._drain(deadline)
+        await self.grpc.stop(max(0.0, min(FLUSH_S, deadline - time.monotonic())))
         await asyncio.gather(*(model.close() for model in self.registry.models()))
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
         log.info("stopped")
+
+    async def _drain(self, deadline: float) -> None:
+        """Until the deadline: wait for admitted calls, then linger while calls still arrive."""
+        while self.servicer.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        linger = min(deadline, time.monotonic() + DRAIN_LINGER_S)
+        while time.monotonic() < linger and time.perf_counter() - self.servicer.last_arrival < DRAIN_QUIET_S:
+            await asyncio.sleep(0.01)
 
     async def serve(self) -> None:
         """start, load_models, and run until SIGTERM or SIGINT; then stop gracefully."""
@@ -105,6 +164,8 @@ class VaeServer:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        # Installed at once: SIGHUP's default action would end the process.
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         await self.start()
         loading = asyncio.ensure_future(self.load_models())
         stopped = asyncio.ensure_future(stop.wait())
@@ -112,6 +173,8 @@ class VaeServer:
             await asyncio.wait((loading, stopped), return_when=asyncio.FIRST_COMPLETED)
             if loading.done():
                 loading.result()  # a model that failed to load ends the process here
+                if self.config.reload_interval_seconds:
+                    self._spawn(self._poll())
                 await stopped
             log.info("signal received; draining for up to %.1f s", self.config.grace_seconds)
         finally:

@@ -22,7 +22,7 @@ import numpy as np
 from service import codec, latents
 from service.batcher import Batcher, Result
 from service.config import ServiceConfig
-from service.errors import InvalidArgument, ServiceError
+from service.errors import InvalidArgument, ServiceError, Unavailable
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
 from vae.v1 import vae_pb2 as pb
@@ -77,6 +77,16 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self._methods = {method.name: metrics.method(method.name) for method in SERVICE.methods}
         # Unseeded draws share one generator: only the event loop thread touches it.
         self._rng = np.random.default_rng()
+        # The server's drain reads these: calls being answered, when the last one arrived, and
+        # whether new ones are refused (UNAVAILABLE, so that clients retry on another replica).
+        self.active = 0
+        self.last_arrival = 0.0
+        self.draining = False
+
+    def _admit(self, started: float) -> None:
+        self.last_arrival = started
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
 
     async def _answer(
         self, name: str, handler: Callable[[Any, Call], Awaitable[Response]], request: Any, context: Context
@@ -85,7 +95,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         started = time.perf_counter()
         method.in_flight.inc()
         call = Call(context)
+        self.active += 1
         try:
+            self._admit(started)
             response = await handler(request, call)
         except asyncio.CancelledError:
             method.finished("CANCELLED", started)
@@ -96,6 +108,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             method.finished(status.name, started)
             await context.abort(status, message, call.trailers())
             raise  # abort raises; this line only satisfies the type checker
+        finally:
+            self.active -= 1
         context.set_trailing_metadata(call.trailers())
         method.items.inc(call.items)
         method.finished("OK", started)
@@ -131,7 +145,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         started = time.perf_counter()
         method.in_flight.inc()
         call = Call(context)
+        self.active += 1
         try:
+            self._admit(started)
             async for response in self._sample_stream(request, call):
                 yield response
         except (asyncio.CancelledError, GeneratorExit):
@@ -143,6 +159,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             method.finished(status.name, started)
             await context.abort(status, message, call.trailers())
             return
+        finally:
+            self.active -= 1
         context.set_trailing_metadata(call.trailers())
         method.items.inc(call.items)
         method.finished("OK", started)

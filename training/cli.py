@@ -77,6 +77,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.run,
         k=args.k,
         subset=args.subset,
+        first_image=args.start,
         data_dir=args.data_dir,
         device_name=args.device,
         batch_decodes=args.batch_decodes,
@@ -110,7 +111,11 @@ def register(commands: Any) -> None:
 
     train = commands.add_parser("train", parents=[data_dir], help="train a VAE from a recipe")
     train.add_argument("--recipe", default="default", help="TOML file, or a bundled recipe name")
-    train.add_argument("--run", type=Path, default=Path("runs/default"), help="run directory")
+    # --run-dir is the spelling to use under torchrun, whose argument parser takes a bare --run
+    # for an abbreviation of its own --run-path.
+    train.add_argument(
+        "--run", "--run-dir", dest="run", type=Path, default=Path("runs/default"), help="run directory"
+    )
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     train.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     train.set_defaults(handler=_train)
@@ -120,7 +125,8 @@ def register(commands: Any) -> None:
     evaluate.add_argument("--k", type=int, default=5000, help="importance samples per image")
     evaluate.add_argument("--out", type=Path, default=None, help="report file (default: RUN/eval.json)")
     evaluate.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
-    evaluate.add_argument("--subset", type=int, default=0, help="first N test images (0 = all)")
+    evaluate.add_argument("--subset", type=int, default=0, help="only N test images (0 = all)")
+    evaluate.add_argument("--start", type=int, default=0, help="index of the first test image")
     evaluate.add_argument("--batch-decodes", type=int, default=5000, help="decodes per forward pass")
     evaluate.set_defaults(handler=_eval)
 

@@ -99,6 +99,7 @@ def evaluate_run(
     *,
     k: int = 5000,
     subset: int = 0,
+    first_image: int = 0,
     data_dir: Path | None = None,
     device_name: str = "auto",
     batch_decodes: int = 5000,
@@ -118,7 +119,7 @@ def evaluate_run(
     )
     device = torch.device("cpu") if isinstance(model, ExportedModel) else pick_device(device_name)
     splits = load_dataset(train_config.dataset, data_dir)
-    test_uint8 = splits.test_x[: subset or None]
+    test_uint8 = splits.test_x[first_image:][: subset or None]
 
     binarized = trains_on_binary(model_config, train_config)
     x_all = torch.from_numpy(model_inputs(test_uint8, binarized, EVAL_BINARIZATION_SEED)).to(device)
@@ -157,6 +158,7 @@ def evaluate_run(
 
     report = {
         "test_images": len(x_all),
+        "first_test_image": first_image,
         "test_binarization": (
             f"fixed Bernoulli draw, seed {EVAL_BINARIZATION_SEED}" if binarized else "none (grey levels)"
         ),

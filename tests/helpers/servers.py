@@ -96,9 +96,9 @@ class ServerProcess:
             for sample in family.samples
         }
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, series: str, /, **labels: str) -> float:
         """One sample's value; 0 when the series does not exist yet (counters start there)."""
-        return self.metrics().get((name, frozenset(labels.items())), 0.0)
+        return self.metrics().get((series, frozenset(labels.items())), 0.0)
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process, from /proc."""

@@ -21,3 +21,10 @@ def test_bundled_model_is_small_and_describes_its_training() -> None:
     assert (manifest["name"], manifest["version"], manifest["latent_dim"]) == ("mnist", 1, 32)
     assert manifest["training"]["model"]["architecture"] == "conv"
     assert manifest["training"]["epochs"] == manifest["training"]["train"]["epochs"]
+
+
+def test_bundled_model_carries_its_reported_quality() -> None:
+    evaluation = json.loads((BUNDLED / "model.json").read_text())["eval"]
+    assert (evaluation["test_images"], evaluation["iw_k"]) == (10_000, 5000)
+    assert evaluation["iw_nll"] <= 86.0  # the target in docs/results.md
+    assert evaluation["iw_nll"] < evaluation["negative_elbo"]

@@ -50,22 +50,43 @@ def _rewrite_hash(version: Path, graph: str) -> None:
     (version / "model.json").write_text(json.dumps(manifest, indent=2))
 
 
+def _renumbered(source: Path, target: Path, version: int) -> Path:
+    """A copy of an exported version under another number: manifest, graph metadata and hashes agree.
+
+    Cheaper than exporting again (torch), which matters on a busy two-core machine.
+    """
+    import onnx
+
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "model.json").read_text())
+    manifest["version"] = version
+    (target / "model.json").write_text(json.dumps(manifest, indent=2))
+    for graph in ("encoder", "decoder"):
+        path = target / manifest["graphs"][graph]["file"]
+        model = onnx.load(path)
+        for entry in model.metadata_props:
+            if entry.key == "vae.version":
+                entry.value = str(version)
+        onnx.save(model, path)
+        _rewrite_hash(target, graph)
+    return target
+
+
 @pytest.fixture(scope="module")
 def staged(tiny_model_exporter: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Staged:
     """tiny/2 (new weights) and three broken versions, each with exactly one fault."""
     root = tmp_path_factory.mktemp("staged")
-    exported = {v: tiny_model_exporter(root / f"export{v}", v, seed=v) for v in (2, 3, 4, 5)}
-    other_pairing = tiny_model_exporter(root / "export5b", 5, seed=5)
-    for version, path in exported.items():
-        shutil.copytree(path, root / str(version))
+    exported = tiny_model_exporter(root / "export", 2, seed=2)
+    shutil.copytree(exported, root / "2")
     # 3: a file changed after export, so its sha256 no longer matches model.json.
-    decoder = root / "3" / "decoder.onnx"
+    decoder = _renumbered(exported, root / "3", 3) / "decoder.onnx"
     decoder.write_bytes(decoder.read_bytes()[:-1] + bytes([decoder.read_bytes()[-1] ^ 0xFF]))
     # 4: hashes match, but the encoder is not an ONNX graph at all.
-    (root / "4" / "encoder.onnx").write_bytes(b"this is not an onnx graph")
+    (_renumbered(exported, root / "4", 4) / "encoder.onnx").write_bytes(b"this is not an onnx graph")
     _rewrite_hash(root / "4", "encoder")
-    # 5: a decoder from another export of the same version: a different pairing id.
-    shutil.copy(other_pairing / "decoder.onnx", root / "5" / "decoder.onnx")
+    # 5: the decoder of another export (same number): encoder and decoder carry different pairing ids.
+    other = _renumbered(tiny_model_exporter(root / "other", 2, seed=5), root / "other5", 5)
+    shutil.copy(other / "decoder.onnx", _renumbered(exported, root / "5", 5) / "decoder.onnx")
     _rewrite_hash(root / "5", "decoder")
     return Staged(root)
 

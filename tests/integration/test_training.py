@@ -73,7 +73,7 @@ def test_distributed_data_parallel_with_two_cpu_processes(tmp_path: Path, data_d
     run = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "vae_cli", "train", "--run", str(run), "--data-dir", str(data_dir), "--no-progress",
+        "-m", "vae_cli", "train", "--run-dir", str(run), "--data-dir", str(data_dir), "--no-progress",
         "--set", "model.widths=[8, 16, 32]", "--set", "model.latent_dim=4", "--set", "train.epochs=1",
         "--set", "train.train_subset=512", "--set", "train.val_subset=128", "--set", "train.batch_size=64",
     ]  # fmt: skip
