@@ -18,9 +18,20 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     load_medians: dict[str, dict[str, dict[str, Any]]] = {}
     for scenario in SCENARIOS:
         for system in SYSTEMS:
-            runs = [r for r in results["load"] if r["scenario"] == scenario.key and r["system"] == system]
+            runs = [
+                r
+                for r in results["load"]
+                if r["scenario"] == scenario.key and r["system"] == system and "failed" not in r
+            ]
+            failed = sum(
+                1
+                for r in results["load"]
+                if r["scenario"] == scenario.key and r["system"] == system and "failed" in r
+            )
             if runs:
-                load_medians.setdefault(scenario.key, {})[system] = _median_run(runs)
+                load_medians.setdefault(scenario.key, {})[system] = _median_run(runs) | {
+                    "failed_runs": failed
+                }
     ceiling = inprocess_medians(results["inprocess"])
     cold = {
         system: statistics.median(r["seconds"] for r in results["cold_start"] if r["system"] == system)

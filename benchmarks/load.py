@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 
 # Connecting and the first call must not wait forever on a target that is not there.
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 30.0
 # After the window, how long the parent waits for workers to finish their last calls and report.
 DRAIN_TIMEOUT_S = 30.0
 PROGRESS_INTERVAL_S = 0.5

@@ -66,9 +66,14 @@ def _load_table(summary: dict[str, Any]) -> str:
             batch = ", ".join(f"{g[:3]} {v:.1f}" for g, v in m.get("mean_batch", {}).items()) or "—"
             rows.append(
                 f"| {scenario.title} | {system} | {_num(m['requests_per_s'])} | {_num(m['items_per_s'])} | "
-                f"{_num(m['p50_ms'], 2)} | {_num(m['p99_ms'], 2)} | {batch} | {m['errors']} |"
+                f"{_num(m['p50_ms'], 2)} | {_num(m['p99_ms'], 2)} | {batch} | {_errors(m)} |"
             )
     return "\n".join(rows)
+
+
+def _errors(median: dict[str, Any]) -> str:
+    failed = median.get("failed_runs", 0)
+    return f"{median['errors']}" + (f"; {failed} run(s) failed" if failed else "")
 
 
 def _targets(targets: list[dict[str, Any]]) -> str:

@@ -168,7 +168,7 @@ def _run(
                 order = [name for name in SYSTEMS if (scenario.key, name) in plans]
                 shift = (round_ + index) % len(order)
                 for name in order[shift:] + order[:shift]:
-                    record = _measure(args, servers[name], scenario, plans[scenario.key, name])
+                    record = _measure_or_fail(args, servers[name], scenario, plans[scenario.key, name])
                     results["load"].append({"round": round_, "system": name, **record})
                     _say(record, name)
     return results
@@ -199,6 +199,21 @@ def _plans(
             load.call_once(servers["triton"].target, triton)  # raises if Triton rejects it
             plans[scenario.key, "triton"] = triton
     return plans, sizes
+
+
+def _measure_or_fail(
+    args: argparse.Namespace, server: systems.Server, scenario: Scenario, workload: load.Workload
+) -> dict[str, Any]:
+    """One run; a system that broke down is recorded as failed (with its log's tail), not the suite."""
+    failure = None
+    if server.process.poll() is not None:
+        failure = f"{server.name} exited with {server.process.returncode}"
+    else:
+        try:
+            return _measure(args, server, scenario, workload)
+        except RuntimeError as exc:
+            failure = str(exc)
+    return {"scenario": scenario.key, "failed": failure, "log_tail": systems.tail(server.log)}
 
 
 def _measure(
@@ -257,6 +272,9 @@ def _cold_starts(
 
 
 def _say(record: dict[str, Any], system: str) -> None:
+    if "failed" in record:
+        print(f"{record['scenario']:<15} {system:<22} FAILED: {record['failed']}", file=sys.stderr)
+        return
     rep = record["report"]
     p99 = rep["latency_ms"]["p99"] if rep["latency_ms"] else float("nan")
     line = f"{record['scenario']:<15} {system:<22} {rep['requests_per_s']:>9,.0f} req/s  p99 {p99:8.2f} ms"

@@ -73,9 +73,9 @@ def start(
     try:
         while not ready():
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{_tail(log)}")
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail(log)}")
             if time.monotonic() - began > timeout:
-                raise RuntimeError(f"{name} not ready after {timeout:.0f} s:\n{_tail(log)}")
+                raise RuntimeError(f"{name} not ready after {timeout:.0f} s:\n{tail(log)}")
             time.sleep(READY_POLL_S)
     except BaseException:
         server.stop()
@@ -84,7 +84,7 @@ def start(
     return server
 
 
-def _tail(log: Path, lines: int = 30) -> str:
+def tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from service.client import VaeClient
 from vae.v1 import vae_pb2_grpc
 
+pytestmark = pytest.mark.slow
+
 # Small limits make oversized messages and over-long batches cheap to build and to send.
 LIMITS = Limits(
     model="tiny",
