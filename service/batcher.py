@@ -3,11 +3,9 @@
 Items, not requests, are the unit. A request of n items joins a bounded queue (RESOURCE_EXHAUSTED at
 admission when it would overflow); a batch takes up to `max_batch_items` items from the head,
 splitting a request that does not fit, and runs in a worker thread so the event loop keeps serving.
-When the worker is free, a batch starts once it is full or its oldest item has waited `max_delay_s`;
-but while traffic is lone (the last batch held one request and nobody else was waiting) it starts at
-once, since waiting for company that is not coming only adds latency. Under concurrent load the
-delay lets batches fill, and fuller batches cost less CPU per item: on a small machine that CPU is
-throughput. Requests that were cancelled or whose deadline passed are dropped before their items run.
+A batch starts as soon as the worker is free: at once when idle (or after `max_delay_s`, to let more
+items gather), right after the previous batch under load, when items have been queuing meanwhile.
+Requests that were cancelled or whose deadline passed are dropped before their items run.
 
 The batcher knows nothing of gRPC or ONNX: `run_batch(items) -> outputs` takes one array whose
 first axis is the items and returns arrays with the same first axis, which are checked and scattered.
@@ -108,7 +106,6 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._queued = 0  # items admitted but not yet handed to a batch
         self._running = False
-        self._crowded = False  # did the last batch find more than one request waiting?
         self._timer: asyncio.Handle | None = None
         self._closed = False
         self._idle = asyncio.Event()
@@ -140,17 +137,13 @@ class Batcher:
             if self._queued >= self.max_batch_items:
                 self._dispatch()
             elif self._timer is None:
-                self._schedule(loop)
+                # call_soon still lets requests handled in this loop iteration join the batch.
+                self._timer = (
+                    loop.call_later(self._max_delay_s, self._dispatch)
+                    if self._max_delay_s
+                    else loop.call_soon(self._dispatch)
+                )
         return await request.future
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The worker is free and items wait: start a batch when it is full or has waited long enough."""
-        wait = self._queue[0].admitted + self._max_delay_s - time.perf_counter() if self._crowded else 0.0
-        if self._queued >= self.max_batch_items or wait <= 0:
-            # call_soon, not a direct call: requests handled in this loop iteration still join.
-            self._timer = loop.call_soon(self._dispatch)
-        else:
-            self._timer = loop.call_later(wait, self._dispatch)
 
     def _dispatch(self) -> None:
         """Hand the head of the queue, up to max_batch_items items, to the worker thread."""
@@ -165,9 +158,6 @@ class Batcher:
         if not batch:
             self._set_idle()
             return
-        # A request split over several batches is not company.
-        others = len(self._queue) - (1 if self._queue and self._queue[0] is batch[-1][0] else 0)
-        self._crowded = len(batch) > 1 or others > 0
         self._running = True
         parts = [request.items[first : first + count] for request, first, count in batch]
         self._jobs.put((asyncio.get_running_loop(), partial(self._finish, batch), parts))
@@ -230,7 +220,7 @@ class Batcher:
             self._observer.batch_ran(items, seconds)
             self._scatter(batch, outputs, seconds)
         if self._queue:
-            self._schedule(asyncio.get_running_loop())
+            self._dispatch()
         else:
             self._set_idle()
 
