@@ -16,6 +16,8 @@ import signal
 import grpc
 
 from benchmarks.load import CHANNEL_OPTIONS
+from service import event_loop
+from service.event_loop import EVENT_LOOPS
 
 SERVICE = "bench.Echo"
 
@@ -52,8 +54,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reply-bytes", type=int, nargs="+", required=True, help="reply sizes to offer")
+    parser.add_argument(
+        "--event-loop", choices=EVENT_LOOPS, default="uvloop", help="the one the service under test runs on"
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, args.reply_bytes))
+    event_loop.run(serve(args.host, args.port, args.reply_bytes), args.event_loop)
 
 
 if __name__ == "__main__":

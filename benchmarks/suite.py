@@ -41,6 +41,7 @@ from benchmarks.scenarios import (
     TRITON_INFER,
     Scenario,
 )
+from service import cli as service_cli
 from service import client
 
 
@@ -159,7 +160,9 @@ def _run(
         if not args.no_triton:
             keep(systems.start_triton(version_dir, logs / "triton.log", 256, args.triton_delay_us))
         plans, reply_sizes = _plans(servers, version_dir, args.model, args.version)
-        keep(systems.start_echo(sorted(set(reply_sizes)), logs / "echo.log"))
+        # The floor runs on the event loop our service runs on.
+        event_loop = service_cli.config_from_flags(flags, os.environ).event_loop
+        keep(systems.start_echo(sorted(set(reply_sizes)), logs / "echo.log", event_loop))
         for round_ in range(args.rounds):
             _cold_starts(args, repo, version_dir, logs, round_, results["cold_start"])
             for point in inprocess.sweep(graphs, INPROCESS_BATCHES, args.inprocess_seconds, seed=round_):

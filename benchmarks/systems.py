@@ -188,13 +188,16 @@ def triton_request(version_dir: Path, graph: str, items: int) -> bytes:
     return subprocess.run([*command, "--items", str(items)], check=True, capture_output=True).stdout
 
 
-def start_echo(reply_sizes: Sequence[int], log: Path) -> Server:
+def start_echo(reply_sizes: Sequence[int], log: Path, event_loop: str) -> Server:
     port = free_port()
     target = f"{HOST}:{port}"
-    command = [sys.executable, "-m", "benchmarks.echo", "--host", HOST, "--port", str(port), "--reply-bytes"]
+    command = [
+        sys.executable, "-m", "benchmarks.echo", "--host", HOST, "--port", str(port),
+        "--event-loop", event_loop, "--reply-bytes", *map(str, reply_sizes),
+    ]  # fmt: skip
     return start(
         "echo",
-        [*command, *map(str, reply_sizes)],
+        command,
         grpc_connects(target),
         target=target,
         metrics_url=None,

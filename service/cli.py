@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
     from export.repository import RepositoryError
+    from service import event_loop
     from service.server import create_server
     from vae_cli import CommandError
 
@@ -40,10 +40,17 @@ def _serve(args: argparse.Namespace) -> int:
         await server.serve()
 
     try:
-        asyncio.run(run())
+        event_loop.run(run(), config.event_loop)
     except RepositoryError as exc:
         raise CommandError(str(exc)) from exc
     return 0
+
+
+def config_from_flags(flags: Sequence[str], env: Mapping[str, str]) -> ServiceConfig:
+    """The configuration `vae serve FLAGS` would run with, given environment `env`."""
+    parser = argparse.ArgumentParser(prog="vae serve")
+    _add_config_flags(parser)
+    return ServiceConfig.load(vars(parser.parse_args(list(flags))), env)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

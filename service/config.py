@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.event_loop import EVENT_LOOPS
+
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -61,6 +63,7 @@ class ServiceConfig:
         "", "file holding the bearer token every VaeService call must send (health stays open)"
     )
     log_level: str = _option("INFO", "DEBUG, INFO, WARNING or ERROR")
+    event_loop: str = _option("uvloop", "uvloop (less CPU per request) or asyncio (the standard library's)")
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
@@ -108,6 +111,8 @@ class ServiceConfig:
             raise ValueError("tls_client_ca (mutual TLS) needs TLS: set tls_cert and tls_key too")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event_loop must be uvloop or asyncio, got {self.event_loop!r}")
 
     @classmethod
     def load(cls, cli: Mapping[str, Any], env: Mapping[str, str]) -> ServiceConfig:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
+from service import event_loop
 from service.cli import register
 from service.config import ServiceConfig
 
@@ -60,6 +62,7 @@ def test_every_field_has_a_flag() -> None:
         ({"VAE_MAX_QUEUE_ITEMS": "300"}, "max_queue_items (300) must be at least max_request_items (4096)"),
         ({"VAE_MAX_DELAY_MS": "-1"}, "max_delay_ms must be in 0..1000"),
         ({"VAE_LOG_LEVEL": "LOUD"}, "log_level must be DEBUG, INFO, WARNING or ERROR"),
+        ({"VAE_EVENT_LOOP": "trio"}, "event_loop must be uvloop or asyncio, got 'trio'"),
     ],
 )
 def test_invalid_values_say_what_to_fix(env: dict[str, str], message: str) -> None:
@@ -71,3 +74,14 @@ def test_config_is_frozen() -> None:
     config = ServiceConfig()
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("name", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_server_runs_on_the_event_loop_configured(name: str, module: str) -> None:
+    ran_on: list[str] = []
+
+    async def main() -> None:
+        ran_on.append(type(asyncio.get_running_loop()).__module__)
+
+    event_loop.run(main(), name)
+    assert ran_on and ran_on[0].split(".")[0] == module
