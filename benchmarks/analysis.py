@@ -62,6 +62,9 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
             graph: statistics.median(b[graph]["mean"] for b in batches if graph in b)
             for graph in sorted({graph for b in batches for graph in b})
         }
+    # Absent from results.json files written before the suite measured it.
+    cpu = [r["server_cpu_ms_per_call"] for r in runs if r.get("server_cpu_ms_per_call") is not None]
+    median["server_cpu_ms_per_call"] = statistics.median(cpu) if cpu else None
     curves = [r["latency_quantiles_ms"] for r in runs if r["latency_quantiles_ms"]]
     median["latency_quantiles_ms"] = np.median(np.array(curves), axis=0).tolist() if curves else None
     return median

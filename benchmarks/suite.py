@@ -223,9 +223,11 @@ def _measure(
     args: argparse.Namespace, server: systems.Server, scenario: Scenario, workload: load.Workload
 ) -> dict[str, Any]:
     scrapes: dict[str, dict[str, scrape.Histogram]] = {}
+    cpu: dict[str, float] = {}
     metrics_url = server.metrics_url
 
     def on_window(edge: str) -> None:
+        cpu[edge] = server.cpu_seconds()
         if metrics_url:
             scrapes[edge] = scrape.read(metrics_url)
 
@@ -250,7 +252,15 @@ def _measure(
         batch_sizes=batch_sizes,
     )
     curve = np.percentile(result.latencies * 1e3, QUANTILES).tolist() if result.requests else None
-    return {"scenario": scenario.key, "report": summary.to_json(), "latency_quantiles_ms": curve}
+    # Every call that completed in the window cost the server CPU, failed ones too.
+    calls = result.requests + sum(result.errors.values())
+    server_cpu = (cpu["end"] - cpu["start"]) * 1e3 / calls if calls else None
+    return {
+        "scenario": scenario.key,
+        "report": summary.to_json(),
+        "latency_quantiles_ms": curve,
+        "server_cpu_ms_per_call": server_cpu,
+    }
 
 
 def _cold_starts(

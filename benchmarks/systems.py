@@ -6,6 +6,8 @@ Each is started from a command line, waited for until it reports ready, and stop
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -24,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
 TRITON_SCRIPT = REPO_ROOT / "benchmarks" / "triton_server.py"
 READY_POLL_S = 0.01
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -43,6 +46,10 @@ class Server:
     metrics_url: str | None
     log: Path
     started_s: float  # seconds from process start to ready
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server's process and its descendants (Triton's tritonserver) so far."""
+        return sum(_cpu_seconds(pid) for pid in process_tree(self.process.pid))
 
     def stop(self, grace: float = 15.0) -> None:
         if self.process.poll() is None:
@@ -82,6 +89,26 @@ def start(
         raise
     server.started_s = time.monotonic() - began
     return server
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants that are still running (Linux /proc)."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for task in Path(f"/proc/{tree[index]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the task ended meanwhile
+                tree.extend(int(child) for child in task.read_text().split())
+        index += 1
+    return tree
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        # Fields after the parenthesised command name (which may hold spaces): utime, stime are 12, 13.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # ended meanwhile
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def tail(log: Path, lines: int = 30) -> str:

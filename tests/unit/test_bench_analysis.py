@@ -9,7 +9,9 @@ import pytest
 from benchmarks.analysis import inprocess_items_per_s, summarize
 
 
-def run(scenario: str, system: str, rps: float, p99: float, items: int = 1) -> dict[str, Any]:
+def run(
+    scenario: str, system: str, rps: float, p99: float, items: int = 1, cpu: float | None = None
+) -> dict[str, Any]:
     latency = {"p50": p99 / 4, "p95": p99 / 2, "p99": p99, "max": p99 * 2, "mean": p99 / 4}
     report = {
         "requests_per_s": rps,
@@ -18,7 +20,13 @@ def run(scenario: str, system: str, rps: float, p99: float, items: int = 1) -> d
         "errors": {},
         "batch_sizes": None,
     }
-    return {"scenario": scenario, "system": system, "report": report, "latency_quantiles_ms": [1.0, 2.0]}
+    return {
+        "scenario": scenario,
+        "system": system,
+        "report": report,
+        "latency_quantiles_ms": [1.0, 2.0],
+        "server_cpu_ms_per_call": cpu,
+    }
 
 
 def point(graph: str, batch: int, ms: float) -> dict[str, Any]:
@@ -28,8 +36,8 @@ def point(graph: str, batch: int, ms: float) -> dict[str, Any]:
 def results() -> dict[str, list[dict[str, Any]]]:
     load = []
     # Three rounds; the middle value is the median whatever the order.
-    for rps, p99 in ((3000, 10), (1000, 90), (2000, 20)):
-        load.append(run("decode-c64", "service", rps, p99))
+    for rps, p99, cpu in ((3000, 10, 0.4), (1000, 90, 0.6), (2000, 20, 0.5)):
+        load.append(run("decode-c64", "service", rps, p99, cpu=cpu))
     for rps, p99 in ((900, 60), (1000, 50), (1100, 40)):
         load.append(run("decode-c64", "triton", rps, p99))
     for rps in (2100, 2200, 2300):
@@ -52,6 +60,8 @@ def test_medians_over_rounds() -> None:
     assert service["runs"] == 3
     assert service["requests_per_s"] == 2000
     assert service["p99_ms"] == 20
+    assert service["server_cpu_ms_per_call"] == 0.5
+    assert summary["load"]["decode-c64"]["triton"]["server_cpu_ms_per_call"] is None  # not measured
     assert summary["inprocess"]["decoder"][256]["ms_per_batch"] == 120
     assert summary["cold_start_s"] == {"service": 1.5}
 
