@@ -204,18 +204,39 @@ def _bad_model(draw: st.DrawFn, limits: Limits) -> tuple[pb.ModelRef, str, str]:
     return pb.ModelRef(name=name, version=version), "unknown version", rf"has no version {version};"
 
 
+def _model_case(draw: st.DrawFn, limits: Limits, method: str, request: Message) -> Case:
+    """`request` naming a model or version the server does not have: NOT_FOUND."""
+    ref, fault, pattern = _bad_model(draw, limits)
+    request.model.CopyFrom(ref)
+    return Case(method, request, NOT_FOUND, pattern, fault)
+
+
+def _tensor_case(
+    draw: st.DrawFn,
+    rng: np.random.Generator,
+    limits: Limits,
+    method: str,
+    request: Message,
+    field: str,
+    latent: bool,
+    max_items: int | None = None,
+) -> Case:
+    """`request` with a malformed tensor in `field`: INVALID_ARGUMENT naming the field."""
+    items = limits.max_request_items if max_items is None else max_items
+    tensor, fault, pattern = _bad_tensor(draw, rng, field, limits, latent, items)
+    getattr(request, field).CopyFrom(tensor)
+    getattr(request, field).SetInParent()  # an empty tensor still selects a oneof member
+    return Case(method, request, INVALID, pattern, f"{field}/{fault}")
+
+
 def encode_case(draw: st.DrawFn, limits: Limits) -> Case:
     rng = _rng(draw)
     request = pb.EncodeRequest(model=_ref(limits), images=_tensor(_valid_images(rng, limits)))
     kind = draw(ENCODE_FAULTS)
     if kind == "tensor":
-        tensor, fault, pattern = _bad_tensor(draw, rng, "images", limits, False, limits.max_request_items)
-        request.images.CopyFrom(tensor)
-        return Case("Encode", request, INVALID, pattern, f"images/{fault}")
+        return _tensor_case(draw, rng, limits, "Encode", request, "images", False)
     if kind == "model":
-        ref, fault, pattern = _bad_model(draw, limits)
-        request.model.CopyFrom(ref)
-        return Case("Encode", request, NOT_FOUND, pattern, fault)
+        return _model_case(draw, limits, "Encode", request)
     if kind == "samples":
         request.samples = draw(st.integers(limits.max_posterior_samples + 1, UINT32_MAX))
         pattern = rf"^samples must be in 0\.\.{limits.max_posterior_samples}, got {request.samples}$"
@@ -239,13 +260,9 @@ def decode_case(draw: st.DrawFn, limits: Limits) -> Case:
     request = pb.DecodeRequest(model=_ref(limits), latents=_tensor(_valid_latents(rng, limits)))
     kind = draw(DECODE_FAULTS)
     if kind == "tensor":
-        tensor, fault, pattern = _bad_tensor(draw, rng, "latents", limits, True, limits.max_request_items)
-        request.latents.CopyFrom(tensor)
-        return Case("Decode", request, INVALID, pattern, f"latents/{fault}")
+        return _tensor_case(draw, rng, limits, "Decode", request, "latents", True)
     if kind == "model":
-        ref, fault, pattern = _bad_model(draw, limits)
-        request.model.CopyFrom(ref)
-        return Case("Decode", request, NOT_FOUND, pattern, fault)
+        return _model_case(draw, limits, "Decode", request)
     if kind == "output_dtype":
         request.output_dtype = draw(BAD_ENUMS)
         return Case(
@@ -261,9 +278,7 @@ def sample_case(draw: st.DrawFn, limits: Limits, method: str = "Sample") -> Case
     request = pb.SampleRequest(model=_ref(limits), n=draw(st.integers(1, 4)))
     kind = draw(STREAM_FAULTS if stream else SAMPLE_FAULTS)  # a stream is chunked: no size limit
     if kind == "model":
-        ref, fault, pattern = _bad_model(draw, limits)
-        request.model.CopyFrom(ref)
-        return Case(method, request, NOT_FOUND, pattern, fault)
+        return _model_case(draw, limits, method, request)
     if kind == "n":
         high = limits.max_stream_items if stream else limits.max_request_items
         request.n = draw(st.just(0) | st.integers(high + 1, UINT32_MAX))
@@ -283,13 +298,9 @@ def reconstruct_case(draw: st.DrawFn, limits: Limits) -> Case:
     request = pb.ReconstructRequest(model=_ref(limits), images=_tensor(_valid_images(rng, limits)))
     kind = draw(RECONSTRUCT_FAULTS)
     if kind == "tensor":
-        tensor, fault, pattern = _bad_tensor(draw, rng, "images", limits, False, limits.max_request_items)
-        request.images.CopyFrom(tensor)
-        return Case("Reconstruct", request, INVALID, pattern, f"images/{fault}")
+        return _tensor_case(draw, rng, limits, "Reconstruct", request, "images", False)
     if kind == "model":
-        ref, fault, pattern = _bad_model(draw, limits)
-        request.model.CopyFrom(ref)
-        return Case("Reconstruct", request, NOT_FOUND, pattern, fault)
+        return _model_case(draw, limits, "Reconstruct", request)
     request.output_dtype = draw(BAD_ENUMS)
     return Case("Reconstruct", request, INVALID, r"^output_dtype must be", "output_dtype")
 
@@ -303,10 +314,7 @@ def interpolate_case(draw: st.DrawFn, limits: Limits) -> Case:
     getattr(request, field).CopyFrom(_tensor(ends))
     kind = draw(INTERPOLATE_FAULTS)
     if kind == "tensor":
-        tensor, fault, pattern = _bad_tensor(draw, rng, field, limits, latent, 2)
-        getattr(request, field).CopyFrom(tensor)
-        getattr(request, field).SetInParent()  # an empty tensor still selects its oneof member
-        return Case("Interpolate", request, INVALID, pattern, f"{field}/{fault}")
+        return _tensor_case(draw, rng, limits, "Interpolate", request, field, latent, max_items=2)
     if kind == "endpoints":
         if draw(st.booleans()):
             request.ClearField("endpoints")
@@ -316,9 +324,7 @@ def interpolate_case(draw: st.DrawFn, limits: Limits) -> Case:
         pattern = rf"^{field}: interpolation needs exactly 2 endpoints, got 1$"
         return Case("Interpolate", request, INVALID, pattern, "one endpoint")
     if kind == "model":
-        ref, fault, pattern = _bad_model(draw, limits)
-        request.model.CopyFrom(ref)
-        return Case("Interpolate", request, NOT_FOUND, pattern, fault)
+        return _model_case(draw, limits, "Interpolate", request)
     if kind == "steps":
         request.steps = draw(st.integers(0, 1) | st.integers(limits.max_request_items + 1, UINT32_MAX))
         pattern = rf"^steps must be in 2\.\.{limits.max_request_items}, got {request.steps}$"
