@@ -17,7 +17,7 @@ import grpc
 
 from benchmarks.load import CHANNEL_OPTIONS
 from service import event_loop
-from service.event_loop import EVENT_LOOPS
+from service.config import ServiceConfig
 
 SERVICE = "bench.Echo"
 
@@ -55,7 +55,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reply-bytes", type=int, nargs="+", required=True, help="reply sizes to offer")
     parser.add_argument(
-        "--event-loop", choices=EVENT_LOOPS, default="uvloop", help="the one the service under test runs on"
+        "--event-loop",
+        choices=event_loop.EVENT_LOOPS,
+        default=ServiceConfig.event_loop,
+        help="the one the service under test runs on",
     )
     args = parser.parse_args()
     event_loop.run(serve(args.host, args.port, args.reply_bytes), args.event_loop)

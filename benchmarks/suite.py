@@ -160,7 +160,7 @@ def _run(
         if not args.no_triton:
             keep(systems.start_triton(version_dir, logs / "triton.log", 256, args.triton_delay_us))
         plans, reply_sizes = _plans(servers, version_dir, args.model, args.version)
-        # The floor runs on the event loop our service runs on.
+        # The floor runs on our service's event loop, so that service / echo compares like with like.
         event_loop = service_cli.config_from_flags(flags, os.environ).event_loop
         keep(systems.start_echo(sorted(set(reply_sizes)), logs / "echo.log", event_loop))
         for round_ in range(args.rounds):
@@ -227,9 +227,13 @@ def _measure(
     metrics_url = server.metrics_url
 
     def on_window(edge: str) -> None:
-        cpu[edge] = server.cpu_seconds()
+        # CPU is read inside the scrapes, so that answering them is not counted as serving calls.
+        if edge == "end":
+            cpu[edge] = server.cpu_seconds()
         if metrics_url:
             scrapes[edge] = scrape.read(metrics_url)
+        if edge == "start":
+            cpu[edge] = server.cpu_seconds()
 
     result = load.run(
         server.target,

@@ -104,7 +104,8 @@ def process_tree(pid: int) -> list[int]:
 
 def _cpu_seconds(pid: int) -> float:
     try:
-        # Fields after the parenthesised command name (which may hold spaces): utime, stime are 12, 13.
+        # utime and stime are stat(5) fields 14 and 15: indices 11 and 12 once the pid and the
+        # parenthesised command name (which may hold spaces) are split off.
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:  # ended meanwhile
         return 0.0

@@ -112,7 +112,7 @@ class ServiceConfig:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"event_loop must be uvloop or asyncio, got {self.event_loop!r}")
+            raise ValueError(f"event_loop must be {' or '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
 
     @classmethod
     def load(cls, cli: Mapping[str, Any], env: Mapping[str, str]) -> ServiceConfig:

@@ -225,7 +225,8 @@ def _tensor_case(
     items = limits.max_request_items if max_items is None else max_items
     tensor, fault, pattern = _bad_tensor(draw, rng, field, limits, latent, items)
     getattr(request, field).CopyFrom(tensor)
-    getattr(request, field).SetInParent()  # an empty tensor still selects a oneof member
+    # An empty tensor stays on the wire; for Interpolate that selects the oneof member.
+    getattr(request, field).SetInParent()
     return Case(method, request, INVALID, pattern, f"{field}/{fault}")
 
 

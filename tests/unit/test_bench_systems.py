@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,4 +26,6 @@ def test_cpu_seconds_counts_the_children_of_the_server_process(tmp_path: Path) -
         assert 0.3 <= spent < 5
         assert len(systems.process_tree(server.process.pid)) == 2
     finally:
+        for child in systems.process_tree(server.process.pid)[1:]:
+            os.kill(child, signal.SIGKILL)  # sh does not pass SIGTERM on to its sleeping child
         server.stop(grace=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service import event_loop
-from service.cli import register
+from service.cli import config_from_flags, register
 from service.config import ServiceConfig
 
 
@@ -85,3 +85,10 @@ def test_the_server_runs_on_the_event_loop_configured(name: str, module: str) ->
 
     event_loop.run(main(), name)
     assert ran_on and ran_on[0].split(".")[0] == module
+
+
+def test_config_from_flags_gives_what_vae_serve_would_run_with() -> None:
+    env = {"VAE_EVENT_LOOP": "asyncio", "VAE_MAX_DELAY_MS": "2"}
+    config = config_from_flags(["--max-delay-ms", "3", "--port", "0"], env)
+    assert (config.event_loop, config.max_delay_ms, config.port) == ("asyncio", 3.0, 0)
+    assert config_from_flags([], {}).event_loop == "uvloop"
