@@ -230,6 +230,11 @@ def _tensor_case(
     return Case(method, request, INVALID, pattern, f"{field}/{fault}")
 
 
+def _images_over_message_limit(limits: Limits) -> int:
+    """The fewest float32 images whose response is over the server's message limit."""
+    return limits.max_message_bytes // (4 * math.prod(limits.image_shape)) + 1
+
+
 def encode_case(draw: st.DrawFn, limits: Limits) -> Case:
     rng = _rng(draw)
     request = pb.EncodeRequest(model=_ref(limits), images=_tensor(_valid_images(rng, limits)))
@@ -269,8 +274,7 @@ def decode_case(draw: st.DrawFn, limits: Limits) -> Case:
         return Case(
             "Decode", request, INVALID, r"^output_dtype must be DTYPE_FLOAT32 or DTYPE_UINT8", "output_dtype"
         )
-    n = limits.max_message_bytes // (4 * math.prod(limits.image_shape)) + 1
-    request.latents.CopyFrom(_tensor(_valid_latents(rng, limits, n)))
+    request.latents.CopyFrom(_tensor(_valid_latents(rng, limits, _images_over_message_limit(limits))))
     return Case("Decode", request, INVALID, r"^the response would be \d+ bytes", "response size")
 
 
@@ -290,7 +294,7 @@ def sample_case(draw: st.DrawFn, limits: Limits, method: str = "Sample") -> Case
     if kind == "output_dtype":
         request.output_dtype = draw(BAD_ENUMS)
         return Case(method, request, INVALID, r"^output_dtype must be", "output_dtype")
-    request.n = limits.max_message_bytes // (4 * math.prod(limits.image_shape)) + 1
+    request.n = _images_over_message_limit(limits)
     return Case(method, request, INVALID, r"^the response would be \d+ bytes", "response size")
 
 
