@@ -14,7 +14,7 @@ def _bench(args: argparse.Namespace) -> int:
     import grpc
 
     from benchmarks import load, report, scrape, workloads
-    from vae_cli import CommandError
+    from repository.errors import CommandError
 
     try:
         checked = workloads.prepare(

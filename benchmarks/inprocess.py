@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from repository.runtime import Graph
 from service.config import ServiceConfig
-from service.runtime import Graph
 
 GRAPHS = ("encoder", "decoder")
 # The outputs the service asks for: it never copies the decoder's logits back.

@@ -9,8 +9,7 @@ from typing import Any
 
 def _export(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportError, export_run
-    from export.repository import RepositoryError
-    from vae_cli import CommandError
+    from repository.errors import CommandError, RepositoryError
 
     try:
         path = export_run(args.run, args.repo, args.name, version=args.version, fp16=args.fp16)
@@ -21,7 +20,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from export.verify import verify_version
+    from repository.verify import verify_version
 
     if not args.path.is_dir():
         raise FileNotFoundError(f"{args.path} is not a directory; pass a version, e.g. models/mnist/1")

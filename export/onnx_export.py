@@ -20,21 +20,21 @@ import torch
 from onnxconverter_common import float16
 
 from export.graphs import DecoderGraph, EncoderGraph
-from export.repository import (
+from repository.errors import RepositoryError, VaeError
+from repository.layout import next_version, validate_model_name
+from repository.manifest import (
     BATCH_AXIS,
     GRAPHS,
     Fp16Entry,
     GraphEntry,
     Manifest,
-    RepositoryError,
     file_sha256,
     graph_contract,
     graph_metadata,
-    next_version,
-    validate_model_name,
     write_manifest,
 )
-from export.verify import (
+from repository.runtime import Graph
+from repository.verify import (
     compare_outputs,
     fp16_differences,
     probe_images,
@@ -42,7 +42,6 @@ from export.verify import (
     recorded_difference,
     verify_version,
 )
-from service.runtime import Graph
 from training import checkpoint as ckpt
 from training.config import to_dict
 from training.model import VAE
@@ -56,7 +55,7 @@ PARITY_TOLERANCE = 1e-4
 _TRACE_BATCH = 2
 
 
-class ExportError(Exception):
+class ExportError(VaeError):
     """The export was refused (parity, fp16 or verification failed); nothing was written."""
 
 

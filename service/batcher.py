@@ -26,9 +26,30 @@ from typing import Protocol
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from repository.errors import VaeError
 
 log = logging.getLogger(__name__)
+
+
+class BatchError(VaeError):
+    """A request the batcher could not run; service/errors.py maps each kind to a gRPC status."""
+
+
+class QueueFull(BatchError):
+    """Admitting the request would overflow the queue; retry with backoff."""
+
+
+class BatcherClosed(BatchError):
+    """The batcher is shutting down (server stop or model reload) and takes no new requests."""
+
+
+class Expired(BatchError):
+    """The request's deadline passed while it was queued; its items never ran."""
+
+
+class BatchFailed(BatchError):
+    """run_batch raised (the log has the traceback) or returned outputs that do not match the items."""
+
 
 RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
 # What the worker thread hands back: (outputs, seconds) or the exception run_batch raised.
@@ -118,12 +139,12 @@ class Batcher:
     async def submit(self, items: np.ndarray, deadline: float | None = None) -> Result:
         """Run `items` (first axis: items) as part of batches; `deadline` is a time.perf_counter() value."""
         if self._closed:
-            raise Unavailable("the server is shutting down or reloading this model; retry")
+            raise BatcherClosed("the server is shutting down or reloading this model; retry")
         count = len(items)
         if count < 1:
             raise ValueError("a request needs at least one item")
         if self._queued + count > self._max_queue_items:
-            raise ResourceExhausted(
+            raise QueueFull(
                 f"{self._name}: queue full ({self._queued} of {self._max_queue_items} items waiting, "
                 f"this request adds {count}); retry with backoff"
             )
@@ -178,7 +199,7 @@ class Batcher:
                 if expired:
                     self._observer.request_expired()
                 if not request.future.done():
-                    request.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                    request.future.set_exception(Expired("deadline passed while queued"))
                 continue
             take = min(pending, room)
             batch.append((request, request.next, take))
@@ -215,7 +236,9 @@ class Batcher:
             log.exception("%s: a batch of %d items from %d requests failed", self._name, items, len(batch))
             for request, _, _ in batch:
                 if not request.future.done():
-                    request.future.set_exception(Internal("inference failed; the server log has the details"))
+                    request.future.set_exception(
+                        BatchFailed("inference failed; the server log has the details")
+                    )
         else:
             self._observer.batch_ran(items, seconds)
             self._scatter(batch, outputs, seconds)

@@ -25,10 +25,9 @@ if TYPE_CHECKING:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    from export.repository import RepositoryError
+    from repository.errors import CommandError, RepositoryError
     from service import event_loop
     from service.server import create_server
-    from vae_cli import CommandError
 
     config = ServiceConfig.load(vars(args), os.environ)
     logging.basicConfig(
@@ -124,8 +123,8 @@ def _client(args: argparse.Namespace) -> Iterator[VaeClient]:
     """A client for --target; a failed call becomes a one-line error naming its status."""
     import grpc
 
+    from repository.errors import CommandError
     from service.client import VaeClient
-    from vae_cli import CommandError
 
     token = read_token(args.token_file) if args.token_file else None
     try:

@@ -7,15 +7,14 @@ Every field documents its flag (`--max-batch-items`) and environment variable (`
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repository.placement import DEVICE_PATTERN
 from service.event_loop import EVENT_LOOPS
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 

@@ -1,4 +1,6 @@
-"""The service's error hierarchy: each class carries the gRPC status code its callers receive.
+"""The service's errors, each carrying the gRPC status code its callers receive, and status_of.
+
+Their place in the project's one error tree is drawn in repository/errors.py:
 
     ServiceError                 (INTERNAL; the base, never raised itself)
     ├── InvalidArgument          INVALID_ARGUMENT: the request is malformed; the message says how
@@ -9,18 +11,27 @@
     ├── Unavailable              UNAVAILABLE: not warmed up yet, or shutting down
     └── Internal                 INTERNAL: a batch failed; the client gets a generic message
 
-The servicer turns a ServiceError into its status in one place; any other exception is logged with
-its traceback and answered with INTERNAL and a generic message, so no internals leak to clients.
+status_of is the one place errors become statuses: a ServiceError carries its own, the batcher's
+gRPC-free errors are mapped here, and any other exception is logged with its traceback and answered
+with INTERNAL and a generic message, so no internals leak to clients.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 import grpc
 
+from repository.errors import VaeError
+from service.batcher import BatcherClosed, BatchError, BatchFailed, Expired, QueueFull
 
-class ServiceError(Exception):
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+class ServiceError(VaeError):
     """An error with a status code and a message fit for the client."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
@@ -48,3 +59,21 @@ class Unavailable(ServiceError):
 
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
+
+
+_BATCH_STATUS: dict[type[BatchError], grpc.StatusCode] = {
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    BatcherClosed: grpc.StatusCode.UNAVAILABLE,
+    Expired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    BatchFailed: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a client receives for an exception raised while answering it."""
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    if isinstance(exc, BatchError):
+        return _BATCH_STATUS[type(exc)], str(exc)
+    log.error("unexpected error while answering an RPC", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from export.repository import Manifest, RepositoryError, list_models, list_versions
-from export.verify import verify_version
+from repository.errors import RepositoryError
+from repository.layout import list_models, list_versions
+from repository.manifest import Manifest
+from repository.placement import Placement
+from repository.runtime import Graph
+from repository.verify import verify_version
 from service.batcher import Batcher, BatchObserver, RunBatch, bucket_sizes
 from service.config import ServiceConfig
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics
-from service.runtime import Graph, Placement
 from vae.v1 import vae_pb2 as pb
 
 log = logging.getLogger(__name__)

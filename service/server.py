@@ -23,12 +23,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from export.repository import RepositoryError
+from repository.errors import RepositoryError
+from repository.placement import Placement, select_placement
+from repository.runtime import available_providers
 from service import gates
 from service.config import ServiceConfig
 from service.metrics import Metrics
 from service.registry import Registry, load_new_versions, load_repository
-from service.runtime import Placement, available_providers, select_placement
 from service.servicer import SERVICE, VaeServicer
 from vae.v1 import vae_pb2_grpc
 

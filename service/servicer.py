@@ -22,7 +22,7 @@ import numpy as np
 from service import codec, latents
 from service.batcher import Batcher, Result
 from service.config import ServiceConfig
-from service.errors import InvalidArgument, ServiceError, Unavailable
+from service.errors import InvalidArgument, Unavailable, status_of
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
 from vae.v1 import vae_pb2 as pb
@@ -34,7 +34,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
 Response = TypeVar("Response")
 MAX_TEMPERATURE = 10.0
-INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
 class Call:
@@ -57,14 +56,6 @@ class Call:
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
         return (("x-queue-ms", f"{self.queue * 1e3:.3f}"), ("x-compute-ms", f"{self.compute * 1e3:.3f}"))
-
-
-def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The one place errors become statuses: ours carry theirs; anything else is INTERNAL, logged."""
-    if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
-    log.error("unexpected error while answering an RPC", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
 class VaeServicer(vae_pb2_grpc.VaeServiceServicer):

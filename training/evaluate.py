@@ -41,7 +41,7 @@ class ExportedModel:
     """
 
     def __init__(self, version_dir: Path, config: ModelConfig, threads: int) -> None:
-        from service.runtime import Graph  # the one module that imports onnxruntime
+        from repository.runtime import Graph  # the one module that imports onnxruntime
 
         if config.likelihood != "bernoulli":
             raise ValueError(

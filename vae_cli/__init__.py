@@ -11,11 +11,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from repository.errors import VaeError
+
 SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli", "benchmarks.cli")
-
-
-class CommandError(Exception):
-    """An error the user can fix; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
-    except (CommandError, ValueError, FileNotFoundError) as exc:
+    except (VaeError, ValueError, FileNotFoundError) as exc:
         print(f"vae {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.verify import verify_version
+from repository.verify import verify_version
 
 BUNDLED = Path(__file__).resolve().parents[2] / "models" / "mnist" / "1"
 

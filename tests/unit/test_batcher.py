@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, bucket_sizes
-from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from service.batcher import Batcher, BatcherClosed, BatchFailed, Expired, QueueFull, bucket_sizes
 from service.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
@@ -128,9 +127,7 @@ def test_a_full_queue_rejects_at_admission() -> None:
         first = await hold(recorder, batcher)
         queued = asyncio.ensure_future(batcher.submit(items(*range(6))))
         await asyncio.sleep(0)
-        with pytest.raises(
-            ResourceExhausted, match=r"queue full \(6 of 8 items waiting, this request adds 3\)"
-        ):
+        with pytest.raises(QueueFull, match=r"queue full \(6 of 8 items waiting, this request adds 3\)"):
             await batcher.submit(items(1, 2, 3))
         recorder.gate.set()
         await asyncio.gather(first, queued)
@@ -149,7 +146,7 @@ def test_expired_requests_are_dropped_before_running() -> None:
         alive = asyncio.ensure_future(batcher.submit(items(8), deadline=time.perf_counter() + 60))
         await asyncio.sleep(0.01)  # the first deadline passes while the worker is held
         recorder.gate.set()
-        with pytest.raises(DeadlineExceeded, match="deadline passed while queued"):
+        with pytest.raises(Expired, match="deadline passed while queued"):
             await expired
         await asyncio.gather(first, alive)
         assert [b[:, 0].tolist() for b in recorder.batches] == [[100.0], [8.0]]
@@ -187,7 +184,7 @@ def test_a_failing_batch_fails_only_its_own_requests(caplog: pytest.LogCaptureFi
         results = await asyncio.gather(
             *(batcher.submit(items(v)) for v in (12, 13, 14, 15)), return_exceptions=True
         )
-        failed = [isinstance(r, Internal) for r in results]
+        failed = [isinstance(r, BatchFailed) for r in results]
         assert failed == [True, True, False, False]  # 12 and 13 shared the failing batch
         assert str(results[0]) == "inference failed; the server log has the details"
         await batcher.close()
@@ -203,7 +200,7 @@ def test_outputs_that_do_not_match_inputs_one_to_one_fail_the_batch(caplog: pyte
 
     async def main() -> None:
         batcher = make(lambda batch: (batch[:-1],), metrics)
-        with pytest.raises(Internal):
+        with pytest.raises(BatchFailed):
             await batcher.submit(items(1, 2))
         await batcher.close()
 
@@ -235,7 +232,7 @@ def test_close_finishes_admitted_work_then_refuses() -> None:
         await asyncio.sleep(0)
         closing = asyncio.ensure_future(batcher.close())
         await asyncio.sleep(0)
-        with pytest.raises(Unavailable):
+        with pytest.raises(BatcherClosed):
             await batcher.submit(items(2))
         recorder.gate.set()
         await closing

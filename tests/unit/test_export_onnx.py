@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from export.onnx_export import OPSET, ExportError, export_model, export_run
-from export.repository import RepositoryError, read_manifest
-from export.verify import verify_version
-from service.runtime import Graph
+from repository.errors import RepositoryError
+from repository.manifest import read_manifest
+from repository.runtime import Graph
+from repository.verify import verify_version
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig, to_dict
 from training.model import VAE

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from service_harness import RunningServer
 
+from repository.placement import CPU, CUDA, Placement
+from repository.runtime import Graph
 from service.client import AsyncVaeClient, VaeClient
-from service.runtime import CPU, CUDA, Graph, Placement
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
 
@@ -213,7 +214,10 @@ def test_a_graph_asked_for_cuda_on_a_cpu_build_runs_on_cpu_and_says_so(
 ) -> None:
     decoder = tiny_model_repo / "tiny" / "1" / "decoder.onnx"
     # The CUDA options must be accepted as they are; onnxruntime itself warns that CUDA is missing.
-    with caplog.at_level(logging.WARNING, logger="service.runtime"), pytest.warns(UserWarning, match="CUDA"):
+    with (
+        caplog.at_level(logging.WARNING, logger="repository.runtime"),
+        pytest.warns(UserWarning, match="CUDA"),
+    ):
         graph = Graph(decoder, placement=Placement(CUDA, 0))
     assert graph.provider == CPU
     assert "asked for CUDAExecutionProvider, onnxruntime runs it on CPUExecutionProvider" in caplog.text

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from service.runtime import CPU, CUDA, Placement, provider_list, select_placement, session_options
+from repository.placement import CPU, CUDA, Placement, provider_list, select_placement
+from repository.runtime import session_options
 
 WITH_CUDA = ["TensorrtExecutionProvider", CUDA, CPU]
 CPU_ONLY = [CPU]
@@ -17,7 +18,7 @@ def test_auto_takes_cuda_when_onnxruntime_offers_it() -> None:
 
 
 def test_auto_falls_back_to_cpu_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="service.runtime"):
+    with caplog.at_level(logging.INFO, logger="repository.placement"):
         assert select_placement("auto", CPU_ONLY) == Placement(CPU)
     assert "onnxruntime offers no CUDA" in caplog.text and "running on CPU" in caplog.text
 

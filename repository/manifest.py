@@ -1,12 +1,6 @@
-"""The model repository on disk: models/NAME/VERSION/{encoder.onnx, decoder.onnx, model.json}.
+"""model.json: the schema of a version's manifest, the graph contract, reading and writing it.
 
-Imports neither torch nor onnx: the serving install reads repositories with this module alone.
-
-Errors::
-
-    RepositoryError            anything wrong with a repository, a model or a version
-    ├── ModelNotFoundError     no such model, or no such version of it
-    └── ManifestError          model.json is missing, unreadable or not format_version 1
+Imports neither torch nor onnx; see docs/export.md for each field.
 """
 
 from __future__ import annotations
@@ -18,30 +12,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
+
+from repository.errors import ManifestError
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "model.json"
 GRAPHS = ("encoder", "decoder")
 BATCH_AXIS = "batch"
 LIKELIHOODS = ("bernoulli", "gaussian")
+# The graph contract's tensor names: encoder x -> (mu, logvar); decoder z -> probs (+ logits if Bernoulli).
+IMAGES, MU, LOGVAR = "x", "mu", "logvar"
+LATENTS, PROBS, LOGITS = "z", "probs", "logits"
 # Names become directory names and Prometheus label values; keep them plain.
-_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-GraphRole = Literal["encoder", "decoder"]
 Shape = tuple[int | str, ...]
-
-
-class RepositoryError(Exception):
-    """Something is wrong with a model repository, a model or a version."""
-
-
-class ModelNotFoundError(RepositoryError):
-    """The model or version asked for is not in the repository."""
-
-
-class ManifestError(RepositoryError):
-    """model.json is missing, is not valid JSON, or does not follow format_version 1."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,18 +126,18 @@ def graph_contract(
     """The inputs and outputs every encoder and decoder must have: {graph: (inputs, outputs)}."""
     image: Shape = (BATCH_AXIS, *image_shape)
     latent: Shape = (BATCH_AXIS, latent_dim)
-    decoder_outputs = [TensorInfo(name="probs", dtype="float32", shape=image)]
+    decoder_outputs = [TensorInfo(name=PROBS, dtype="float32", shape=image)]
     if likelihood == "bernoulli":
-        decoder_outputs.append(TensorInfo(name="logits", dtype="float32", shape=image))
+        decoder_outputs.append(TensorInfo(name=LOGITS, dtype="float32", shape=image))
     return {
         "encoder": (
-            (TensorInfo(name="x", dtype="float32", shape=image),),
+            (TensorInfo(name=IMAGES, dtype="float32", shape=image),),
             (
-                TensorInfo(name="mu", dtype="float32", shape=latent),
-                TensorInfo(name="logvar", dtype="float32", shape=latent),
+                TensorInfo(name=MU, dtype="float32", shape=latent),
+                TensorInfo(name=LOGVAR, dtype="float32", shape=latent),
             ),
         ),
-        "decoder": ((TensorInfo(name="z", dtype="float32", shape=latent),), tuple(decoder_outputs)),
+        "decoder": ((TensorInfo(name=LATENTS, dtype="float32", shape=latent),), tuple(decoder_outputs)),
     }
 
 
@@ -181,11 +167,8 @@ def graph_metadata(
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> Path:
@@ -214,7 +197,7 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
             f"{source}: format_version is {data['format_version']!r}; this build reads {FORMAT_VERSION}"
         )
     name = root.get("name", str)
-    if not _NAME_PATTERN.fullmatch(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ManifestError(f"{source}: name {name!r} is not a valid model name")
     created = root.get("created", str)
     try:
@@ -346,48 +329,3 @@ def _sha256_field(fields: _Fields) -> str:
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-# --- layout --------------------------------------------------------------------------------------
-
-
-def validate_model_name(name: str) -> str:
-    if not _NAME_PATTERN.fullmatch(name):
-        raise RepositoryError(
-            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '.' or '-', not starting with "
-            "'.', '_' or '-'"
-        )
-    return name
-
-
-def list_models(repo: Path) -> list[str]:
-    """Model names in a repository, sorted; hidden directories (export staging) are skipped."""
-    if not repo.is_dir():
-        raise ModelNotFoundError(f"model repository {repo} does not exist")
-    return sorted(p.name for p in repo.iterdir() if p.is_dir() and _NAME_PATTERN.fullmatch(p.name))
-
-
-def list_versions(repo: Path, name: str) -> list[int]:
-    """Version numbers of a model, ascending; only positive integer directory names count."""
-    model_dir = repo / validate_model_name(name)
-    if not model_dir.is_dir():
-        known = ", ".join(list_models(repo)) or "none"
-        raise ModelNotFoundError(f"no model {name!r} in {repo} (models there: {known})")
-    # "01" would alias version 1; only canonical positive integers count.
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"[1-9][0-9]*", p.name)
-    )
-
-
-def version_dir(repo: Path, name: str, version: int) -> Path:
-    """The directory of an existing version; raises ModelNotFoundError listing the versions there."""
-    versions = list_versions(repo, name)
-    if version not in versions:
-        raise ModelNotFoundError(f"model {name!r} in {repo} has no version {version} (versions: {versions})")
-    return repo / name / str(version)
-
-
-def next_version(repo: Path, name: str) -> int:
-    """One more than the newest version, or 1; gaps left by deleted versions are not reused."""
-    model_dir = repo / validate_model_name(name)
-    return max(list_versions(repo, name), default=0) + 1 if model_dir.is_dir() else 1

@@ -1,4 +1,4 @@
-"""onnxruntime sessions and device selection: the only module that imports onnxruntime."""
+"""onnxruntime sessions: the one module that imports onnxruntime."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from service.config import DEVICE_PATTERN
+from repository.placement import CUDA, ON_CPU, Placement, provider_list
 
 log = logging.getLogger(__name__)
-
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -26,55 +22,8 @@ class TensorSpec:
     dtype: str
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where graphs run: an execution provider and, for CUDA, the device index."""
-
-    provider: str
-    device_id: int = 0
-
-
 def available_providers() -> list[str]:
     return list(ort.get_available_providers())
-
-
-def select_placement(device: str, available: Sequence[str]) -> Placement:
-    """`auto` takes CUDA when onnxruntime offers it, else CPU (logged); `cuda[:N]` insists on CUDA."""
-    if not DEVICE_PATTERN.fullmatch(device):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if device == "cpu":
-        return Placement(CPU)
-    if device == "auto":
-        if CUDA in available:
-            return Placement(CUDA)
-        log.info(
-            "device auto: onnxruntime offers no CUDA (providers: %s); running on CPU", ", ".join(available)
-        )
-        return Placement(CPU)
-    if CUDA not in available:
-        raise ValueError(
-            f"device {device} needs onnxruntime's CUDAExecutionProvider, but this install offers only "
-            f"{', '.join(available)}; install the gpu extra (onnxruntime-gpu) or use --device cpu"
-        )
-    _, _, index = device.partition(":")
-    return Placement(CUDA, int(index or 0))
-
-
-def provider_list(placement: Placement) -> list[tuple[str, dict[str, Any]]]:
-    """The providers handed to onnxruntime, with the options that matter for serving."""
-    if placement.provider != CUDA:
-        return [(CPU, {})]
-    cuda_options = {
-        "device_id": placement.device_id,
-        # EXHAUSTIVE (the default) re-tunes convolutions for every new batch shape: seconds of stall
-        # on the first request of each size. HEURISTIC picks at once.
-        "cudnn_conv_algo_search": "HEURISTIC",
-        # Grow the arena by what is asked, not by powers of two: a few batch sizes otherwise
-        # reserve several times the memory they use.
-        "arena_extend_strategy": "kSameAsRequested",
-    }
-    # CPU stays listed so nodes CUDA lacks kernels for still run.
-    return [(CUDA, cuda_options), (CPU, {})]
 
 
 def session_options(*, intra_op_threads: int, inter_op_threads: int, spinning: bool) -> ort.SessionOptions:
@@ -98,7 +47,7 @@ class Graph:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         spinning: bool = False,
-        placement: Placement = Placement(CPU),
+        placement: Placement = ON_CPU,
     ) -> None:
         options = session_options(
             intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads, spinning=spinning

@@ -1,6 +1,6 @@
 """`vae verify`: check a repository version against its model.json with onnxruntime alone.
 
-Imports neither torch nor onnx, so the service can run the same checks before it loads a version.
+Imports neither torch nor onnx, so the service runs the same checks before it loads a version.
 """
 
 from __future__ import annotations
@@ -11,18 +11,23 @@ from pathlib import Path
 
 import numpy as np
 
-from export.repository import (
+from repository.errors import ManifestError, VerificationError
+from repository.manifest import (
     GRAPHS,
+    IMAGES,
+    LATENTS,
+    LOGITS,
+    LOGVAR,
+    MU,
+    PROBS,
     Manifest,
-    ManifestError,
-    RepositoryError,
     TensorInfo,
     file_sha256,
     graph_contract,
     graph_metadata,
     read_manifest,
 )
-from service.runtime import Graph, TensorSpec
+from repository.runtime import Graph, TensorSpec
 
 # Half precision keeps ~3 significant digits and overflows past 65504. The bound is 1% of an
 # output's scale (at least 0.01 absolute, about 2.5 grey levels of an 8-bit pixel): rounding noise
@@ -31,13 +36,9 @@ FP16_TOLERANCE = 1e-2
 # Logits of saturated pixels reach magnitudes of 20 or more, where float32 itself resolves only
 # ~2e-6, so they are compared relative to their scale and left out of the recorded max_abs_diff,
 # which covers mu, logvar and probs: the outputs the parity rule of the issue bounds absolutely.
-SCALED_OUTPUTS = frozenset({"logits"})
+SCALED_OUTPUTS = frozenset({LOGITS})
 VERIFY_BATCH = 8
 _ORT_DTYPES = {"float": "float32", "double": "float64"}  # onnxruntime's names -> numpy's
-
-
-class VerificationError(RepositoryError):
-    """A version failed `verify_version`; the message lists every failed check."""
 
 
 @dataclass(frozen=True)
@@ -284,15 +285,15 @@ def _metadata_problems(graph: Graph, file: str, manifest: Manifest, role: str) -
 def _end_to_end_problems(encoder: Graph, decoder: Graph, manifest: Manifest) -> list[str]:
     batch, latent = VERIFY_BATCH, manifest.latent_dim
     image = (batch, *manifest.image_shape)
-    encoded = encoder.run({"x": probe_images(manifest.image_shape, batch)})
-    decoded = decoder.run({"z": encoded["mu"]})
+    encoded = encoder.run({IMAGES: probe_images(manifest.image_shape, batch)})
+    decoded = decoder.run({LATENTS: encoded[MU]})
     expectations: list[tuple[str, np.ndarray, tuple[int, ...], Callable[[np.ndarray], bool], str]] = [
-        ("mu", encoded["mu"], (batch, latent), _finite, "finite"),
-        ("logvar", encoded["logvar"], (batch, latent), _finite, "finite"),
-        ("probs", decoded["probs"], image, lambda a: bool(((a >= 0) & (a <= 1)).all()), "in [0, 1]"),
+        (MU, encoded[MU], (batch, latent), _finite, "finite"),
+        (LOGVAR, encoded[LOGVAR], (batch, latent), _finite, "finite"),
+        (PROBS, decoded[PROBS], image, lambda a: bool(((a >= 0) & (a <= 1)).all()), "in [0, 1]"),
     ]
-    if "logits" in decoded:
-        expectations.append(("logits", decoded["logits"], image, _finite, "finite"))
+    if LOGITS in decoded:
+        expectations.append((LOGITS, decoded[LOGITS], image, _finite, "finite"))
     problems = []
     for name, array, shape, ok, wanted in expectations:
         if array.shape != shape:
@@ -306,8 +307,8 @@ def _end_to_end_problems(encoder: Graph, decoder: Graph, manifest: Manifest) -> 
 
 def _probe_feeds(manifest: Manifest, role: str, batch: int) -> dict[str, np.ndarray]:
     if role == "encoder":
-        return {"x": probe_images(manifest.image_shape, batch)}
-    return {"z": probe_latents(manifest.latent_dim, batch)}
+        return {IMAGES: probe_images(manifest.image_shape, batch)}
+    return {LATENTS: probe_latents(manifest.latent_dim, batch)}
 
 
 def _fp16_problems(graphs: Mapping[str, Graph], manifest: Manifest) -> list[str]:

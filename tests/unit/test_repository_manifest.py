@@ -5,29 +5,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from export.repository import (
+from repository.errors import ManifestError, ModelNotFoundError, RepositoryError
+from repository.layout import list_models, list_versions, next_version, validate_model_name, version_dir
+from repository.manifest import (
     Fp16Entry,
     GraphEntry,
     Manifest,
-    ManifestError,
-    ModelNotFoundError,
-    RepositoryError,
     file_sha256,
     graph_contract,
-    list_models,
-    list_versions,
-    next_version,
     parse_manifest,
     read_manifest,
-    validate_model_name,
-    version_dir,
     write_manifest,
 )
 
@@ -171,14 +163,3 @@ def test_invalid_model_names_are_refused(name: str) -> None:
 def test_file_sha256_matches_known_digest(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"abc")
     assert file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-
-
-def test_serving_side_modules_import_neither_torch_nor_onnx() -> None:
-    # The serving install has neither package; importing them here would break `vae serve` there.
-    code = (
-        "import sys, export.repository, export.verify, export.cli\n"
-        "heavy = ('torch', 'onnx', 'onnxscript', 'onnxconverter_common')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from export.repository import file_sha256
-from export.verify import VerificationError, verify_version
+from repository.errors import VerificationError
+from repository.manifest import file_sha256
+from repository.verify import verify_version
 from vae_cli import main
 
 ALL_CHECKS = ["manifest", "contract", "hashes", "load", "shapes", "pairing", "end-to-end"]

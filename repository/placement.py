@@ -1,0 +1,68 @@
+"""Where graphs run: device names, their validation, and the onnxruntime providers they map to.
+
+Needs no onnxruntime itself, so configuration can check a device name without loading it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where graphs run: an execution provider and, for CUDA, the device index."""
+
+    provider: str
+    device_id: int = 0
+
+
+ON_CPU = Placement(CPU)
+
+
+def select_placement(device: str, available: Sequence[str]) -> Placement:
+    """`auto` takes CUDA when onnxruntime offers it, else CPU (logged); `cuda[:N]` insists on CUDA."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device == "cpu":
+        return Placement(CPU)
+    if device == "auto":
+        if CUDA in available:
+            return Placement(CUDA)
+        log.info(
+            "device auto: onnxruntime offers no CUDA (providers: %s); running on CPU", ", ".join(available)
+        )
+        return Placement(CPU)
+    if CUDA not in available:
+        raise ValueError(
+            f"device {device} needs onnxruntime's CUDAExecutionProvider, but this install offers only "
+            f"{', '.join(available)}; install the gpu extra (onnxruntime-gpu) or use --device cpu"
+        )
+    _, _, index = device.partition(":")
+    return Placement(CUDA, int(index or 0))
+
+
+def provider_list(placement: Placement) -> list[tuple[str, dict[str, Any]]]:
+    """The providers handed to onnxruntime, with the options that matter for serving."""
+    if placement.provider != CUDA:
+        return [(CPU, {})]
+    cuda_options = {
+        "device_id": placement.device_id,
+        # EXHAUSTIVE (the default) re-tunes convolutions for every new batch shape: seconds of stall
+        # on the first request of each size. HEURISTIC picks at once.
+        "cudnn_conv_algo_search": "HEURISTIC",
+        # Grow the arena by what is asked, not by powers of two: a few batch sizes otherwise
+        # reserve several times the memory they use.
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    # CPU stays listed so nodes CUDA lacks kernels for still run.
+    return [(CUDA, cuda_options), (CPU, {})]
