@@ -7,42 +7,49 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.scenarios import GRAPHS_OF, INPROCESS_BATCHES, SCENARIOS, SYSTEMS
+from benchmarks.scenarios import GRAPHS_OF, INPROCESS_BATCHES, MODES, SCENARIOS, SYSTEMS
 
+MINIMAL = "minimal micro-batcher"
 Ceiling = dict[str, dict[int, dict[str, float]]]  # graph -> batch -> items_per_s, ms_per_batch
+Medians = dict[str, dict[str, dict[str, Any]]]  # scenario -> system -> median figures
 Row = dict[str, Any]  # a target: what, value, goal (">= 2"), met (None without a goal or a value)
 
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians over the rounds of every figure, the in-process ceilings and the target ratios."""
-    load_medians: dict[str, dict[str, dict[str, Any]]] = {}
-    for scenario in SCENARIOS:
-        for system in SYSTEMS:
-            runs = [
-                r
-                for r in results["load"]
-                if r["scenario"] == scenario.key and r["system"] == system and "failed" not in r
-            ]
-            failed = sum(
-                1
-                for r in results["load"]
-                if r["scenario"] == scenario.key and r["system"] == system and "failed" in r
-            )
-            if runs:
-                load_medians.setdefault(scenario.key, {})[system] = _median_run(runs) | {
-                    "failed_runs": failed
-                }
+    """Medians over the rounds of every figure, the in-process ceilings and the target ratios.
+
+    "load" holds the unpinned runs (and those of results.json files from before the pinned mode),
+    "load_pinned" the pinned ones.
+    """
+    by_mode = {
+        mode: _load_medians([r for r in results["load"] if r.get("mode", "unpinned") == mode])
+        for mode in MODES
+    }
     ceiling = inprocess_medians(results["inprocess"])
     cold = {
         system: statistics.median(r["seconds"] for r in results["cold_start"] if r["system"] == system)
         for system in {r["system"] for r in results["cold_start"]}
     }
     return {
-        "load": load_medians,
+        "load": by_mode["unpinned"],
+        "load_pinned": by_mode["pinned"],
         "inprocess": ceiling,
         "cold_start_s": cold,
-        "targets": _targets(load_medians, ceiling, cold),
+        "targets": _targets(by_mode["unpinned"], by_mode["pinned"], ceiling, cold),
     }
+
+
+def _load_medians(records: list[dict[str, Any]]) -> Medians:
+    medians: Medians = {}
+    for scenario in SCENARIOS:
+        for system in SYSTEMS:
+            runs = [r for r in records if r["scenario"] == scenario.key and r["system"] == system]
+            ok = [r for r in runs if "failed" not in r]
+            if ok:
+                medians.setdefault(scenario.key, {})[system] = _median_run(ok) | {
+                    "failed_runs": len(runs) - len(ok)
+                }
+    return medians
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,9 +99,7 @@ def inprocess_items_per_s(ceiling: Ceiling, rpc: str, batch: int) -> float | Non
     return batch / ms * 1e3
 
 
-def _targets(
-    medians: dict[str, dict[str, dict[str, Any]]], ceiling: Ceiling, cold: dict[str, float]
-) -> list[Row]:
+def _targets(medians: Medians, pinned: Medians, ceiling: Ceiling, cold: dict[str, float]) -> list[Row]:
     """Each target of docs/benchmarks.md: what, the measured value, the goal and whether it is met."""
     rows: list[Row] = []
 
@@ -105,8 +110,8 @@ def _targets(
             met = value >= float(bound) if sign == ">=" else value <= float(bound)
         rows.append({"what": what, "value": value, "goal": goal, "met": met})
 
-    def ours_over(scenario: str, system: str, key: str) -> float | None:
-        ours, theirs = medians.get(scenario, {}).get("service"), medians.get(scenario, {}).get(system)
+    def ours_over(scenario: str, system: str, key: str, among: Medians = medians) -> float | None:
+        ours, theirs = among.get(scenario, {}).get("service"), among.get(scenario, {}).get(system)
         if not ours or not theirs or not ours.get(key) or not theirs.get(key):
             return None
         return float(ours[key] / theirs[key])
@@ -117,6 +122,11 @@ def _targets(
         row(f"{key}: req/s, service / echo", ours_over(key, "echo", "requests_per_s"), ">= 0.9")
         row(
             f"{key}: req/s, service / batching off", ours_over(key, "service, batching off", "requests_per_s")
+        )
+        row(f"{key}: req/s, service / minimal micro-batcher", ours_over(key, MINIMAL, "requests_per_s"))
+        row(
+            f"{key}, pinned: req/s on one server core, service / minimal micro-batcher",
+            ours_over(key, MINIMAL, "requests_per_s", pinned),
         )
     row("decode-c1: p50 ms, service", medians.get("decode-c1", {}).get("service", {}).get("p50_ms"), "<= 1.5")
     for scenario in SCENARIOS:

@@ -39,6 +39,11 @@ async def serve(host: str, port: int, sizes: list[int]) -> None:
     # Registered like generated servicers register theirs, so the method lookup costs the same.
     handlers = {f"Reply{size}": _handler(bytes(size)) for size in sizes}
     server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]  # newer than grpc-stubs
+    await serve_until_signalled(server, host, port)
+
+
+async def serve_until_signalled(server: grpc.aio.Server, host: str, port: int) -> None:
+    """Listen on host:port until SIGTERM or SIGINT, then stop: how every bare server of the suite runs."""
     if not server.add_insecure_port(f"{host}:{port}"):
         raise SystemExit(f"cannot listen on {host}:{port}")
     await server.start()
@@ -49,17 +54,23 @@ async def serve(host: str, port: int, sizes: list[int]) -> None:
     await server.stop(1.0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def server_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every bare server of the suite takes: where to listen, and on which event loop."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--reply-bytes", type=int, nargs="+", required=True, help="reply sizes to offer")
     parser.add_argument(
         "--event-loop",
         choices=event_loop.EVENT_LOOPS,
         default=ServiceConfig.event_loop,
         help="the one the service under test runs on",
     )
+    return parser
+
+
+def main() -> None:
+    parser = server_parser(__doc__.splitlines()[0])
+    parser.add_argument("--reply-bytes", type=int, nargs="+", required=True, help="reply sizes to offer")
     args = parser.parse_args()
     event_loop.run(serve(args.host, args.port, args.reply_bytes), args.event_loop)
 

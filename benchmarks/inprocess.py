@@ -14,7 +14,7 @@ from service.config import ServiceConfig
 
 GRAPHS = ("encoder", "decoder")
 # The outputs the service asks for: it never copies the decoder's logits back.
-_OUTPUTS = {"encoder": ("mu", "logvar"), "decoder": ("probs",)}
+OUTPUTS = {"encoder": ("mu", "logvar"), "decoder": ("probs",)}
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,12 @@ def sweep(graphs: dict[str, Graph], batches: Sequence[int], seconds: float, seed
         item_shape = tuple(int(dim) for dim in spec.shape[1:])
         for batch in batches:
             feeds = {spec.name: rng.random((batch, *item_shape), dtype=np.float32)}
-            graph.run(feeds, _OUTPUTS[name])
+            graph.run(feeds, OUTPUTS[name])
             times: list[float] = []
             started = time.perf_counter()
             while time.perf_counter() - started < seconds or len(times) < 3:
                 t0 = time.perf_counter()
-                graph.run(feeds, _OUTPUTS[name])
+                graph.run(feeds, OUTPUTS[name])
                 times.append(time.perf_counter() - t0)
             # The median, not the mean: a shared machine's stalls should not lower the ceiling.
             median = float(np.median(times))

@@ -12,10 +12,11 @@ from __future__ import annotations
 import array
 import asyncio
 import multiprocessing as mp
+import os
 import queue
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
@@ -24,6 +25,8 @@ from typing import Any, TypeAlias
 
 import grpc
 import numpy as np
+
+from benchmarks.processes import pin
 
 # Connecting and the first call must not wait forever on a target that is not there.
 READY_TIMEOUT_S = 30.0
@@ -90,8 +93,12 @@ def run(
     timeout: float = 30.0,
     on_progress: Callable[[Progress], None] | None = None,
     on_window: Callable[[str], None] | None = None,
+    cpus: Set[int] | None = None,
 ) -> LoadResult:
-    """Drive `target` with `workload`; `on_window("start")` and `("end")` mark the measured window."""
+    """Drive `target` with `workload`; `on_window("start")` and `("end")` mark the measured window.
+
+    With `cpus`, the client processes run on those CPUs only (the suite's pinned mode).
+    """
     if concurrency < 1 or processes < 1 or duration <= 0 or warmup < 0:
         raise ValueError("need concurrency >= 1, processes >= 1, duration > 0 and warmup >= 0")
     processes = min(processes, concurrency)
@@ -104,7 +111,7 @@ def run(
     workers = []
     for slot in range(processes):
         callers = concurrency // processes + (slot < concurrency % processes)
-        job = _Job(target, workload, callers, timeout, warmup, duration, slot)
+        job = _Job(target, workload, callers, timeout, warmup, duration, slot, cpus)
         workers.append(ctx.Process(target=_worker, args=(job, start, completed, go, messages), daemon=True))
     for worker in workers:
         worker.start()
@@ -191,10 +198,13 @@ class _Job:
     warmup: float
     duration: float
     slot: int
+    cpus: Set[int] | None
 
 
 def _worker(job: _Job, start: Any, completed: Any, go: Event, messages: Messages) -> None:
     """Child process: `start` (a shared double) and `completed` (shared int64 per process) come from run()."""
+    if job.cpus:
+        pin([os.getpid()], job.cpus)  # before gRPC starts its threads; numpy's are pinned too
     try:
         asyncio.run(_drive(job, start, completed, go, messages))
     except Exception as exc:

@@ -12,10 +12,14 @@ def render(document: dict[str, Any]) -> str:
     summary = document["summary"]
     parts = [
         _conditions(document["conditions"], document["settings"]),
-        _load_table(summary),
-        _targets(summary["targets"]),
-        _inprocess(summary["inprocess"]),
+        _load_table(summary["load"], summary["inprocess"]),
     ]
+    if summary["load_pinned"]:  # only when the pinned mode ran
+        parts += [
+            "Pinned: each server on one CPU, its client on the others.",
+            _load_table(summary["load_pinned"], {}),
+        ]
+    parts += [_targets(summary["targets"]), _inprocess(summary["inprocess"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -37,6 +41,7 @@ def _conditions(conditions: dict[str, Any], settings: dict[str, Any]) -> str:
         f"{settings['warmup']} s of warmup; {settings['processes']} client process(es); Triton's batcher "
         f"delay {settings['triton_delay_us']} µs",
         f"- extra `vae serve` flags: {settings.get('service_flags') or 'none'}",
+        f"- modes: {', '.join(settings.get('modes', ['unpinned']))}",
     ]
     return "\n".join(lines)
 
@@ -45,15 +50,16 @@ def _loads(averages: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in averages)
 
 
-def _load_table(summary: dict[str, Any]) -> str:
+def _load_table(load: dict[str, Any], ceiling_table: Ceiling) -> str:
+    """Every system per scenario; the in-process ceiling first, where `ceiling_table` has it."""
     rows = [
         "| scenario | system | req/s | items/s | p50 ms | p99 ms | server CPU ms/call | mean batch "
         "| errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for scenario in SCENARIOS:
-        medians = summary["load"].get(scenario.key, {})
-        ceiling = inprocess_items_per_s(summary["inprocess"], scenario.rpc, scenario.items)
+        medians = load.get(scenario.key, {})
+        ceiling = inprocess_items_per_s(ceiling_table, scenario.rpc, scenario.items)
         if ceiling is not None:
             calls = ceiling / scenario.items
             # One intra-op thread: a call's CPU is its time.

@@ -16,7 +16,14 @@ from benchmarks.scenarios import INPROCESS_BATCHES, QUANTILES, SCENARIOS, SYSTEM
 
 FILES = ("throughput_vs_concurrency.png", "latency_distribution.png", "large_requests.png")
 _DECODE = [s for s in SCENARIOS if s.rpc == "decode" and s.items == 1]
-_STYLE = {"service": "C0", "service, batching off": "C1", "triton": "C2", "echo": "C7"}
+_STYLE = {
+    "service": "C0",
+    "service, batching off": "C1",
+    "triton": "C2",
+    "echo": "C7",
+    "minimal micro-batcher": "C3",
+    "minimal, no batching": "C4",
+}
 
 
 def draw(summary: dict[str, Any], out: Path) -> None:

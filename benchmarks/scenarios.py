@@ -6,7 +6,21 @@ from dataclasses import dataclass
 
 from benchmarks import Rpc
 
-SYSTEMS = ("service", "service, batching off", "triton", "echo")
+SYSTEMS = (
+    "service",
+    "service, batching off",
+    "triton",
+    "echo",
+    "minimal micro-batcher",
+    "minimal, no batching",
+)
+# The minimal servers of benchmarks/baselines.py (name -> whether it batches) and what they answer.
+BASELINES = {"minimal micro-batcher": True, "minimal, no batching": False}
+BASELINE_RPCS = ("decode", "encode")
+# unpinned: servers and client share every core, as in production on a small machine; pinned: the
+# server on one core and the client on the others, so a system's capacity per core is measured
+# without the client competing.
+MODES = ("unpinned", "pinned")
 TRITON_INFER = "/inference.GRPCInferenceService/ModelInfer"
 # Reconstruct needs both graphs in one call: Triton would need an ensemble, which is not the same load.
 TRITON_GRAPH = {"decode": "decoder", "sample": "decoder", "encode": "encoder"}
@@ -40,3 +54,6 @@ SCENARIOS = (
     Scenario("sample-256", "Sample n=256, 4 callers", "sample", 256, 4),
     Scenario("reconstruct-32", "Reconstruct 32 images, 4 callers", "reconstruct", 32, 4),
 )
+# Pinned mode measures these only: capacity per core is about the per-request cost, which
+# single-item calls show best, and the suite stays within about 15 minutes.
+PINNED_SCENARIOS = tuple(s for s in SCENARIOS if s.items == 1)

@@ -1,4 +1,4 @@
-"""The servers under test as child processes on loopback: our service, Triton (pytriton) and the echo server.
+"""The servers under test as child processes on loopback: our service, Triton, the echo server, baselines.
 
 Each is started from a command line, waited for until it reports ready, and stopped with SIGTERM
 (SIGKILL after a grace period). Cold start is the time from starting the process to that readiness.
@@ -6,30 +6,30 @@ Each is started from a command line, waited for until it reports ready, and stop
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks import processes
+
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
 TRITON_SCRIPT = REPO_ROOT / "benchmarks" / "triton_server.py"
 READY_POLL_S = 0.01
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
+    """A port nothing listens on now, for servers that cannot report one they picked themselves."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
@@ -49,7 +49,11 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server's process and its descendants (Triton's tritonserver) so far."""
-        return sum(_cpu_seconds(pid) for pid in process_tree(self.process.pid))
+        return sum(processes.cpu_seconds(pid) for pid in processes.process_tree(self.process.pid))
+
+    def pin(self, cpus: Set[int]) -> None:
+        """Run the server's whole process tree on `cpus` only (all of them again to undo)."""
+        processes.pin(processes.process_tree(self.process.pid), cpus)
 
     def stop(self, grace: float = 15.0) -> None:
         if self.process.poll() is None:
@@ -89,27 +93,6 @@ def start(
         raise
     server.started_s = time.monotonic() - began
     return server
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and its descendants that are still running (Linux /proc)."""
-    tree, index = [pid], 0
-    while index < len(tree):
-        for task in Path(f"/proc/{tree[index]}/task").glob("*/children"):
-            with contextlib.suppress(OSError):  # the task ended meanwhile
-                tree.extend(int(child) for child in task.read_text().split())
-        index += 1
-    return tree
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        # utime and stime are stat(5) fields 14 and 15: indices 11 and 12 once the pid and the
-        # parenthesised command name (which may hold spaces) are split off.
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:  # ended meanwhile
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def tail(log: Path, lines: int = 30) -> str:
@@ -217,17 +200,22 @@ def triton_request(version_dir: Path, graph: str, items: int) -> bytes:
 
 
 def start_echo(reply_sizes: Sequence[int], log: Path, event_loop: str) -> Server:
+    reply = ["--reply-bytes", *map(str, reply_sizes)]
+    return _start_bare("echo", ["benchmarks.echo", *reply], log, event_loop)
+
+
+def start_baseline(name: str, version_dir: Path, log: Path, event_loop: str, *, batching: bool) -> Server:
+    """A minimal vae.v1 server (benchmarks/baselines.py), with its micro-batcher or without."""
+    command = ["benchmarks.baselines", "--version-dir", str(version_dir)]
+    return _start_bare(name, [*command, *([] if batching else ["--no-batching"])], log, event_loop)
+
+
+def _start_bare(name: str, module_and_args: Sequence[str], log: Path, event_loop: str) -> Server:
+    """`python -m MODULE ARGS` for a bare grpc.aio server (no health service, no metrics)."""
     port = free_port()
     target = f"{HOST}:{port}"
     command = [
-        sys.executable, "-m", "benchmarks.echo", "--host", HOST, "--port", str(port),
-        "--event-loop", event_loop, "--reply-bytes", *map(str, reply_sizes),
+        sys.executable, "-m", *module_and_args,
+        "--host", HOST, "--port", str(port), "--event-loop", event_loop,
     ]  # fmt: skip
-    return start(
-        "echo",
-        command,
-        grpc_connects(target),
-        target=target,
-        metrics_url=None,
-        log=log,
-    )
+    return start(name, command, grpc_connects(target), target=target, metrics_url=None, log=log)

@@ -14,11 +14,13 @@ COPY docker/requirements.py docker/
 RUN --mount=type=cache,target=/root/.cache/pip \
     python docker/requirements.py serve > /tmp/requirements.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
-# Every package, not only service/: `vae` registers each package's (light) cli module.
 COPY README.md ./
 COPY vae_cli/ vae_cli/
 COPY vae/ vae/
+COPY repository/ repository/
 COPY service/ service/
+# Serving needs none of these three, but `vae` registers every package's subcommands at start, so
+# their (light, torch-free) cli modules must import. Dropping them needs vae_cli to skip what is absent.
 COPY export/ export/
 COPY training/ training/
 COPY benchmarks/ benchmarks/

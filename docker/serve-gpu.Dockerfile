@@ -23,7 +23,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 COPY README.md ./
 COPY vae_cli/ vae_cli/
 COPY vae/ vae/
+COPY repository/ repository/
 COPY service/ service/
+# Serving needs none of these three, but `vae` registers every package's subcommands at start, so
+# their (light, torch-free) cli modules must import. Dropping them needs vae_cli to skip what is absent.
 COPY export/ export/
 COPY training/ training/
 COPY benchmarks/ benchmarks/

@@ -21,6 +21,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 COPY README.md ./
 COPY vae_cli/ vae_cli/
 COPY vae/ vae/
+COPY repository/ repository/
 COPY service/ service/
 COPY export/ export/
 COPY training/ training/

@@ -8,13 +8,9 @@ from typing import Any
 
 
 def _export(args: argparse.Namespace) -> int:
-    from export.onnx_export import ExportError, export_run
-    from repository.errors import CommandError, RepositoryError
+    from export.onnx_export import export_run
 
-    try:
-        path = export_run(args.run, args.repo, args.name, version=args.version, fp16=args.fp16)
-    except (ExportError, RepositoryError) as exc:
-        raise CommandError(str(exc)) from exc
+    path = export_run(args.run, args.repo, args.name, version=args.version, fp16=args.fp16)
     print(f"exported {path}")
     return 0
 

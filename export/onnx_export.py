@@ -21,7 +21,7 @@ from onnxconverter_common import float16
 
 from export.graphs import DecoderGraph, EncoderGraph
 from repository.errors import RepositoryError, VaeError
-from repository.layout import next_version, validate_model_name
+from repository.layout import check_new_version, next_version, record_version, validate_model_name
 from repository.manifest import (
     BATCH_AXIS,
     GRAPHS,
@@ -98,14 +98,8 @@ def export_model(
     """
     validate_model_name(name)
     version = next_version(repo, name) if version is None else version
-    if version < 1:
-        raise RepositoryError(f"version must be a positive integer, got {version}")
+    check_new_version(repo, name, version)
     target = repo / name / str(version)
-    if target.exists():
-        raise RepositoryError(
-            f"{target} already exists; versions are immutable, so pick another --version "
-            f"or omit it to get the next free one ({next_version(repo, name)})"
-        )
     model = model.eval()
     config = model.config
     repo.mkdir(parents=True, exist_ok=True)
@@ -168,9 +162,12 @@ def export_model(
             problems = "; ".join(f"{c.name}: {c.message}" for c in report.failures)
             raise ExportError(f"the exported version failed verification: {problems}")
         target.parent.mkdir(exist_ok=True)
-        if target.exists():  # another export took this version while we worked
-            raise RepositoryError(f"{target} appeared during the export; nothing was written")
+        try:  # again: another export may have taken this number, or a higher one, while we worked
+            check_new_version(repo, name, version)
+        except RepositoryError as exc:
+            raise RepositoryError(f"{exc} (changed during the export; nothing was written)") from exc
         staged.rename(target)
+        record_version(repo, name, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

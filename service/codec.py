@@ -1,4 +1,4 @@
-"""Tensors on the wire <-> numpy arrays: bytes -> array -> checked array, and back.
+"""What a request carries -> checked arrays, and response pixels -> tensors: the server's edge.
 
 Everything a request carries is checked here, at the edge, so nothing invalid reaches a batch;
 each failure is an InvalidArgument whose message names the field and what was wrong with it.
@@ -6,47 +6,15 @@ each failure is an InvalidArgument whose message names the field and what was wr
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 
 from service.errors import InvalidArgument
+from service.wire import FLOAT32, NUMPY, UINT8, array, dtype_name, put
 from vae.v1 import vae_pb2 as pb
 
-FLOAT32 = pb.DTYPE_FLOAT32
-UINT8 = pb.DTYPE_UINT8
-# Little-endian whatever the host: the wire format says so.
-_NUMPY: dict[int, np.dtype[Any]] = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype("u1")}
 # A standard normal prior puts essentially all its mass within +-10; beyond this bound a latent
 # is a mistake, and large enough values overflow the decoder's activations.
 LATENT_LIMIT = 1e4
-
-
-def dtype_name(value: int) -> str:
-    return pb.DType.Name(value) if value in pb.DType.values() else f"unknown dtype {value}"
-
-
-def array(tensor: pb.Tensor, what: str, allowed: Sequence[int] = (FLOAT32,)) -> np.ndarray:
-    """The tensor's bytes as an array of its shape, without copying; dtype and byte length checked."""
-    if tensor.dtype == pb.DTYPE_UNSPECIFIED and not tensor.shape and not tensor.data:
-        raise InvalidArgument(f"{what}: missing; set its shape, dtype and data")
-    if tensor.dtype not in allowed:
-        names = " or ".join(dtype_name(d) for d in allowed)
-        raise InvalidArgument(f"{what}: dtype must be {names}, got {dtype_name(tensor.dtype)}")
-    shape = tuple(tensor.shape)
-    if not shape or min(shape) < 1:
-        raise InvalidArgument(f"{what}: every dimension of the shape must be at least 1, got {list(shape)}")
-    dtype = _NUMPY[tensor.dtype]
-    expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
-        raise InvalidArgument(
-            f"{what}: shape {list(shape)} of {dtype_name(tensor.dtype)} needs {expected} bytes, "
-            f"got {len(tensor.data)}"
-        )
-    values: np.ndarray = np.frombuffer(tensor.data, dtype).reshape(shape)
-    return values
 
 
 def _check_shape(what: str, got: tuple[int, ...], item_shape: tuple[int, ...], max_items: int) -> None:
@@ -103,25 +71,13 @@ def output_dtype(value: int) -> int:
     """FLOAT32 (also when unspecified) or UINT8."""
     if value == pb.DTYPE_UNSPECIFIED:
         return FLOAT32
-    if value not in _NUMPY:
+    if value not in NUMPY:
         raise InvalidArgument(f"output_dtype must be DTYPE_FLOAT32 or DTYPE_UINT8, got {dtype_name(value)}")
     return value
 
 
-def tensor(values: np.ndarray) -> pb.Tensor:
-    """A float32 or uint8 array on the wire."""
-    kind = UINT8 if values.dtype == np.uint8 else FLOAT32
-    data = values.astype(_NUMPY[kind], copy=False).tobytes()
-    return pb.Tensor(shape=values.shape, dtype=kind, data=data)
-
-
-def image_tensor(pixels: np.ndarray, dtype: int) -> pb.Tensor:
+def put_images(target: pb.Tensor, pixels: np.ndarray, dtype: int) -> None:
     """Pixel means in [0, 1] as float32, or quantized to 0..255 when the client asked for uint8."""
     if dtype == UINT8:
-        return tensor((pixels * np.float32(255) + np.float32(0.5)).astype(np.uint8))
-    return tensor(pixels)
-
-
-def to_numpy(tensor: pb.Tensor, what: str) -> np.ndarray:
-    """Any well-formed float32 or uint8 tensor, as the client reads responses."""
-    return array(tensor, what, (FLOAT32, UINT8))
+        pixels = (pixels * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    put(target, pixels)

@@ -6,13 +6,15 @@ Every field documents its flag (`--max-batch-items`) and environment variable (`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from repository.placement import DEVICE_PATTERN
+from service.channel import DEFAULT_MAX_MESSAGE_BYTES
 from service.event_loop import EVENT_LOOPS
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -49,7 +51,7 @@ class ServiceConfig:
     max_request_items: int = _option(4096, "images, latents, samples or steps per unary request")
     max_stream_items: int = _option(1_000_000, "samples per SampleStream request")
     max_posterior_samples: int = _option(64, "posterior samples per image in Encode")
-    max_message_bytes: int = _option(64 * 2**20, "largest gRPC message received or sent")
+    max_message_bytes: int = _option(DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message received or sent")
     grace_seconds: float = _option(10.0, "on SIGTERM/SIGINT, time admitted requests get to finish")
     reload_interval_seconds: float = _option(
         0.0, "look for new model versions this often (0: only when sent SIGHUP)"
@@ -61,10 +63,18 @@ class ServiceConfig:
     auth_token_file: str = _option(
         "", "file holding the bearer token every VaeService call must send (health stays open)"
     )
+    timing_trailers: bool = _option(
+        False, "send x-queue-ms and x-compute-ms trailing metadata with every answer (costs each call)"
+    )
     log_level: str = _option("INFO", "DEBUG, INFO, WARNING or ERROR")
     event_loop: str = _option("uvloop", "uvloop (less CPU per request) or asyncio (the standard library's)")
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            # Frozen: the one way to store a coerced value during construction.
+            object.__setattr__(
+                self, spec.name, _typed(spec.name, type(spec.default), getattr(self, spec.name))
+            )
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("port", "metrics_port"):
@@ -125,6 +135,28 @@ class ServiceConfig:
         return cls(**values)
 
 
+def config_from_flags(flags: Sequence[str], env: Mapping[str, str]) -> ServiceConfig:
+    """The configuration `vae serve FLAGS` would run with, given environment `env`."""
+    parser = argparse.ArgumentParser(prog="vae serve")
+    add_flags(parser)
+    return ServiceConfig.load(vars(parser.parse_args(list(flags))), env)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServiceConfig field; None means "not given", so VAE_* and defaults still apply."""
+    for spec in dataclasses.fields(ServiceConfig):
+        kind = type(spec.default)
+        help = f"{spec.metadata['help']} [{env_var(spec.name)}; default {spec.default}]"
+        if kind is bool:
+            parser.add_argument(
+                flag(spec.name), action=argparse.BooleanOptionalAction, default=None, help=help
+            )
+        else:
+            parser.add_argument(
+                flag(spec.name), type=kind, default=None, metavar=spec.name.upper(), help=help
+            )
+
+
 def read_token(path: Path) -> str:
     """A bearer token kept in a file (not a flag: flags show in `ps`), without surrounding whitespace."""
     token = path.read_text().strip()
@@ -154,3 +186,25 @@ def _parse(name: str, kind: type[Any], raw: str) -> Any:
     except ValueError:
         expected = "an integer" if kind is int else "a number"
         raise ValueError(f"{env_var(name)} must be {expected}, got {raw!r}") from None
+
+
+def _typed(name: str, kind: type[Any], value: Any) -> Any:
+    """`value` as a field of type `kind`: a str becomes a Path, an int a float; anything else must match.
+
+    A wrong type would otherwise pass construction and fail far from its cause (a str repo has no
+    `/`, a str port fails inside grpc).
+    """
+    if issubclass(kind, Path):  # PosixPath or WindowsPath: the default's type
+        if isinstance(value, str | Path):
+            return Path(value)
+        kind = Path
+    # bool is an int to Python, never what an int or float field means.
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    expected = {Path: "a path (str or pathlib.Path)", bool: "a bool", int: "an int", float: "a number"}
+    raise ValueError(
+        f"{name} must be {expected.get(kind, f'a {kind.__name__}')}, got {type(value).__name__} {value!r}; "
+        "convert it first, or use ServiceConfig.load, which parses text"
+    )

@@ -17,13 +17,23 @@ import numpy as np
 
 from repository.errors import RepositoryError
 from repository.layout import list_models, list_versions
-from repository.manifest import Manifest
+from repository.manifest import (
+    IMAGES,
+    LATENTS,
+    LOGVAR,
+    MANIFEST_FILE,
+    MU,
+    NAME_PATTERN,
+    PROBS,
+    Manifest,
+    file_sha256,
+)
 from repository.placement import Placement
 from repository.runtime import Graph
 from repository.verify import verify_version
 from service.batcher import Batcher, BatchObserver, RunBatch, bucket_sizes
 from service.config import ServiceConfig
-from service.errors import NotFound, Unavailable
+from service.errors import InvalidArgument, NotFound, Unavailable
 from service.metrics import Metrics
 from vae.v1 import vae_pb2 as pb
 
@@ -36,9 +46,11 @@ class LoadedModel:
 
     manifest: Manifest
     provider: str
-    encode: Batcher  # images [n, C, H, W] -> (mu [n, D], logvar [n, D])
-    decode: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
+    encoder: Batcher  # images [n, C, H, W] -> (mu [n, D], logvar [n, D])
+    decoder: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
     ref: pb.ModelRef  # built once, copied into every response
+    files: tuple[tuple[str, int, int], ...]  # the version directory's files when it was loaded
+    manifest_bytes: bytes  # model.json as it was read then
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -49,7 +61,7 @@ class LoadedModel:
         return self.manifest.latent_dim
 
     async def close(self) -> None:
-        await asyncio.gather(self.encode.close(), self.decode.close())
+        await asyncio.gather(self.encoder.close(), self.decoder.close())
 
 
 def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tuple[Manifest, Graph, Graph]:
@@ -74,8 +86,8 @@ def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tupl
 
 def _encoder_batch(graph: Graph) -> RunBatch:
     def run(images: np.ndarray) -> tuple[np.ndarray, ...]:
-        out = graph.run({"x": images}, ("mu", "logvar"))
-        return out["mu"], out["logvar"]
+        out = graph.run({IMAGES: images}, (MU, LOGVAR))
+        return out[MU], out[LOGVAR]
 
     return run
 
@@ -83,7 +95,7 @@ def _encoder_batch(graph: Graph) -> RunBatch:
 def _decoder_batch(graph: Graph) -> RunBatch:
     def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
         # Only the pixel means: a bernoulli decoder's logits are never sent, so never copied.
-        return (graph.run({"z": latents}, ("probs",))["probs"],)
+        return (graph.run({LATENTS: latents}, (PROBS,))[PROBS],)
 
     return run
 
@@ -92,6 +104,7 @@ async def load_model(
     path: Path, config: ServiceConfig, placement: Placement, observers: Mapping[str, BatchObserver]
 ) -> LoadedModel:
     """Verify, load and warm up one version; every batch-size bucket runs once before it serves."""
+    files = _file_signature(path)  # before verifying: a change after this is seen at the next look
     manifest, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
     label = f"{manifest.name}/{manifest.version}"
 
@@ -108,13 +121,15 @@ async def load_model(
     model = LoadedModel(
         manifest=manifest,
         provider=decoder.provider,
-        encode=batcher(_encoder_batch(encoder), "encoder"),
-        decode=batcher(_decoder_batch(decoder), "decoder"),
+        encoder=batcher(_encoder_batch(encoder), "encoder"),
+        decoder=batcher(_decoder_batch(decoder), "decoder"),
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
+        files=files,
+        manifest_bytes=(path / MANIFEST_FILE).read_bytes(),
     )
     sizes = bucket_sizes(config.max_batch_items)
-    await model.encode.warm_up(np.zeros((1, *manifest.image_shape), np.float32), sizes)
-    await model.decode.warm_up(np.zeros((1, manifest.latent_dim), np.float32), sizes)
+    await model.encoder.warm_up(np.zeros((1, *manifest.image_shape), np.float32), sizes)
+    await model.decoder.warm_up(np.zeros((1, manifest.latent_dim), np.float32), sizes)
     log.info("loaded %s on %s, warmed batch sizes %s", label, model.provider, sizes)
     return model
 
@@ -133,11 +148,24 @@ class Registry:
     def has(self, name: str, version: int) -> bool:
         return version in self._models.get(name, {})
 
+    def get(self, name: str, version: int) -> LoadedModel | None:
+        return self._models.get(name, {}).get(version)
+
     def add(self, model: LoadedModel) -> None:
         self._models.setdefault(model.manifest.name, {})[model.manifest.version] = model
+        self._pick_default()
+
+    def remove(self, model: LoadedModel) -> None:
+        """Stop answering with `model`; requests that named no version go to the newest one left."""
+        versions = self._models[model.manifest.name]
+        del versions[model.manifest.version]
+        if not versions:
+            del self._models[model.manifest.name]
+        self._pick_default()
+
+    def _pick_default(self) -> None:
         versions = self._models.get(self.default_model)
-        if versions:
-            self._default = versions[max(versions)]
+        self._default = versions[max(versions)] if versions else None
 
     def models(self) -> list[LoadedModel]:
         return [self._models[name][v] for name in sorted(self._models) for v in sorted(self._models[name])]
@@ -158,6 +186,12 @@ class Registry:
         name = ref.name or self.default_model
         versions = self._models.get(name)
         if not versions:
+            if not NAME_PATTERN.fullmatch(name):
+                # Never echo an unbounded string: a long name would overflow the status trailer.
+                raise InvalidArgument(
+                    f"model name must be 1-64 letters, digits, '_', '.' or '-', got {_clip(name)!r} "
+                    f"({len(name)} characters)"
+                )
             raise NotFound(f"unknown model {name!r}; loaded models: {', '.join(sorted(self._models))}")
         version = ref.version or max(versions)
         if version not in versions:
@@ -192,7 +226,13 @@ async def load_new_versions(
         for version in sorted(list_versions(config.repo, name), reverse=True):
             path = config.repo / name / str(version)
             files = _file_signature(path)
-            if registry.has(name, version) or registry.refused.get((name, version)) == files:
+            current = registry.get(name, version)
+            if current is not None:
+                if files != current.files and _changed(path, current):
+                    await _refuse_changed(registry, current, metrics)
+                    registry.refused[name, version] = files
+                continue
+            if registry.refused.get((name, version)) == files:
                 continue
             try:
                 model = await load_model(path, config, placement, observers)
@@ -210,6 +250,35 @@ async def load_new_versions(
             metrics.model_load_failures.labels(name).inc()
             registry.refused[name, version] = files
     return loaded
+
+
+def _changed(path: Path, model: LoadedModel) -> bool:
+    """Whether a loaded version's files on disk now hold something else (not merely touched)."""
+    try:
+        if (path / MANIFEST_FILE).read_bytes() != model.manifest_bytes:
+            return True
+        return any(file_sha256(path / file) != digest for file, digest in model.manifest.files().items())
+    except OSError:
+        return True  # a file it was loaded from is gone
+
+
+async def _refuse_changed(registry: Registry, model: LoadedModel, metrics: Metrics) -> None:
+    """A version number names one model forever: never go on answering for files that changed."""
+    name, version = model.manifest.name, model.manifest.version
+    log.error(
+        "model %s version %d: its files changed on disk after it was loaded; it no longer answers "
+        "(a version number must never be reused: export a new version instead)",
+        name,
+        version,
+    )
+    registry.remove(model)
+    metrics.model_info.labels(name, str(version), model.provider).set(0)
+    metrics.model_files_changed.labels(name, str(version)).inc()
+    await model.close()
+
+
+def _clip(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _file_signature(path: Path) -> tuple[tuple[str, int, int], ...]:

@@ -26,12 +26,12 @@ from prometheus_client import start_http_server
 from repository.errors import RepositoryError
 from repository.placement import Placement, select_placement
 from repository.runtime import available_providers
-from service import gates
+from service import security
+from service.calls import SERVICE, Calls, Drain
 from service.config import ServiceConfig
 from service.metrics import Metrics
 from service.registry import Registry, load_new_versions, load_repository
-from service.servicer import SERVICE, VaeServicer
-from vae.v1 import vae_pb2_grpc
+from service.servicer import VaeServicer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class VaeServer:
         # grpc-stubs 1.53 predates grpc_health's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc = grpc.aio.server(
-            interceptors=gates.interceptors(config, self.metrics),
+            interceptors=security.interceptors(config, self.metrics),
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -66,15 +66,20 @@ class VaeServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        # grpcio-tools writes no type stubs for the service code.
-        self.servicer = VaeServicer(self.registry, config, self.metrics)
-        vae_pb2_grpc.add_VaeServiceServicer_to_server(self.servicer, self.grpc)  # type: ignore[no-untyped-call]
+        self.drain = Drain()
+        self.servicer = VaeServicer(self.registry, config)
+        calls = Calls(self.metrics, self.drain, timing_trailers=config.timing_trailers)
+        # Registered (not generic) handlers: grpc finds them without a Python lookup per call.
+        # grpc-stubs 1.53 predates add_registered_method_handlers.
+        self.grpc.add_registered_method_handlers(  # type: ignore[attr-defined]
+            SERVICE_NAME, self.servicer.method_handlers(calls)
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
         address = f"{config.host}:{config.port}"
-        credentials = gates.server_credentials(config)
+        credentials = security.server_credentials(config)
         if credentials is None:
             self.port = self.grpc.add_insecure_port(address)
         else:
@@ -142,7 +147,7 @@ class VaeServer:
         for task in self._tasks:
             task.cancel()
         await self.health.enter_graceful_shutdown()
-        self.servicer.draining = True
+        self.drain.draining = True
         await self._drain(deadline)
         await self.grpc.stop(max(0.0, min(FLUSH_S, deadline - time.monotonic())))
         await asyncio.gather(*(model.close() for model in self.registry.models()))
@@ -153,10 +158,10 @@ class VaeServer:
 
     async def _drain(self, deadline: float) -> None:
         """Until the deadline: wait for admitted calls, then linger while calls still arrive."""
-        while self.servicer.active and time.monotonic() < deadline:
+        while self.drain.active and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         linger = min(deadline, time.monotonic() + DRAIN_LINGER_S)
-        while time.monotonic() < linger and time.perf_counter() - self.servicer.last_arrival < DRAIN_QUIET_S:
+        while time.monotonic() < linger and time.perf_counter() - self.drain.last_arrival < DRAIN_QUIET_S:
             await asyncio.sleep(0.01)
 
     async def serve(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from repository.errors import VaeError
 
-SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli", "benchmarks.cli")
+SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli", "service.client_cli", "benchmarks.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Helpers for integration tests that drive real `vae serve` processes, balancers and certificates."""
+"""Helpers for tests that drive real servers (in this process or as `vae serve`), balancers, certificates."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.systems import free_port
 from helpers import wait_until
 
 # gRPC needs HTTP/2 end to end: `proto h2` on the bind line and on every server line. A replica
@@ -43,14 +44,6 @@ backend replicas
 """
 
 
-def free_port() -> int:
-    """A port nothing listens on now (haproxy cannot report a port it picked itself)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def config(port: int, replicas: Sequence[int]) -> str:
     servers = "\n".join(f"    server replica{i} 127.0.0.1:{p}" for i, p in enumerate(replicas))
     return TEMPLATE.format(port=port, servers=servers)
@@ -68,7 +61,7 @@ def _accepting(port: int) -> bool:
 def haproxy(directory: Path, replicas: Sequence[int]) -> Iterator[tuple[str, list[str]]]:
     """haproxy in front of `replicas` (ports): yields its target and its log lines (one per request)."""
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    port = free_port()
+    port = free_port()  # haproxy cannot report a port it picked itself
     path = directory / "haproxy.cfg"
     path.write_text(config(port, replicas))
     check = subprocess.run([binary, "-c", "-f", str(path)], capture_output=True, text=True, check=False)

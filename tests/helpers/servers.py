@@ -1,7 +1,13 @@
-"""Real `vae serve` processes on loopback: start on free ports, wait for health, scrape, signal, stop."""
+"""Real servers on loopback for tests, on ports they pick themselves.
+
+Two ways to run one: `RunningServer`, a VaeServer on its own event-loop thread in the test's
+process (fast, and the test can read its metrics registry), and `spawn_server` / `serving`, a
+`vae serve` child process (for signals, exit codes, memory and anything else a process owns).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -9,16 +15,74 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import wait_until
+from service.config import ServiceConfig
+from service.server import VaeServer, create_server
+
+T = TypeVar("T")
+# --- in this process ------------------------------------------------------------------------------
+
+
+class RunningServer:
+    """A VaeServer on its own event loop thread; tests talk to it over loopback like any client."""
+
+    def __init__(self, config: ServiceConfig, *, load: bool = True) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-server", daemon=True)
+        self._thread.start()
+        self.server: VaeServer = self.call(self._start(config))
+        self.target = f"127.0.0.1:{self.server.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        if load:
+            self.call(self.server.load_models())
+
+    @staticmethod
+    async def _start(config: ServiceConfig) -> VaeServer:
+        server, _ = create_server(config)
+        await server.start()
+        return server
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def metric(self, series: str, **labels: str) -> float:
+        value = self.server.metrics.registry.get_sample_value(series, labels)
+        return 0.0 if value is None else value
+
+    def stop(self) -> None:
+        self.call(self.server.stop(grace=1.0))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+
+def config_for(repo: Path, **options: Any) -> ServiceConfig:
+    """Loopback, port 0, the tiny model and small limits; `options` override any ServiceConfig field."""
+    settings: dict[str, Any] = {
+        "repo": repo,
+        "model": "tiny",
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "max_batch_items": 8,
+        "max_request_items": 64,
+        "max_queue_items": 256,
+        **options,
+    }
+    return ServiceConfig(**settings)
+
+
+# --- `vae serve` child processes ------------------------------------------------------------------
 
 # The server binds port 0 and logs the ports it got: no race with other processes for a free port.
 _PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
@@ -133,7 +197,7 @@ class ServerProcess:
             return self.wait(timeout=30)
 
 
-def start_server(
+def spawn_server(
     repo: Path, *args: str, model: str = "tiny", env: dict[str, str] | None = None
 ) -> ServerProcess:
     """`vae serve` on 127.0.0.1 with free gRPC and metrics ports; returns once the ports are known."""
@@ -165,7 +229,7 @@ def serving(
     env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """A started, SERVING server for the `with` block; stopped (SIGTERM, then SIGKILL) afterwards."""
-    server = start_server(repo, *args, env=env)
+    server = spawn_server(repo, *args, env=env)
     try:
         server.wait_serving(credentials)
         yield server

@@ -1,41 +1,32 @@
-"""`vae bench` against a real server on port 0 serving the tiny model: report structure, throughput."""
+"""`vae bench` against a real server serving the tiny model; the suite's baselines and its two modes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+from helpers.servers import RunningServer, config_for
 
+from benchmarks import analysis, conditions, inprocess, markdown, rounds, suite, systems
+from benchmarks.scenarios import BASELINES, MODES
+from repository.runtime import Graph
+from service.client import VaeClient
 from service.config import ServiceConfig
-from service.server import create_server
 from vae_cli import main
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_repo: Path) -> Iterator[tuple[str, str]]:
-    """(gRPC target, metrics URL) of a server whose event loop runs in a thread, so that the
-    load generator's client processes can reach it while the test waits for them."""
-    config = ServiceConfig(repo=tiny_model_repo, model="tiny", host="127.0.0.1", port=0, metrics_port=0)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[object, int]:
-        vae_server, port = create_server(config)
-        await vae_server.start()
-        await vae_server.load_models()
-        return vae_server, port
-
-    vae_server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=120)
-    yield f"127.0.0.1:{port}", f"http://127.0.0.1:{vae_server.metrics_port}/metrics"  # type: ignore[attr-defined]
-    asyncio.run_coroutine_threadsafe(vae_server.stop(0), loop).result(timeout=60)  # type: ignore[attr-defined]
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+    """(gRPC target, metrics URL) of a server on its own event-loop thread, so that the load
+    generator's client processes can reach it while the test waits for them."""
+    running = RunningServer(config_for(tiny_model_repo))
+    yield running.target, running.metrics_url
+    running.stop()
 
 
 def bench(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -115,3 +106,69 @@ def test_unknown_model_is_a_user_error(server: tuple[str, str], capsys: pytest.C
     code, _, err = bench(capsys, "--target", server[0], "--model", "nope")
     assert code == 2
     assert "NOT_FOUND" in err
+
+
+# --- the suite's minimal baselines, and its schedule in both modes --------------------------------
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_model_repo: Path) -> dict[str, Graph]:
+    return inprocess.load_graphs(tiny_model_repo / "tiny" / "1")
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_a_minimal_baseline_answers_like_onnxruntime_in_process(
+    tiny_model_repo: Path, tmp_path: Path, graphs: dict[str, Graph], name: str
+) -> None:
+    version_dir = tiny_model_repo / "tiny" / "1"
+    server = systems.start_baseline(
+        name, version_dir, tmp_path / "log", ServiceConfig.event_loop, batching=BASELINES[name]
+    )
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((16, 8), dtype=np.float32)
+    images = rng.random((3, 1, 28, 28), dtype=np.float32)
+    try:
+        with VaeClient(server.target, timeout=30) as vae:
+            # One call of several items, then 16 concurrent calls of one: the micro-batcher merges them.
+            decoded = vae.decode(latents[:3]).images
+            with ThreadPoolExecutor(16) as pool:
+                rows = list(pool.map(lambda z: vae.decode(z[None]).images, latents))
+            encoded = vae.encode(images)
+    finally:
+        server.stop()
+    expected = graphs["decoder"].run({"z": latents[:3]}, ["probs"])["probs"]
+    np.testing.assert_array_equal(decoded, expected)
+    one_by_one = graphs["decoder"].run({"z": latents}, ["probs"])["probs"]
+    np.testing.assert_allclose(np.concatenate(rows), one_by_one, atol=1e-6)  # other batch sizes
+    expected_encoding = graphs["encoder"].run({"x": images}, ["mu", "logvar"])
+    np.testing.assert_array_equal(encoded.mu, expected_encoding["mu"])
+    np.testing.assert_array_equal(encoded.logvar, expected_encoding["logvar"])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pinned mode needs two CPUs")
+def test_the_suite_runs_every_system_pinned_and_unpinned(tiny_model_repo: Path, tmp_path: Path) -> None:
+    systems_ = ["service", "echo", *BASELINES]
+    args = suite.build_parser().parse_args(
+        [
+            *("--rounds", "1", "--duration", "0.3", "--warmup", "0.1", "--cold-starts", "0"),
+            *("--inprocess-seconds", "0.01", "--scenarios", "decode-c1", "--systems", *systems_),
+        ]
+    )
+    results = rounds.run(args, tiny_model_repo, tiny_model_repo / "tiny" / "1", tmp_path / "logs")
+
+    runs = {(r["mode"], r["system"]): r for r in results["load"]}
+    assert sorted(runs) == sorted((mode, system) for mode in MODES for system in systems_)
+    for record in runs.values():
+        assert "failed" not in record, record
+        assert record["report"]["requests"] > 0 and record["report"]["errors"] == {}
+        assert record["server_cpu_ms_per_call"] > 0
+    summary = analysis.summarize(results)
+    assert set(summary["load_pinned"]["decode-c1"]) == set(systems_)
+    host = {"started": conditions.now(), "finished": conditions.now(), "command": "pytest"}
+    host |= {
+        "machine": conditions.machine(),
+        **conditions.host_load("before"),
+        **conditions.host_load("after"),
+    }
+    page = markdown.render({"conditions": host, "settings": vars(args), "summary": summary})
+    assert "Pinned: each server on one CPU" in page and "| minimal micro-batcher |" in page

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from compose_spec import PyCompose, parse_duration
+from helpers.certs import Authority
 
 from service.config import ServiceConfig, env_var
 
@@ -17,16 +21,31 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 COMPOSE = REPO / "docker-compose.yml"
 CPU_OVERRIDE = REPO / "docker-compose.cpu.yml"
-# ${NAME}, ${NAME:-default}, ${NAME-default}, $NAME and the $$ escape, as Compose interpolates them.
-VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?::?-([^}]*))?\}|(\w+))")
+TLS_OVERRIDE = REPO / "docker-compose.tls.yml"
+# What the operator must set: Compose refuses to start without it (no default password).
+REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "s3cret"}
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, $NAME and the $$ escape.
+VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?)([-?])([^}]*))?\}|(\w+))")
 
 
-def interpolate(text: str) -> str:
-    """The file as Compose sees it with no variables set: every ${NAME:-default} takes its default.
+def interpolate(text: str, variables: dict[str, str] = REQUIRED) -> str:
+    """The file as Compose sees it with only `variables` set.
 
     Compose interpolates before it validates, and compose-spec does not, so this runs first.
     """
-    return VARIABLE.sub(lambda m: "$" if m.group(0) == "$$" else (m.group(2) or ""), text)
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, colon, operator, word = match.group(1, 2, 3, 4)
+        name = name or match.group(5)
+        current = variables.get(name)
+        missing = current is None or (colon == ":" and not current)
+        if operator == "?" and missing:
+            raise ValueError(f"required variable {name} is missing a value: {word}")
+        return (word if operator == "-" and missing else current) or ""
+
+    return VARIABLE.sub(value, text)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -63,7 +82,7 @@ def bind_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     return mounts
 
 
-@pytest.mark.parametrize("path", [COMPOSE, CPU_OVERRIDE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, CPU_OVERRIDE, TLS_OVERRIDE], ids=lambda p: p.name)
 def test_compose_files_follow_the_compose_specification(path: Path) -> None:
     assert load(path)["services"]
 
@@ -83,9 +102,11 @@ def test_every_vae_variable_the_deployment_sets_is_read_by_the_code() -> None:
     known = {env_var(spec.name) for spec in dataclasses.fields(ServiceConfig)}
     sources = [*REPO.glob("training/*.py"), *REPO.glob("export/*.py"), *REPO.glob("service/*.py")]
     known |= {name for path in sources for name in re.findall(r"\bVAE_[A-Z_]+\b", path.read_text())}
-    files = [COMPOSE, CPU_OVERRIDE, *REPO.glob("docker/*.Dockerfile"), *DEPLOY.glob("kubernetes/*.yaml")]
+    files = [COMPOSE, CPU_OVERRIDE, TLS_OVERRIDE, *REPO.glob("docker/*.Dockerfile")]
+    files += DEPLOY.glob("kubernetes/*.yaml")
     for path in files:
-        used = set(re.findall(r"\bVAE_[A-Z_]+\b", path.read_text())) - {"VAE_UID", "VAE_GID"}
+        # Compose's own variables, interpolated into the files: the server never sees them.
+        used = set(re.findall(r"\bVAE_[A-Z_]+\b", path.read_text())) - {"VAE_UID", "VAE_GID", "VAE_TLS_DIR"}
         assert used <= known, f"{path.name} sets {sorted(used - known)}, which nothing reads"
 
 
@@ -173,7 +194,10 @@ def test_grafana_provisioning_points_at_the_stack(services: dict[str, Any]) -> N
     mounts = {source: target for target, (source, _) in bind_mounts(grafana).items()}
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
     (datasource,) = read_yaml("grafana/provisioning/datasources/prometheus.yml")["datasources"]
-    assert datasource["url"] == "http://prometheus:9090" and "9090:9090" in services["prometheus"]["ports"]
+    assert (
+        datasource["url"] == "http://prometheus:9090"
+        and "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+    )
     (provider,) = read_yaml("grafana/provisioning/dashboards/vae.yml")["providers"]
     dashboards = provider["options"]["path"]
     assert dashboards == mounts["./deploy/grafana/dashboards"]
@@ -186,7 +210,10 @@ def test_train_and_export_are_one_shot_jobs_under_a_profile(services: dict[str, 
     for job in (train, export):
         assert job["profiles"] == ["jobs"] and "restart" not in job
     assert export["depends_on"]["train"]["condition"] == "service_completed_successfully"
-    assert export["image"] == train["image"]  # built once, by the train service
+    # The same image, and either job can build it: `run --no-deps export` needs no train run first.
+    assert export["image"] == train["image"] and export["build"] == train["build"]
+    cpu = load(CPU_OVERRIDE)["services"]
+    assert cpu["export"]["build"]["args"] == cpu["train"]["build"]["args"]
     # train writes runs/, export reads it and adds a version to the models/ the server mounts.
     assert bind_mounts(train)["/work/runs"] == ("./runs", False)
     assert bind_mounts(export)["/work/runs"] == ("./runs", True)
@@ -205,3 +232,84 @@ def test_deploy_doc_describes_every_server_variable_and_port(services: dict[str,
     assert {"50051", "8000", "8405", "9090", "3000"} <= ports
     for port in ports:
         assert f"| {port} |" in doc, f"docs/deploy.md: no row for port {port}"
+
+
+def test_monitoring_ports_are_published_on_loopback_only_by_default(services: dict[str, Any]) -> None:
+    # Neither has authentication for readers (Grafana lets anonymous users view).
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    text = interpolate(COMPOSE.read_text(), {**REQUIRED, "MONITORING_BIND": "0.0.0.0"})
+    published = PyCompose.from_yaml(text).to_dict()["services"]["grafana"]["ports"]
+    assert published == ["0.0.0.0:3000:3000"]
+    # The gRPC entry point is the one port meant for other hosts.
+    assert services["balancer"]["ports"] == ["50051:50051"]
+
+
+def test_grafana_has_no_default_admin_password(services: dict[str, Any]) -> None:
+    assert (
+        environment(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED["GRAFANA_ADMIN_PASSWORD"]
+    )
+    for unset in ({}, {"GRAFANA_ADMIN_PASSWORD": ""}):
+        with pytest.raises(ValueError, match="GRAFANA_ADMIN_PASSWORD is missing a value: set GRAFANA_ADMIN"):
+            interpolate(COMPOSE.read_text(), unset)
+    assert "admin}" not in COMPOSE.read_text()
+
+
+@pytest.fixture(scope="module")
+def tls_services() -> dict[str, Any]:
+    return load(TLS_OVERRIDE)["services"]
+
+
+def test_tls_override_serves_tls_with_a_token_from_secrets(tls_services: dict[str, Any]) -> None:
+    vae = tls_services["vae"]
+    config = ServiceConfig.load({}, {**environment(load(COMPOSE)["services"]["vae"]), **environment(vae)})
+    secrets = {f"/run/secrets/{name}" for name in vae["secrets"]}
+    assert {config.tls_cert, config.tls_key, config.auth_token_file} <= secrets
+    # The image's plaintext health check would fail against TLS: the override trusts the stack's CA.
+    test = vae["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "vae", "health"]
+    assert test[test.index("--tls-ca") + 1] in secrets
+    declared = load(TLS_OVERRIDE)["secrets"]
+    assert set(vae["secrets"]) == set(declared)
+    for secret in declared.values():
+        assert secret["file"].startswith("./deploy/tls/")
+
+
+def test_tls_balancer_gets_the_files_its_config_names(tls_services: dict[str, Any]) -> None:
+    balancer = tls_services["balancer"]
+    config = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    (flag,) = set(re.findall(r"^\.if defined\((\w+)\)$", config, flags=re.M))
+    assert flag in environment(balancer)
+    targets = {secret["source"]: secret["target"] for secret in balancer["secrets"]}
+    named = set(re.findall(r"(?:crt|ca-file) (\S+)", config))
+    assert named == {targets["vae_tls_cert"], targets["vae_tls_ca"]}
+    # haproxy loads the key from "<certificate>.key" when the certificate file holds none.
+    assert targets["vae_tls_key"] == targets["vae_tls_cert"] + ".key"
+
+
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="haproxy is not installed (`make test` installs it)"
+)
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_haproxy_accepts_both_variants_of_its_config(tls: bool, tmp_path: Path) -> None:
+    authority = Authority(tmp_path)
+    server = authority.issue("server", server=True)
+    (tmp_path / "server.pem").write_bytes(server.cert)
+    (tmp_path / "server.pem.key").write_bytes(server.key)
+    (tmp_path / "ca.crt").write_bytes(authority.ca.cert)
+    config = (
+        (DEPLOY / "haproxy" / "haproxy.cfg").read_text().replace("/usr/local/etc/haproxy/tls", str(tmp_path))
+    )
+    (tmp_path / "haproxy.cfg").write_text(config)
+    env = {k: v for k, v in os.environ.items() if k != "BALANCER_TLS"} | (
+        {"BALANCER_TLS": "1"} if tls else {}
+    )
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -13,6 +15,10 @@ from service.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "deploy" / "kubernetes" / "vae.yaml"
+# The oldest release the manifests support (the preStop sleep action is on by default from 1.30),
+# and the newest whose schemas kubernetes-validate ships.
+MINIMUM_VERSION = "1.30.0"
+NEWEST_VERSION = kubernetes_validate.latest_version()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +35,64 @@ def container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def test_manifests_hold_the_deployment_service_autoscaler_and_budget(
     objects: dict[str, dict[str, Any]],
 ) -> None:
-    assert set(objects) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert set(objects) == {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+    }
+
+
+@pytest.mark.parametrize("version", [MINIMUM_VERSION, NEWEST_VERSION])
+def test_manifests_follow_the_kubernetes_schemas(objects: dict[str, dict[str, Any]], version: str) -> None:
+    # Strict: a field the API does not have (a typo, a wrong level) fails too. The schemas ship in
+    # the package, so this runs offline.
+    for document in objects.values():
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_schema_validation_catches_what_the_api_server_would_refuse(
+    objects: dict[str, dict[str, Any]],
+) -> None:
+    deployment = objects["Deployment"]
+    misspelt = copy.deepcopy(deployment)
+    misspelt["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, MINIMUM_VERSION, strict=True)
+    # Kubernetes 1.28 has no preStop sleep action: the minimum version is not a formality.
+    with pytest.raises(kubernetes_validate.ValidationError, match="sleep"):
+        kubernetes_validate.validate(deployment, "1.28.0", strict=True)
+    assert f"Kubernetes {MINIMUM_VERSION.removesuffix('.0')} or newer" in MANIFESTS.read_text()
+
+
+def test_replicas_serve_the_model_repository_from_a_shared_volume(objects: dict[str, dict[str, Any]]) -> None:
+    spec = container(objects)
+    config = ServiceConfig.load({}, {item["name"]: item["value"] for item in spec["env"]})
+    (mount,) = [m for m in spec["volumeMounts"] if m["mountPath"] == str(config.repo)]
+    assert mount["readOnly"]
+    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]
+    assert claim["claimName"] == objects["PersistentVolumeClaim"]["metadata"]["name"]
+    # Export jobs write where every replica reads.
+    assert objects["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    # New versions on the volume are loaded without a restart.
+    assert config.reload_interval_seconds > 0
+
+
+def test_pods_request_resources_and_schedule_on_gpu_nodes(objects: dict[str, dict[str, Any]]) -> None:
+    resources = container(objects)["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert int(resources["limits"]["nvidia.com/gpu"]) == 1
+    assert resources["limits"]["memory"].removesuffix("Gi") >= resources["requests"]["memory"].removesuffix(
+        "Gi"
+    )
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"])
+    # Nodes pull from a registry: the image names one (a host with a dot or a port).
+    registry = container(objects)["image"].split("/")[0]
+    assert "." in registry or ":" in registry, container(objects)["image"]
 
 
 def test_headless_service_selects_the_deployments_pods(objects: dict[str, dict[str, Any]]) -> None:

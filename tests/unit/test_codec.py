@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import codec
+from service import codec, wire
 from service.errors import InvalidArgument
 from vae.v1 import vae_pb2 as pb
 
@@ -125,14 +125,15 @@ def test_output_dtype_defaults_to_float32_and_rejects_unknown_values() -> None:
 
 def test_tensors_round_trip_little_endian() -> None:
     values = np.arange(6, dtype=np.float32).reshape(2, 3)
-    message = codec.tensor(values)
+    message = wire.tensor(values)
     assert list(message.shape) == [2, 3] and message.dtype == pb.DTYPE_FLOAT32
     assert message.data == values.astype("<f4").tobytes()
-    np.testing.assert_array_equal(codec.to_numpy(message, "x"), values)
+    np.testing.assert_array_equal(wire.to_numpy(message, "x"), values)
 
 
 def test_uint8_images_round_to_the_nearest_level() -> None:
     pixels = np.array([0.0, 0.5, 1.0, 0.999, 0.001], np.float32)
-    message = codec.image_tensor(pixels, pb.DTYPE_UINT8)
+    message = pb.Tensor()
+    codec.put_images(message, pixels, pb.DTYPE_UINT8)
     assert message.dtype == pb.DTYPE_UINT8
-    assert list(codec.to_numpy(message, "images")) == [0, 128, 255, 255, 0]
+    assert list(wire.to_numpy(message, "images")) == [0, 128, 255, 255, 0]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from service import event_loop
-from service.cli import config_from_flags, register
-from service.config import ServiceConfig
+from service.cli import register
+from service.config import ServiceConfig, config_from_flags
 
 
 def serve_args(*argv: str) -> dict[str, object]:
@@ -92,3 +92,29 @@ def test_config_from_flags_gives_what_vae_serve_would_run_with() -> None:
     config = config_from_flags(["--max-delay-ms", "3", "--port", "0"], env)
     assert (config.event_loop, config.max_delay_ms, config.port) == ("asyncio", 3.0, 0)
     assert config_from_flags([], {}).event_loop == "uvloop"
+
+
+def test_a_str_repo_becomes_a_path_and_an_int_delay_a_float() -> None:
+    config = ServiceConfig(repo="models", max_delay_ms=3)  # type: ignore[arg-type]
+    assert config.repo == Path("models") and isinstance(config.repo, Path)
+    assert config.max_delay_ms == 3.0 and isinstance(config.max_delay_ms, float)
+    assert config == ServiceConfig(repo=Path("models"), max_delay_ms=3.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"port": "7000"}, "port must be an int, got str '7000'; convert it first"),
+        ({"max_batch_items": 2.5}, "max_batch_items must be an int, got float 2.5"),
+        ({"port": True}, "port must be an int, got bool True"),
+        ({"max_delay_ms": "2"}, "max_delay_ms must be a number, got str '2'"),
+        ({"spinning": 1}, "spinning must be a bool, got int 1"),
+        ({"model": 5}, "model must be a str, got int 5"),
+        ({"repo": 5}, "repo must be a path (str or pathlib.Path), got int 5"),
+    ],
+)
+def test_wrong_types_are_rejected_naming_the_field_and_the_type(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServiceConfig(**values)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,6 +141,19 @@ def test_export_run_records_checkpoint_and_eval(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match=r"already exists; versions are immutable.*\(5\)"):
         export_run(run, tmp_path / "models", "toy", version=4)
     assert export_run(run, tmp_path / "models", "toy") == tmp_path / "models" / "toy" / "5"
+
+
+def test_export_never_reuses_the_number_of_a_deleted_version(tmp_path: Path) -> None:
+    model = _model(ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=2, widths=(8,)))
+    repo = tmp_path / "models"
+    for expected in (1, 2):
+        assert export_model(model, repo, "toy", training=TRAINING) == repo / "toy" / str(expected)
+    shutil.rmtree(repo / "toy" / "2")
+    # A server that loaded version 2 keeps it: a new export under that number would be another model.
+    assert export_model(model, repo, "toy", training=TRAINING) == repo / "toy" / "3"
+    with pytest.raises(RepositoryError, match=r"version 2 of 'toy' is at or below 3.*never reused.*\(4\)"):
+        export_model(model, repo, "toy", training=TRAINING, version=2)
+    assert sorted(p.name for p in (repo / "toy").iterdir() if not p.name.startswith(".")) == ["1", "3"]
 
 
 class _DriftingVAE(VAE):

@@ -16,6 +16,7 @@ CONTRACT = {
     "vae_model_info": ("gauge", {"name", "version", "provider"}),
     "vae_deadline_expired_total": ("counter", {"graph"}),
     "vae_model_load_failures_total": ("counter", {"name"}),
+    "vae_model_files_changed_total": ("counter", {"name", "version"}),
 }
 
 
@@ -32,11 +33,12 @@ def test_the_contract_metrics_and_nothing_else() -> None:
     metrics = Metrics()
     decode = metrics.method("Decode")
     decode.in_flight.inc()
-    decode.finished("OK", started=0.0)
+    decode.finished("OK", 0.001, items=3)
     metrics.requests.labels("Decode", "NOT_FOUND").inc()
     metrics.items.labels("Decode").inc()
     metrics.model_info.labels("mnist", "1", "CPUExecutionProvider").set(1)
     metrics.model_load_failures.labels("mnist").inc()
+    metrics.model_files_changed.labels("mnist", "1").inc()
     assert _families(metrics) == CONTRACT
 
 
@@ -62,3 +64,24 @@ def test_queue_depth_adds_up_across_batchers_of_one_graph() -> None:
     version2.queued(4)
     version1.queued(-3)
     assert metrics.registry.get_sample_value("vae_queue_depth_items", {"graph": "encoder"}) == 4
+
+
+def test_a_finished_call_is_counted_once_with_its_duration_and_items() -> None:
+    metrics = Metrics()
+    decode = metrics.method("Decode")
+    decode.in_flight.inc()
+    decode.finished("OK", 0.0015, items=3)
+    decode.in_flight.inc()
+    decode.finished("DEADLINE_EXCEEDED", 0.2)
+    value = metrics.registry.get_sample_value
+    assert value("vae_requests_total", {"method": "Decode", "code": "OK"}) == 1
+    assert value("vae_requests_total", {"method": "Decode", "code": "DEADLINE_EXCEEDED"}) == 1
+    assert value("vae_items_total", {"method": "Decode"}) == 3
+    assert value("vae_in_flight_requests") == 0
+    # 0.0015 s falls in the 0.002 bucket, 0.2 s in the 0.2 bucket (le: less than or equal).
+    assert value("vae_request_duration_seconds_bucket", {"method": "Decode", "le": "0.001"}) == 0
+    assert value("vae_request_duration_seconds_bucket", {"method": "Decode", "le": "0.002"}) == 1
+    assert value("vae_request_duration_seconds_bucket", {"method": "Decode", "le": "0.2"}) == 2
+    assert value("vae_request_duration_seconds_bucket", {"method": "Decode", "le": "+Inf"}) == 2
+    assert value("vae_request_duration_seconds_count", {"method": "Decode"}) == 2
+    assert value("vae_request_duration_seconds_sum", {"method": "Decode"}) == 0.2015

@@ -1,4 +1,4 @@
-"""Fixtures for the service tests: real servers on port 0 with real ONNX models (see service_harness)."""
+"""Fixtures for the service tests: real servers on port 0 with real ONNX models (see helpers.servers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_harness import RunningServer, config_for
+from helpers.servers import RunningServer, config_for
 
 
 @pytest.fixture(scope="session")

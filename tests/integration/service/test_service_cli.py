@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from helpers.servers import RunningServer
 from PIL import Image
-from service_harness import RunningServer
 
 from service.client import VaeClient
 

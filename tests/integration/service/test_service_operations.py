@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from helpers.servers import RunningServer
 from prometheus_client.parser import text_string_to_metric_families
-from service_harness import RunningServer
 
 from service.client import AsyncVaeClient, VaeClient
 

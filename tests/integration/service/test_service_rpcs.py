@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from service_harness import RunningServer
+from helpers.servers import RunningServer
 
 from repository.placement import CPU, CUDA, Placement
 from repository.runtime import Graph
@@ -148,7 +148,17 @@ def test_list_models_and_model_info(client: VaeClient, tiny_model_repo: Path) ->
     assert (info.max_batch_items, info.max_request_items) == (8, 64)
 
 
-def test_every_response_carries_queue_and_compute_milliseconds(server: RunningServer) -> None:
+def test_timing_trailers_are_off_unless_asked_for(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        _, call = stub.ListModels.with_call(pb.ListModelsRequest())
+        assert "x-queue-ms" not in dict(call.trailing_metadata())
+
+
+def test_with_timing_trailers_every_response_carries_queue_and_compute_milliseconds(
+    tiny_model_repo: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    server = start_server(tiny_model_repo, timing_trailers=True)
     with grpc.insecure_channel(server.target) as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
         request = pb.DecodeRequest(

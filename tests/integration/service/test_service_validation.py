@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from service_harness import RunningServer
+from helpers.servers import RunningServer
 
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
@@ -152,7 +152,7 @@ CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
         "Interpolate",
         pb.InterpolateRequest(latents=z(3), steps=3),
         INVALID,
-        "latents: batch must be in 1..2, got 3",
+        "latents: interpolation needs exactly 2 endpoints, got 3",
     ),
     (
         "interpolate-one-end",

@@ -1,0 +1,110 @@
+'use strict';
+// The client against a real `vae serve`: tests/integration/test_node_client.py starts the server and
+// sets VAE_TARGET, and VAE_EXPECTED, a JSON file with the Python client's answer to the same seeded
+// Sample. Without VAE_TARGET only the helper tests run.
+
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const { describe, it, after } = require('node:test');
+const grpc = require('@grpc/grpc-js');
+
+const {
+  VaeClient,
+  float32FromBytes,
+  float32Tensor,
+  float32ToBytes,
+  fromTensor,
+  loadService,
+} = require('..');
+
+function assertUnitInterval(values) {
+  assert.ok(values.every((v) => v >= 0 && v <= 1), 'values outside [0, 1]');
+}
+
+function rpcError(promise, code) {
+  return assert.rejects(promise, (error) => {
+    assert.equal(error.code, code, `${grpc.status[error.code]}: ${error.details}`);
+    return true;
+  });
+}
+
+describe('float32 helpers', () => {
+  it('read little-endian floats from a Buffer at an odd byte offset', () => {
+    const values = [0, 1, -2.5, 0.1, 3.4e38];
+    const backing = Buffer.alloc(1 + 4 * values.length);
+    float32ToBytes(values).copy(backing, 1);
+    const unaligned = backing.subarray(1); // byteOffset 1: a Float32Array view would throw
+    assert.equal(unaligned.byteOffset % 4, 1);
+    assert.deepEqual(Array.from(float32FromBytes(unaligned)), Array.from(Float32Array.from(values)));
+    assert.deepEqual([...float32ToBytes([1]).values()], [0x00, 0x00, 0x80, 0x3f]); // 1.0f, LE
+  });
+
+  it('refuse data that is not whole floats, and shapes that do not match', () => {
+    assert.throws(() => float32FromBytes(Buffer.alloc(6)), RangeError);
+    assert.throws(() => float32Tensor([1, 2, 3], [2, 2]), RangeError);
+  });
+
+  it('read int64 shapes that arrive as strings', () => {
+    const tensor = { shape: ['2', '1'], dtype: 'DTYPE_FLOAT32', data: float32ToBytes([0.5, 1]) };
+    assert.deepEqual(fromTensor(tensor).shape, [2, 1]);
+  });
+});
+
+const target = process.env.VAE_TARGET;
+
+describe('against a server', { skip: !target && 'VAE_TARGET is not set' }, () => {
+  const client = new VaeClient(target);
+  after(() => client.close());
+
+  it('samples what the Python client samples with the same seed, byte for byte', async () => {
+    const expected = JSON.parse(fs.readFileSync(process.env.VAE_EXPECTED, 'utf8'));
+    const result = await client.sample(expected.n, { seed: expected.seed });
+    assert.deepEqual(result.images.shape, expected.images_shape);
+    assert.deepEqual(result.latents.shape, expected.latents_shape);
+    assertUnitInterval(result.images.values);
+    assert.ok(float32ToBytes(result.images.values).equals(Buffer.from(expected.images, 'base64')));
+    assert.ok(float32ToBytes(result.latents.values).equals(Buffer.from(expected.latents, 'base64')));
+    assert.equal(result.model.name, 'tiny');
+  });
+
+  it('encodes images and decodes latents', async () => {
+    const { images, latents } = await client.sample(3, { seed: 1 });
+    const { mu, logvar } = await client.encode(images);
+    assert.deepEqual(mu.shape, latents.shape);
+    assert.deepEqual(logvar.shape, latents.shape);
+    assert.ok(mu.values.every(Number.isFinite));
+    const decoded = await client.decode(mu);
+    assert.deepEqual(decoded.images.shape, images.shape);
+    assertUnitInterval(decoded.images.values);
+    const pixels = await client.decode(mu, { outputDtype: 'uint8' });
+    assert.ok(pixels.images.values instanceof Uint8Array);
+    assert.deepEqual(pixels.images.shape, images.shape);
+  });
+
+  it('gets INVALID_ARGUMENT for an invalid request and a misspelt field', async () => {
+    await rpcError(client.sample(0), grpc.status.INVALID_ARGUMENT);
+    const latents = { values: new Float32Array(3), shape: [1, 3] }; // the tiny model's latent is 8
+    await rpcError(client.decode(latents), grpc.status.INVALID_ARGUMENT);
+    // proto-loader drops a field name it does not know: the server sees no latents at all.
+    await rpcError(client.call('Decode', { latent: float32Tensor([0], [1, 1]) }), grpc.status.INVALID_ARGUMENT);
+  });
+
+  it('refuses a misspelt output dtype, which proto3 would turn into 0 (float32)', async () => {
+    await assert.rejects(client.sample(1, { outputDtype: 'unit8' }), TypeError);
+    const response = await client.call('Sample', { n: 1, output_dtype: 'DTYPE_UNIT8' });
+    assert.equal(response.images.dtype, 'DTYPE_FLOAT32');
+  });
+
+  it('needs the raised message limit: grpc-js receives 4 MiB by default', async () => {
+    const VaeService = loadService();
+    const plain = new VaeService(target, grpc.credentials.createInsecure());
+    after(() => plain.close());
+    const n = 1338; // 1338 images of 1x28x28 float32 are 4,195,968 bytes, over 4 MiB on their own
+    const call = new Promise((resolve, reject) => {
+      plain.Sample({ n }, (error, response) => (error ? reject(error) : resolve(response)));
+    });
+    await rpcError(call, grpc.status.RESOURCE_EXHAUSTED);
+    const result = await client.sample(n);
+    assert.deepEqual(result.images.shape, [n, 1, 28, 28]);
+  });
+});

@@ -1,0 +1,93 @@
+"""vae.v1 requests built from numpy arrays, by both clients and by the benchmarks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from service import wire
+from vae.v1 import vae_pb2 as pb
+
+ImageDType = Literal["float32", "uint8"]
+Method = Literal["linear", "spherical"]
+_OUTPUT_DTYPES = {"float32": pb.DTYPE_FLOAT32, "uint8": pb.DTYPE_UINT8}
+_METHODS = {"linear": pb.INTERPOLATION_METHOD_LINEAR, "spherical": pb.INTERPOLATION_METHOD_SPHERICAL}
+
+
+def images_tensor(images: np.ndarray) -> pb.Tensor:
+    """uint8 images go as they are (a quarter of the bytes); anything else as float32."""
+    array = np.asarray(images)
+    return wire.tensor(array if array.dtype == np.uint8 else array.astype(np.float32, copy=False))
+
+
+def model_ref(model: str, version: int) -> pb.ModelRef:
+    return pb.ModelRef(name=model, version=version)
+
+
+def encode_request(
+    images: np.ndarray, samples: int, seed: int | None, model: str, version: int
+) -> pb.EncodeRequest:
+    return pb.EncodeRequest(
+        model=model_ref(model, version), images=images_tensor(images), samples=samples, seed=seed
+    )
+
+
+def decode_request(
+    latents: np.ndarray, output_dtype: ImageDType, model: str, version: int
+) -> pb.DecodeRequest:
+    return pb.DecodeRequest(
+        model=model_ref(model, version),
+        latents=wire.tensor(np.asarray(latents, dtype=np.float32)),
+        output_dtype=_OUTPUT_DTYPES[output_dtype],
+    )
+
+
+def sample_request(
+    n: int, seed: int | None, temperature: float | None, output_dtype: ImageDType, model: str, version: int
+) -> pb.SampleRequest:
+    return pb.SampleRequest(
+        model=model_ref(model, version),
+        n=n,
+        seed=seed,
+        temperature=temperature,
+        output_dtype=_OUTPUT_DTYPES[output_dtype],
+    )
+
+
+def reconstruct_request(
+    images: np.ndarray, output_dtype: ImageDType, model: str, version: int
+) -> pb.ReconstructRequest:
+    return pb.ReconstructRequest(
+        model=model_ref(model, version),
+        images=images_tensor(images),
+        output_dtype=_OUTPUT_DTYPES[output_dtype],
+    )
+
+
+def interpolate_request(
+    start: np.ndarray,
+    end: np.ndarray,
+    steps: int,
+    method: Method,
+    output_dtype: ImageDType,
+    model: str,
+    version: int,
+) -> pb.InterpolateRequest:
+    """Endpoints of rank 1 are latents [D]; of rank 3 images [C, H, W]."""
+    ends = np.stack([np.asarray(start), np.asarray(end)])
+    request = pb.InterpolateRequest(
+        model=model_ref(model, version),
+        steps=steps,
+        method=_METHODS[method],
+        output_dtype=_OUTPUT_DTYPES[output_dtype],
+    )
+    if ends.ndim == 2:
+        request.latents.CopyFrom(wire.tensor(ends.astype(np.float32)))
+    elif ends.ndim == 4:
+        request.images.CopyFrom(images_tensor(ends))
+    else:
+        raise ValueError(
+            f"endpoints must both be latents [D] or images [C, H, W], got shape {list(ends.shape[1:])}"
+        )
+    return request

@@ -1,0 +1,101 @@
+"""What the clients return: one frozen dataclass per kind of response, and the readers that fill them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.wire import to_numpy
+from vae.v1 import vae_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Encoded:
+    model: tuple[str, int]
+    mu: np.ndarray  # [n, D]
+    logvar: np.ndarray  # [n, D]
+    z: np.ndarray | None  # [n, k, D] when samples were asked for
+
+
+@dataclass(frozen=True)
+class Decoded:
+    model: tuple[str, int]
+    images: np.ndarray  # [n, C, H, W], float32 in [0, 1] or uint8
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Sampled or interpolated images and the latents they were decoded from."""
+
+    model: tuple[str, int]
+    images: np.ndarray  # [n, C, H, W], float32 in [0, 1] or uint8
+    latents: np.ndarray  # [n, D]
+
+
+@dataclass(frozen=True)
+class Reconstructed:
+    model: tuple[str, int]
+    images: np.ndarray  # [n, C, H, W]
+    error: np.ndarray  # [n]: mean squared error per image
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    is_default: bool
+    latent_dim: int
+    image_shape: tuple[int, ...]
+    likelihood: str
+    provider: str
+    pairing_id: str
+    created: str
+    max_batch_items: int
+    max_request_items: int
+
+
+def _model(ref: pb.ModelRef) -> tuple[str, int]:
+    return ref.name, ref.version
+
+
+def encoded(response: pb.EncodeResponse) -> Encoded:
+    return Encoded(
+        _model(response.model),
+        to_numpy(response.mu, "mu"),
+        to_numpy(response.logvar, "logvar"),
+        to_numpy(response.z, "z") if response.HasField("z") else None,
+    )
+
+
+def decoded(response: pb.DecodeResponse) -> Decoded:
+    return Decoded(_model(response.model), to_numpy(response.images, "images"))
+
+
+def generated(response: pb.SampleResponse | pb.InterpolateResponse) -> Generated:
+    images, latents = to_numpy(response.images, "images"), to_numpy(response.latents, "latents")
+    return Generated(_model(response.model), images, latents)
+
+
+def reconstructed(response: pb.ReconstructResponse) -> Reconstructed:
+    return Reconstructed(
+        _model(response.model), to_numpy(response.images, "images"), to_numpy(response.error, "error")
+    )
+
+
+def model_info(info: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=info.name,
+        version=info.version,
+        versions=tuple(info.versions),
+        is_default=info.is_default,
+        latent_dim=info.latent_dim,
+        image_shape=tuple(info.image_shape),
+        likelihood=info.likelihood,
+        provider=info.provider,
+        pairing_id=info.pairing_id,
+        created=info.created,
+        max_batch_items=info.max_batch_items,
+        max_request_items=info.max_request_items,
+    )

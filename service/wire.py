@@ -1,0 +1,68 @@
+"""numpy arrays <-> vae.v1.Tensor messages: the plain conversion both the client and the server use.
+
+Reading checks only what any reader needs (a known dtype, a shape, the byte length it implies);
+what a request's contents must satisfy is checked by service/codec.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidArgument
+from vae.v1 import vae_pb2 as pb
+
+FLOAT32 = pb.DTYPE_FLOAT32
+UINT8 = pb.DTYPE_UINT8
+# Little-endian whatever the host: the wire format says so.
+NUMPY: dict[int, np.dtype[Any]] = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype("u1")}
+
+
+def dtype_name(value: int) -> str:
+    return pb.DType.Name(value) if value in pb.DType.values() else f"unknown dtype {value}"
+
+
+def put(target: pb.Tensor, values: np.ndarray) -> None:
+    """Write a float32 or uint8 array into a message's tensor field in place (one copy of the data)."""
+    kind = UINT8 if values.dtype == np.uint8 else FLOAT32
+    target.shape[:] = values.shape
+    target.dtype = kind
+    target.data = values.astype(NUMPY[kind], copy=False).tobytes()
+
+
+def tensor(values: np.ndarray) -> pb.Tensor:
+    """A float32 or uint8 array on the wire, as a message of its own."""
+    message = pb.Tensor()
+    put(message, values)
+    return message
+
+
+def array(tensor: pb.Tensor, what: str, allowed: Sequence[int] = (FLOAT32,)) -> np.ndarray:
+    """The tensor's bytes as an array of its shape, without copying; dtype and byte length checked."""
+    # Each read of tensor.data makes a new bytes object (upb): read it once.
+    data = tensor.data
+    if tensor.dtype == pb.DTYPE_UNSPECIFIED and not tensor.shape and not data:
+        raise InvalidArgument(f"{what}: missing; set its shape, dtype and data")
+    if tensor.dtype not in allowed:
+        names = " or ".join(dtype_name(d) for d in allowed)
+        raise InvalidArgument(f"{what}: dtype must be {names}, got {dtype_name(tensor.dtype)}")
+    shape = tuple(tensor.shape)
+    if not shape or min(shape) < 1:
+        raise InvalidArgument(f"{what}: every dimension of the shape must be at least 1, got {list(shape)}")
+    dtype = NUMPY[tensor.dtype]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise InvalidArgument(
+            f"{what}: shape {list(shape)} of {dtype_name(tensor.dtype)} needs {expected} bytes, "
+            f"got {len(data)}"
+        )
+    values: np.ndarray = np.frombuffer(data, dtype).reshape(shape)
+    return values
+
+
+def to_numpy(tensor: pb.Tensor, what: str) -> np.ndarray:
+    """Any well-formed float32 or uint8 tensor, as the client reads responses."""
+    return array(tensor, what, (FLOAT32, UINT8))

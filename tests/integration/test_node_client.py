@@ -1,0 +1,67 @@
+"""clients/node against a real `vae serve`: `npm ci`, then its `node --test` suite, on the tiny model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers.servers import serving
+
+from service.client import VaeClient
+
+NODE_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
+NPM, NODE = shutil.which("npm"), shutil.which("node")
+
+pytestmark = pytest.mark.skipif(
+    NPM is None or NODE is None,
+    reason="npm or node is not on PATH: install Node.js 20 or newer to test clients/node",
+)
+
+
+def test_node_client_matches_the_python_client_against_a_real_server(
+    tiny_model_repo: Path, tmp_path: Path
+) -> None:
+    assert NPM is not None and NODE is not None
+    # The locked versions from the registry; --ignore-scripts: no package needs its install script.
+    install = subprocess.run(
+        [NPM, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+        cwd=NODE_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert install.returncode == 0, f"npm ci failed in {NODE_CLIENT}:\n{install.stdout}\n{install.stderr}"
+    with serving(tiny_model_repo) as server:
+        with VaeClient(server.target) as client:
+            sampled = client.sample(5, seed=7)
+        expected = tmp_path / "expected.json"
+        expected.write_text(
+            json.dumps(
+                {
+                    "n": 5,
+                    "seed": 7,
+                    "images_shape": list(sampled.images.shape),
+                    "latents_shape": list(sampled.latents.shape),
+                    "images": base64.b64encode(sampled.images.astype("<f4").tobytes()).decode(),
+                    "latents": base64.b64encode(sampled.latents.astype("<f4").tobytes()).decode(),
+                }
+            )
+        )
+        result = subprocess.run(
+            [NODE, "--test", "--test-reporter=tap", "test/"],
+            cwd=NODE_CLIENT,
+            env={**os.environ, "VAE_TARGET": server.target, "VAE_EXPECTED": str(expected)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    report = f"{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, report
+    assert "# skipped 0" in report and "# fail 0" in report, report

@@ -1,0 +1,66 @@
+"""The clients' requests, result readers and channel settings, checked without a server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from service import channel, requests, results, wire
+from service.config import ServiceConfig
+from vae.v1 import vae_pb2 as pb
+
+
+def test_uint8_images_travel_as_they_are_and_others_as_float32() -> None:
+    pixels = np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4)
+    assert requests.images_tensor(pixels).dtype == pb.DTYPE_UINT8
+    as_float = requests.images_tensor(pixels.astype(np.float64) / 255)
+    assert as_float.dtype == pb.DTYPE_FLOAT32
+    np.testing.assert_allclose(wire.to_numpy(as_float, "images"), pixels / 255, rtol=1e-6)
+
+
+def test_requests_name_the_model_and_the_output_dtype() -> None:
+    request = requests.decode_request(np.zeros((2, 3)), "uint8", "mnist", 4)
+    assert (request.model.name, request.model.version) == ("mnist", 4)
+    assert request.output_dtype == pb.DTYPE_UINT8
+    assert request.latents.dtype == pb.DTYPE_FLOAT32 and list(request.latents.shape) == [2, 3]
+    sample = requests.sample_request(5, None, None, "float32", "", 0)
+    assert sample.n == 5 and not sample.HasField("seed") and not sample.HasField("temperature")
+
+
+def test_interpolation_endpoints_are_latents_or_images_by_rank() -> None:
+    by_latents = requests.interpolate_request(np.zeros(3), np.ones(3), 4, "spherical", "float32", "", 0)
+    assert by_latents.WhichOneof("endpoints") == "latents"
+    assert by_latents.method == pb.INTERPOLATION_METHOD_SPHERICAL
+    image = np.zeros((1, 4, 4), np.float32)
+    by_images = requests.interpolate_request(image, image, 4, "linear", "float32", "", 0)
+    assert by_images.WhichOneof("endpoints") == "images"
+    with pytest.raises(ValueError, match=r"latents \[D\] or images \[C, H, W\], got shape \[2, 2\]"):
+        requests.interpolate_request(np.zeros((2, 2)), np.zeros((2, 2)), 4, "linear", "float32", "", 0)
+
+
+def test_results_read_responses_and_leave_z_out_when_not_sent() -> None:
+    mu = np.ones((2, 3), np.float32)
+    response = pb.EncodeResponse(
+        model=pb.ModelRef(name="mnist", version=1), mu=wire.tensor(mu), logvar=wire.tensor(mu)
+    )
+    encoded = results.encoded(response)
+    assert encoded.model == ("mnist", 1) and encoded.z is None
+    np.testing.assert_array_equal(encoded.mu, mu)
+    response.z.CopyFrom(wire.tensor(np.zeros((2, 4, 3), np.float32)))
+    z = results.encoded(response).z
+    assert z is not None and z.shape == (2, 4, 3)
+
+
+def test_channel_options_carry_the_limit_and_the_retry_policy() -> None:
+    options = dict(channel.channel_options(1024))
+    assert options["grpc.max_receive_message_length"] == options["grpc.max_send_message_length"] == 1024
+    assert json.loads(str(options["grpc.service_config"])) == channel.SERVICE_CONFIG
+    assert options["grpc.enable_retries"] == 1
+    assert channel.call_metadata(None) is None
+    assert channel.call_metadata("s3cret") == (("authorization", "Bearer s3cret"),)
+
+
+def test_server_and_clients_default_to_the_same_message_limit() -> None:
+    assert ServiceConfig().max_message_bytes == channel.DEFAULT_MAX_MESSAGE_BYTES
