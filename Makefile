@@ -44,9 +44,13 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The generated code is committed; tests/unit/test_protos.py fails when it is stale.
+# The generated code is committed; tests/unit/test_protos.py fails when it is stale. mypy-protobuf
+# writes the typed stubs (.pyi) for the messages and for the service, which --pyi_out does not.
 protos: $(VENV)/.installed
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/vae/v1/vae.proto
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=. \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=. \
+		protos/vae/v1/vae.proto
 
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/vae serve --repo $(REPO) --model $(MODEL)

@@ -73,6 +73,8 @@ def per_request(compute: Callable[[np.ndarray], Rows], executor: Executor) -> Ru
 
 
 class Servicer(vae_pb2_grpc.VaeServiceServicer):
+    """Decode and Encode; the generated base answers every other method UNIMPLEMENTED."""
+
     def __init__(self, decode: Run, encode: Run) -> None:
         self.decode, self.encode = decode, encode
 
@@ -98,7 +100,7 @@ def _compute(session: Any, outputs: list[str], feed: str, x: np.ndarray) -> Rows
 
 
 async def serve(host: str, port: int, version_dir: Path, batching: bool) -> None:
-    executor = ThreadPoolExecutor(1)  # one onnxruntime call at a time, as `vae serve` runs them
+    executor = ThreadPoolExecutor(1)  # one onnxruntime call at a time, both graphs
     runs: dict[str, Run] = {}
     tasks: list[asyncio.Task[None]] = []  # held, so that the batching tasks are not garbage-collected
     for name, graph in load_graphs(version_dir).items():
@@ -109,8 +111,9 @@ async def serve(host: str, port: int, version_dir: Path, batching: bool) -> None
         else:
             runs[name] = per_request(compute, executor)
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
-    servicer = Servicer(decode=runs["decoder"], encode=runs["encoder"])
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    # The stubs mark every method abstract; at run time the generated base implements the others.
+    servicer = Servicer(decode=runs["decoder"], encode=runs["encoder"])  # type: ignore[abstract]
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(servicer, server)
     await serve_until_signalled(server, host, port)
 
 

@@ -15,7 +15,6 @@ from benchmarks.scenarios import (
     BASELINE_RPCS,
     BASELINES,
     NO_BATCHING,
-    SCENARIOS,
     TRITON_GRAPH,
     TRITON_INFER,
     Scenario,
@@ -43,6 +42,7 @@ def model(repo: Path, name: str, version: int, run: Path, scratch: Path) -> tupl
 def start(
     stack: contextlib.ExitStack,
     names: Sequence[str],
+    scenarios: Sequence[Scenario],
     repo: Path,
     version_dir: Path,
     service_flags: Sequence[str],
@@ -50,7 +50,7 @@ def start(
     logs: Path,
 ) -> tuple[dict[str, systems.Server], Plans]:
     """The servers of the systems `names` (our service always: the others' loads are built from it),
-    each stopped when `stack` closes; and every (scenario, system) pair's workload."""
+    each stopped when `stack` closes; and the workload of every pair of a scenario and a system."""
     model_name, version = version_dir.parent.name, int(version_dir.name)
     servers: dict[str, systems.Server] = {}
 
@@ -74,7 +74,7 @@ def start(
         info = vae.model_info(model=model_name, version=version)
     plans: Plans = {}
     reply_sizes = []
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         checked = workloads.check(
             servers["service"].target, scenario.rpc, workloads.build(scenario.rpc, scenario.items, info)
         )
@@ -84,7 +84,7 @@ def start(
                 plans[scenario.key, name] = workload
     if "echo" in names:
         keep(systems.start_echo(sorted(set(reply_sizes)), logs / "echo.log", event_loop))
-        for scenario, size in zip(SCENARIOS, reply_sizes, strict=True):
+        for scenario, size in zip(scenarios, reply_sizes, strict=True):
             # The echo server receives our request and answers with as many bytes as our service did.
             request = plans[scenario.key, "service"].request
             plans[scenario.key, "echo"] = load.Workload(reply_method(size), request, scenario.items)

@@ -28,8 +28,9 @@ def run(args: argparse.Namespace, repo: Path, version_dir: Path, logs: Path) -> 
     every_cpu = frozenset(os.sched_getaffinity(0))
     server_cpus, client_cpus = processes.split_cpus() if "pinned" in args.modes else (every_cpu, None)
     with contextlib.ExitStack() as stack:
+        chosen = [s for s in SCENARIOS if s.key in args.scenarios]
         servers, plans = provision.start(
-            stack, args.systems, repo, version_dir, flags, args.triton_delay_us, logs
+            stack, args.systems, chosen, repo, version_dir, flags, args.triton_delay_us, logs
         )
         for round_ in range(args.rounds):
             _cold_starts(args, repo, version_dir, logs, round_, results["cold_start"])
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace, repo: Path, version_dir: Path, logs: Path) -> 
                 pinned = mode == "pinned"
                 for server in servers.values():
                     server.pin(server_cpus if pinned else every_cpu)
-                scenarios = PINNED_SCENARIOS if pinned else SCENARIOS
-                for index, scenario in enumerate(s for s in scenarios if s.key in args.scenarios):
+                scenarios = [s for s in chosen if s in PINNED_SCENARIOS] if pinned else chosen
+                for index, scenario in enumerate(scenarios):
                     names = [
                         name for name in SYSTEMS if name in args.systems and (scenario.key, name) in plans
                     ]

@@ -25,11 +25,6 @@ COPY vae_cli/ vae_cli/
 COPY vae/ vae/
 COPY repository/ repository/
 COPY service/ service/
-# Serving needs none of these three, but `vae` registers every package's subcommands at start, so
-# their (light, torch-free) cli modules must import. Dropping them needs vae_cli to skip what is absent.
-COPY export/ export/
-COPY training/ training/
-COPY benchmarks/ benchmarks/
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir .
 
 FROM ${CUDA_IMAGE} AS runtime

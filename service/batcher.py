@@ -3,8 +3,10 @@
 Items, not requests, are the unit. A request of n items joins a bounded queue (RESOURCE_EXHAUSTED at
 admission when it would overflow); a batch takes up to `max_batch_items` items from the head,
 splitting a request that does not fit, and runs in a worker thread so the event loop keeps serving.
-A batch starts as soon as the worker is free: at once when idle (or after `max_delay_s`, to let more
-items gather), right after the previous batch under load, when items have been queuing meanwhile.
+A lone request runs at once (or after `max_delay_s`, if set). Under load, when items queued while a
+batch ran, the next batch waits for more to join: as long as the last batch computed, at most
+`max_gather_s`, and not at all once a full batch is waiting. Each run has a fixed cost, so fewer,
+larger batches leave more of a small machine's cores to the event loop and the clients.
 Requests that were cancelled or whose deadline passed are dropped before their items run.
 
 The batcher knows nothing of gRPC or ONNX: `run_batch(items) -> outputs` takes one array whose
@@ -106,6 +108,7 @@ class Batcher:
         max_queue_items: int,
         observer: BatchObserver,
         name: str = "batcher",
+        max_gather_s: float = 0.0,
     ) -> None:
         if max_batch_items < 1 or max_queue_items < max_batch_items or max_delay_s < 0:
             raise ValueError(
@@ -129,6 +132,8 @@ class Batcher:
         self._running = False
         self._timer: asyncio.Handle | None = None
         self._closed = False
+        self._max_gather_s = max_gather_s
+        self._gather_s = 0.0  # how long the next batch under load waits for more items
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -242,10 +247,15 @@ class Batcher:
         else:
             self._observer.batch_ran(items, seconds)
             self._scatter(batch, outputs, seconds)
-        if self._queue:
+            self._gather_s = min(seconds, self._max_gather_s)
+        if not self._queue:
+            self._set_idle()
+        elif self._queued >= self.max_batch_items or not self._gather_s:
             self._dispatch()
         else:
-            self._set_idle()
+            # Under load: let more items join before the next batch. A run has a fixed cost
+            # (onnxruntime's per-call overhead), so bigger batches leave the cores to the event loop.
+            self._timer = asyncio.get_running_loop().call_later(self._gather_s, self._dispatch)
 
     def _check(self, outputs: Sequence[np.ndarray], items: int) -> None:
         """Outputs must match inputs one to one, or results would go to the wrong requests."""

@@ -24,6 +24,11 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
+    if config.workers > 1:
+        from service.workers import serve_workers
+
+        return serve_workers(config)
+
     async def run() -> None:
         server, _ = create_server(config)
         await server.serve()

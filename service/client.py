@@ -85,8 +85,7 @@ class VaeClient:
             if credentials
             else grpc.insecure_channel(target, options)
         )
-        # grpcio-tools writes no type stubs for the service; the message types are typed (.pyi).
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
         self.timeout = timeout
         self._metadata = call_metadata(token)
 
@@ -197,7 +196,7 @@ class AsyncVaeClient:
             if credentials
             else grpc.aio.insecure_channel(target, options)
         )
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
         self.timeout = timeout
         self._metadata = call_metadata(token)
 

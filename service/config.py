@@ -39,6 +39,9 @@ class ServiceConfig:
     metrics_port: int = _option(8000, "Prometheus /metrics HTTP port (0 picks a free one)")
     device: str = _option("auto", "auto, cpu, cuda or cuda:N (auto takes CUDA when onnxruntime offers it)")
     # onnxruntime sizes its CPU pools to the host, not the container, so the counts are explicit.
+    workers: int = _option(
+        1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its own batchers and sessions"
+    )
     intra_op_threads: int = _option(1, "onnxruntime threads per graph run (CPU)")
     inter_op_threads: int = _option(1, "onnxruntime threads across independent nodes (CPU)")
     # Spinning threads burn the cores the gRPC event loop needs on a small machine.
@@ -46,6 +49,10 @@ class ServiceConfig:
     max_batch_items: int = _option(256, "items per executed batch at most; larger requests are split")
     max_delay_ms: float = _option(
         0.0, "wait at most this long after the first item for more (0: run at once)"
+    )
+    max_gather_ms: float = _option(
+        1.0,
+        "under load, wait up to this long after a batch (never longer than it computed) for more items",
     )
     max_queue_items: int = _option(4096, "queued items per graph before RESOURCE_EXHAUSTED")
     max_request_items: int = _option(4096, "images, latents, samples or steps per unary request")
@@ -83,6 +90,7 @@ class ServiceConfig:
                     f"{name} must be in 0..65535 (0 picks a free port), got {getattr(self, name)}"
                 )
         positive = (
+            "workers",
             "intra_op_threads",
             "inter_op_threads",
             "max_batch_items",
@@ -105,8 +113,9 @@ class ServiceConfig:
                 f"max_queue_items ({self.max_queue_items}) must be at least max_request_items "
                 f"({self.max_request_items}), or the largest requests could never be admitted"
             )
-        if not 0 <= self.max_delay_ms <= 1000:
-            raise ValueError(f"max_delay_ms must be in 0..1000, got {self.max_delay_ms}")
+        for name in ("max_delay_ms", "max_gather_ms"):
+            if not 0 <= getattr(self, name) <= 1000:
+                raise ValueError(f"{name} must be in 0..1000, got {getattr(self, name)}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be at least 0, got {self.grace_seconds}")
         if self.reload_interval_seconds < 0:

@@ -113,6 +113,7 @@ async def load_model(
             run_batch,
             max_batch_items=config.max_batch_items,
             max_delay_s=config.max_delay_ms / 1000,
+            max_gather_s=config.max_gather_ms / 1000,
             max_queue_items=config.max_queue_items,
             observer=observers[graph],
             name=f"{label}/{graph}",

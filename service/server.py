@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -62,8 +62,8 @@ class VaeServer:
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
-                # Two servers must not share a port by accident.
-                ("grpc.so_reuseport", 0),
+                # Two servers must not share a port by accident; --workers share it on purpose.
+                ("grpc.so_reuseport", int(config.workers > 1)),
             ],
         )
         self.drain = Drain()
@@ -164,8 +164,11 @@ class VaeServer:
         while time.monotonic() < linger and time.perf_counter() - self.drain.last_arrival < DRAIN_QUIET_S:
             await asyncio.sleep(0.01)
 
-    async def serve(self) -> None:
-        """start, load_models, and run until SIGTERM or SIGINT; then stop gracefully."""
+    async def serve(self, on_started: Callable[[VaeServer], None] | None = None) -> None:
+        """start, load_models, and run until SIGTERM or SIGINT; then stop gracefully.
+
+        `on_started` runs once the ports answer (a worker tells its supervisor its metrics port).
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -173,6 +176,8 @@ class VaeServer:
         # Installed at once: SIGHUP's default action would end the process.
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         await self.start()
+        if on_started is not None:
+            on_started(self)
         loading = asyncio.ensure_future(self.load_models())
         stopped = asyncio.ensure_future(stop.wait())
         try:

@@ -22,7 +22,9 @@ NUMPY: dict[int, np.dtype[Any]] = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype("u1
 
 
 def dtype_name(value: int) -> str:
-    return pb.DType.Name(value) if value in pb.DType.values() else f"unknown dtype {value}"
+    if value not in pb.DType.values():
+        return f"unknown dtype {value}"
+    return pb.DType.Name(pb.DType.ValueType(value))
 
 
 def put(target: pb.Tensor, values: np.ndarray) -> None:

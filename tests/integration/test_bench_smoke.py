@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,18 @@ import numpy as np
 import pytest
 from helpers.servers import RunningServer, config_for
 
-from benchmarks import analysis, conditions, inprocess, markdown, rounds, suite, systems
+from benchmarks import (
+    analysis,
+    conditions,
+    inprocess,
+    load,
+    markdown,
+    processes,
+    rounds,
+    suite,
+    systems,
+    workloads,
+)
 from benchmarks.scenarios import BASELINES, MODES
 from repository.runtime import Graph
 from service.client import VaeClient
@@ -108,6 +120,23 @@ def test_unknown_model_is_a_user_error(server: tuple[str, str], capsys: pytest.C
     assert "NOT_FOUND" in err
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning to a subset needs two CPUs")
+def test_pinned_load_runs_its_client_processes_on_the_cpus_given(server: tuple[str, str]) -> None:
+    _, client_cpus = processes.split_cpus()
+    checked = workloads.prepare(server[0], "decode", 1)
+    seen: list[frozenset[int]] = []
+
+    def on_window(edge: str) -> None:
+        seen.extend(frozenset(os.sched_getaffinity(child.pid)) for child in multiprocessing.active_children())
+
+    result = load.run(
+        server[0], checked.workload, concurrency=2, duration=0.3, warmup=0.1, processes=2,
+        on_window=on_window, cpus=client_cpus,
+    )  # fmt: skip
+    assert result.requests > 0
+    assert len(seen) == 4 and set(seen) == {client_cpus}  # both processes, at both edges of the window
+
+
 # --- the suite's minimal baselines, and its schedule in both modes --------------------------------
 
 
@@ -151,7 +180,7 @@ def test_the_suite_runs_every_system_pinned_and_unpinned(tiny_model_repo: Path, 
     args = suite.build_parser().parse_args(
         [
             *("--rounds", "1", "--duration", "0.3", "--warmup", "0.1", "--cold-starts", "0"),
-            *("--inprocess-seconds", "0.01", "--scenarios", "decode-c1", "--systems", *systems_),
+            *("--inprocess-seconds", "0.01", "--scenarios", "decode-c16", "--systems", *systems_),
         ]
     )
     results = rounds.run(args, tiny_model_repo, tiny_model_repo / "tiny" / "1", tmp_path / "logs")
@@ -163,7 +192,7 @@ def test_the_suite_runs_every_system_pinned_and_unpinned(tiny_model_repo: Path, 
         assert record["report"]["requests"] > 0 and record["report"]["errors"] == {}
         assert record["server_cpu_ms_per_call"] > 0
     summary = analysis.summarize(results)
-    assert set(summary["load_pinned"]["decode-c1"]) == set(systems_)
+    assert set(summary["load_pinned"]["decode-c16"]) == set(systems_)
     host = {"started": conditions.now(), "finished": conditions.now(), "command": "pytest"}
     host |= {
         "machine": conditions.machine(),

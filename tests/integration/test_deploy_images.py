@@ -158,7 +158,7 @@ def _project_packages() -> set[str]:
 
 @functools.cache
 def _packages_serving_needs() -> set[str]:
-    """Project packages loaded once `vae` has built its parser and every serving module is imported."""
+    """Project packages loaded once every serving module and the `vae` entry point are imported."""
     modules = [
         path.relative_to(REPO).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
         for package in ("service", "repository")
@@ -167,7 +167,6 @@ def _packages_serving_needs() -> set[str]:
     ]
     code = (
         "import importlib, json, sys, vae_cli\n"
-        "vae_cli.build_parser()\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     )
@@ -175,6 +174,26 @@ def _packages_serving_needs() -> set[str]:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, check=True
     )
     return set(json.loads(result.stdout)) & _project_packages()
+
+
+def test_vae_serves_with_only_the_serving_packages_installed() -> None:
+    # What a serving image holds: the other packages' subcommands are absent, `serve` still parses.
+    absent = sorted(_project_packages() - _packages_serving_needs())
+    assert {"training", "export", "benchmarks"} <= set(absent)
+    code = (
+        "import sys\n"
+        f"for name in {absent!r}: sys.modules[name] = None  # import of it raises ModuleNotFoundError\n"
+        "import vae_cli\n"
+        "parser = vae_cli.build_parser()\n"
+        "print(parser.parse_args(['serve', '--workers', '2']).workers)\n"
+        "print(sorted(parser._subparsers._group_actions[0].choices))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, check=True
+    )
+    workers, commands = result.stdout.splitlines()
+    assert workers == "2"
+    assert "serve" in commands and "client" in commands and "train" not in commands
 
 
 def _copied_packages(dockerfile: Path) -> set[str]:
@@ -187,8 +206,7 @@ def _copied_packages(dockerfile: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", SERVING)
 def test_serving_images_copy_exactly_the_packages_serving_imports(name: str) -> None:
-    # A package missing from the image breaks `vae` at start (the serving code lives in repository/
-    # and service/; `vae` also imports every package's cli module); one too many is dead weight.
+    # A package missing from the image breaks `vae serve`; one too many is dead weight.
     needed = _packages_serving_needs()
     assert {"repository", "service", "vae", "vae_cli"} <= needed
     assert _copied_packages(REPO / "docker" / name) == needed

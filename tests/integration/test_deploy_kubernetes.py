@@ -84,9 +84,8 @@ def test_pods_request_resources_and_schedule_on_gpu_nodes(objects: dict[str, dic
     resources = container(objects)["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"])
     assert int(resources["limits"]["nvidia.com/gpu"]) == 1
-    assert resources["limits"]["memory"].removesuffix("Gi") >= resources["requests"]["memory"].removesuffix(
-        "Gi"
-    )
+    # A memory limit (a leak ends in a restart, not a node under pressure); no CPU limit, see the file.
+    assert "memory" in resources["limits"] and "cpu" not in resources["limits"]
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"])

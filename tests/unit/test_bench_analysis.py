@@ -10,7 +10,13 @@ from benchmarks.analysis import inprocess_items_per_s, summarize
 
 
 def run(
-    scenario: str, system: str, rps: float, p99: float, items: int = 1, cpu: float | None = None
+    scenario: str,
+    system: str,
+    rps: float,
+    p99: float,
+    items: int = 1,
+    cpu: float | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     latency = {"p50": p99 / 4, "p95": p99 / 2, "p99": p99, "max": p99 * 2, "mean": p99 / 4}
     report = {
@@ -20,13 +26,15 @@ def run(
         "errors": {},
         "batch_sizes": None,
     }
-    return {
+    record = {
         "scenario": scenario,
         "system": system,
         "report": report,
         "latency_quantiles_ms": [1.0, 2.0],
         "server_cpu_ms_per_call": cpu,
     }
+    # Records written before the pinned mode existed have no mode: they were unpinned.
+    return record if mode is None else record | {"mode": mode}
 
 
 def point(graph: str, batch: int, ms: float) -> dict[str, Any]:
@@ -79,6 +87,23 @@ def test_ratios_against_the_other_systems() -> None:
     assert targets["decode-c16: req/s, service / Triton"]["met"] is None
     assert targets["decode-c1: p50 ms, service"]["value"] == pytest.approx(0.5)
     assert targets["cold start s, service"]["met"] is True
+
+
+def test_pinned_runs_are_summarized_apart_from_unpinned_ones() -> None:
+    raw = results()
+    raw["load"] += [
+        run("decode-c64", "service", 1500, 5, cpu=0.6, mode="pinned"),
+        run("decode-c64", "minimal micro-batcher", 1000, 8, cpu=0.9, mode="pinned"),
+        run("decode-c64", "minimal micro-batcher", 4000, 9, mode="unpinned"),
+    ]
+    summary = summarize(raw)
+    assert summary["load"]["decode-c64"]["service"]["requests_per_s"] == 2000  # unpinned runs only
+    assert summary["load_pinned"]["decode-c64"]["service"]["server_cpu_ms_per_call"] == 0.6
+    assert set(summary["load_pinned"]["decode-c64"]) == {"service", "minimal micro-batcher"}
+    targets = targets_by_name(summary)
+    assert targets["decode-c64: req/s, service / minimal micro-batcher"]["value"] == pytest.approx(0.5)
+    pinned = "decode-c64, pinned: req/s on one server core, service / minimal micro-batcher"
+    assert targets[pinned]["value"] == pytest.approx(1.5)
 
 
 def test_large_requests_against_the_in_process_ceiling() -> None:

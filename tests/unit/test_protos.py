@@ -10,7 +10,9 @@ from pathlib import Path
 import google.protobuf
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ("vae_pb2.py", "vae_pb2_grpc.py", "vae_pb2.pyi")
+GENERATED = ("vae_pb2.py", "vae_pb2_grpc.py", "vae_pb2.pyi", "vae_pb2_grpc.pyi")
+# mypy-protobuf's plugins, installed beside this interpreter (the dev extra).
+BIN = Path(sys.executable).parent
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -27,7 +29,10 @@ def test_committed_code_matches_the_proto(tmp_path: Path) -> None:
             "-Iprotos",
             f"--python_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
-            f"--pyi_out={tmp_path}",
+            f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
+            f"--mypy_out={tmp_path}",
+            f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
+            f"--mypy_grpc_out={tmp_path}",
             "protos/vae/v1/vae.proto",
         ],
         cwd=ROOT,
