@@ -85,7 +85,8 @@ def config_for(repo: Path, **options: Any) -> ServiceConfig:
 # --- `vae serve` child processes ------------------------------------------------------------------
 
 # The server binds port 0 and logs the ports it got: no race with other processes for a free port.
-_PORTS = re.compile(r"gRPC on port (\d+), metrics on port (\d+)")
+# With --workers, each worker logs its own ports too ("worker N: ..."): the supervisor's line counts.
+_PORTS = re.compile(r"^(?!worker \d+: ).*gRPC on port (\d+), metrics on port (\d+)")
 START_TIMEOUT_S = 120.0  # generous: a long evaluation may be running niced on the same two cores
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -1,0 +1,123 @@
+"""`vae serve --workers 2`: one port, calls spread over both, metrics summed, reload and drain for all."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import threading
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from helpers import wait_until
+from helpers.servers import ServerProcess, serving
+from prometheus_client.parser import text_string_to_metric_families
+
+from vae.v1 import vae_pb2 as pb
+from vae.v1 import vae_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+_WORKER_METRICS = re.compile(r"worker \d+ \(pid \d+\): metrics on 127\.0\.0\.1:(\d+)")
+
+
+def _worker_counts(server: ServerProcess, series: str, **labels: str) -> list[float]:
+    """One series as each worker's own /metrics reports it."""
+    counts = []
+    for port in _WORKER_METRICS.findall(server.log_text()):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        values = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == series and sample.labels == labels
+        ]
+        counts.append(values[0] if values else 0.0)
+    return counts
+
+
+def _info(version: str) -> dict[str, str]:
+    return {"name": "tiny", "version": version, "provider": "CPUExecutionProvider"}
+
+
+def _all_loaded(server: ServerProcess, version: str) -> Callable[[], bool]:
+    # vae_model_info sums over workers: 2 means both have the version loaded.
+    return lambda: (
+        server.metric("vae_model_info", name="tiny", version=version, provider="CPUExecutionProvider") == 2
+    )
+
+
+def test_calls_spread_over_the_workers_and_the_metrics_sum_exactly(tiny_model_repo: Path) -> None:
+    with serving(tiny_model_repo, "--workers", "2") as server:
+        wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
+        calls = 60
+        for seed in range(calls):
+            # A new channel is a new connection, which the kernel hands to one of the two listeners.
+            with grpc.insecure_channel(server.target) as channel:
+                vae_pb2_grpc.VaeServiceStub(channel).Sample(pb.SampleRequest(n=1, seed=seed), timeout=30)
+        per_worker = _worker_counts(server, "vae_requests_total", method="Sample", code="OK")
+        assert len(per_worker) == 2 and min(per_worker) > 0, per_worker
+        assert sum(per_worker) == calls
+        assert server.metric("vae_requests_total", method="Sample", code="OK") == calls
+        assert server.metric("vae_items_total", method="Sample") == calls
+
+
+def test_sighup_reloads_every_worker(
+    tiny_model_repo: Path, tmp_path: Path, tiny_model_exporter: Callable[..., Path]
+) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_model_repo, repo)
+    staged = tiny_model_exporter(tmp_path / "staged", 2, seed=1)
+    with serving(repo, "--workers", "2") as server:
+        wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
+        shutil.copytree(staged, repo / "tiny" / ".incoming")
+        (repo / "tiny" / ".incoming").rename(repo / "tiny" / "2")
+        server.send(signal.SIGHUP)
+        wait_until(_all_loaded(server, "2"), 120, "version 2 loaded by both workers")
+        assert _worker_counts(
+            server, "vae_model_info", name="tiny", version="2", provider="CPUExecutionProvider"
+        ) == [
+            1.0,
+            1.0,
+        ]
+
+
+def test_sigterm_drains_every_worker_and_every_call_gets_an_answer(tiny_model_repo: Path) -> None:
+    codes: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+    with serving(tiny_model_repo, "--workers", "2") as server:
+        wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
+
+        def caller() -> None:
+            with grpc.insecure_channel(server.target) as channel:
+                stub = vae_pb2_grpc.VaeServiceStub(channel)
+                while not stop.is_set():
+                    try:
+                        stub.Sample(pb.SampleRequest(n=4), timeout=10)
+                        code = "OK"
+                    except grpc.RpcError as exc:
+                        code = exc.code().name  # type: ignore[attr-defined]
+                    with lock:
+                        codes[code] += 1
+                    if code != "OK":
+                        return  # this connection's worker is draining or gone
+
+        callers = [threading.Thread(target=caller) for _ in range(8)]
+        for thread in callers:
+            thread.start()
+        wait_until(lambda: codes["OK"] >= 200, 60, "load flowing")
+        server.send(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        stop.set()
+        for thread in callers:
+            thread.join(timeout=30)
+    # Admitted calls are answered; calls that arrive while draining are refused with UNAVAILABLE,
+    # which clients retry elsewhere. Nothing is cut off half-way (CANCELLED) or fails (INTERNAL).
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert server.log_text().count("INFO service.server: stopped") == 2
