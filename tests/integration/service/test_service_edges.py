@@ -100,3 +100,17 @@ def test_a_touched_but_unchanged_version_keeps_answering(
     with grpc.insecure_channel(server.target) as channel:
         info = vae_pb2_grpc.VaeServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     assert info.version == 1
+
+
+def test_a_response_the_client_refuses_leaves_no_error_in_the_server_log(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 64 images of 1x28x28 float32 are 200 KB: over a 64 KiB receive limit the client refuses them.
+    small = [("grpc.max_receive_message_length", 64 * 1024)]
+    with caplog.at_level("WARNING"), grpc.insecure_channel(server.target, options=small) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Sample(pb.SampleRequest(n=64), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert stub.ListModels(pb.ListModelsRequest(), timeout=10).models  # the channel still works
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
