@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from repository.manifest import GRAPHS, LOGVAR, MU, PROBS
 from repository.runtime import Graph
 from service.config import ServiceConfig
 
-GRAPHS = ("encoder", "decoder")
 # The outputs the service asks for: it never copies the decoder's logits back.
-OUTPUTS = {"encoder": ("mu", "logvar"), "decoder": ("probs",)}
+OUTPUTS = {"encoder": (MU, LOGVAR), "decoder": (PROBS,)}
 
 
 @dataclass(frozen=True)

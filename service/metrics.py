@@ -18,12 +18,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from repository.manifest import GRAPHS
+
 # Request latency: from well under a millisecond (one latent) to seconds (large streams).
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 # Queue waits and batch compute are finer: tens of microseconds up to a second.
 _STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _BATCH_BUCKETS = tuple(float(1 << i) for i in range(13))  # 1 .. 4096 items
-GRAPHS = ("encoder", "decoder")
 
 
 class Value:

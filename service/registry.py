@@ -18,6 +18,7 @@ import numpy as np
 from repository.errors import RepositoryError
 from repository.layout import list_models, list_versions
 from repository.manifest import (
+    GRAPHS,
     IMAGES,
     LATENTS,
     LOGVAR,
@@ -79,7 +80,7 @@ def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tupl
             spinning=config.spinning,
             placement=placement,
         )
-        for role in ("encoder", "decoder")
+        for role in GRAPHS
     ]
     return manifest, graphs[0], graphs[1]
 
@@ -221,7 +222,7 @@ async def load_new_versions(
     Each joins the registry once warm, so the newest version of the default model takes over
     between two requests. Versions refused before are skipped until their files change.
     """
-    observers = {graph: metrics.graph(graph) for graph in ("encoder", "decoder")}
+    observers = {graph: metrics.graph(graph) for graph in GRAPHS}
     loaded = []
     for name in _model_names(config.repo, registry.default_model):
         for version in sorted(list_versions(config.repo, name), reverse=True):
