@@ -19,7 +19,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[serve,train,dev]'
+	$(VENV)/bin/pip install --quiet -e '.[serve,train,dev,tracing]'
 	touch $@
 
 $(SERVE_VENV)/.installed: pyproject.toml

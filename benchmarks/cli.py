@@ -8,14 +8,17 @@ import sys
 from typing import Any
 
 from benchmarks import RPCS
+from service.cli import add_tls_flags, add_token_flag, client_tls, client_token, quiet_grpc, rpc_error_line
 
 
 def _bench(args: argparse.Namespace) -> int:
+    quiet_grpc()
     import grpc
 
     from benchmarks import load, report, scrape, workloads
     from repository.errors import CommandError
 
+    tls, token = client_tls(args), client_token(args)
     try:
         checked = workloads.prepare(
             args.target,
@@ -24,9 +27,11 @@ def _bench(args: argparse.Namespace) -> int:
             model=args.model,
             version=args.version,
             output_dtype=args.output_dtype,
+            tls=tls,
+            token=token,
         )
     except grpc.RpcError as exc:
-        raise CommandError(f"{args.target}: {exc.code().name}: {exc.details()}") from exc
+        raise CommandError(f"{args.target}: {rpc_error_line(exc, tls=tls is not None)}") from exc
 
     scrapes: dict[str, dict[str, scrape.Histogram]] = {}
 
@@ -52,6 +57,8 @@ def _bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         on_progress=on_progress if sys.stderr.isatty() else None,
         on_window=on_window if args.metrics_url else None,
+        tls=tls,
+        token=token,
     )
     if previous:
         print(file=sys.stderr)
@@ -88,9 +95,14 @@ def register(commands: Any) -> None:
             "Closed-loop load: CONCURRENCY callers, each sending one request after another, spread over "
             "PROCESSES client processes. The request is built once; responses are not parsed."
         ),
+        epilog=(
+            "example:\n"
+            "  vae bench --rpc decode --items 1 --concurrency 64 --duration 30 "
+            "--metrics-url http://localhost:8000/metrics"
+        ),
     )
     bench.add_argument("--target", default="localhost:50051", help="HOST:PORT of the gRPC server")
-    bench.add_argument("--rpc", choices=RPCS, default="decode")
+    bench.add_argument("--rpc", choices=RPCS, default="decode", help="the call to load the server with")
     bench.add_argument(
         "--items", type=_positive(int), default=1, help="latents, images or samples per request"
     )
@@ -110,4 +122,6 @@ def register(commands: Any) -> None:
         help="the server's Prometheus endpoint, e.g. http://localhost:8000/metrics",
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_token_flag(bench)
+    add_tls_flags(bench)
     bench.set_defaults(handler=_bench)

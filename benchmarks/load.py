@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 
 from benchmarks.processes import pin
+from service.channel import ClientTls, call_metadata
 
 # Connecting and the first call must not wait forever on a target that is not there.
 READY_TIMEOUT_S = 30.0
@@ -54,11 +55,23 @@ class Workload:
     items: int
 
 
-def call_once(target: str, workload: Workload, timeout: float = 30.0) -> bytes:
+def call_once(
+    target: str,
+    workload: Workload,
+    timeout: float = 30.0,
+    *,
+    tls: ClientTls | None = None,
+    token: str | None = None,
+) -> bytes:
     """Send the workload's request once and return the raw response; raises grpc.RpcError."""
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    channel = (
+        grpc.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS)
+        if tls
+        else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    )
+    with channel:
         call = channel.unary_unary(workload.method, request_serializer=None, response_deserializer=None)
-        response: bytes = call(workload.request, timeout=timeout)
+        response: bytes = call(workload.request, timeout=timeout, metadata=call_metadata(token))
     return response
 
 
@@ -94,10 +107,13 @@ def run(
     on_progress: Callable[[Progress], None] | None = None,
     on_window: Callable[[str], None] | None = None,
     cpus: Set[int] | None = None,
+    tls: ClientTls | None = None,
+    token: str | None = None,
 ) -> LoadResult:
     """Drive `target` with `workload`; `on_window("start")` and `("end")` mark the measured window.
 
-    With `cpus`, the client processes run on those CPUs only (the suite's pinned mode).
+    With `cpus`, the client processes run on those CPUs only (the suite's pinned mode). `tls` and
+    `token`: as `vae client`'s --tls* and --token-file.
     """
     if concurrency < 1 or processes < 1 or duration <= 0 or warmup < 0:
         raise ValueError("need concurrency >= 1, processes >= 1, duration > 0 and warmup >= 0")
@@ -111,7 +127,7 @@ def run(
     workers = []
     for slot in range(processes):
         callers = concurrency // processes + (slot < concurrency % processes)
-        job = _Job(target, workload, callers, timeout, warmup, duration, slot, cpus)
+        job = _Job(target, workload, callers, timeout, warmup, duration, slot, cpus, tls, token)
         workers.append(ctx.Process(target=_worker, args=(job, start, completed, go, messages), daemon=True))
     for worker in workers:
         worker.start()
@@ -199,6 +215,8 @@ class _Job:
     duration: float
     slot: int
     cpus: Set[int] | None
+    tls: ClientTls | None
+    token: str | None
 
 
 def _worker(job: _Job, start: Any, completed: Any, go: Event, messages: Messages) -> None:
@@ -212,7 +230,13 @@ def _worker(job: _Job, start: Any, completed: Any, go: Event, messages: Messages
 
 
 async def _drive(job: _Job, start: Any, completed: Any, go: Event, messages: Messages) -> None:
-    async with grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS) as channel:
+    channel = (
+        grpc.aio.secure_channel(job.target, job.tls.credentials(), options=CHANNEL_OPTIONS)
+        if job.tls
+        else grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS)
+    )
+    metadata = call_metadata(job.token)
+    async with channel:
         await asyncio.wait_for(channel.channel_ready(), READY_TIMEOUT_S)
         # No (de)serializers: the request goes as the bytes given and the response comes back as bytes.
         call = channel.unary_unary(job.workload.method, request_serializer=None, response_deserializer=None)
@@ -229,7 +253,7 @@ async def _drive(job: _Job, start: Any, completed: Any, go: Event, messages: Mes
             request, timeout, slot = job.workload.request, job.timeout, job.slot
             while (sent := clock()) < window_end:
                 try:
-                    await call(request, timeout=timeout)
+                    await call(request, timeout=timeout, metadata=metadata)
                     code = None
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code().name

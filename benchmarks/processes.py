@@ -48,5 +48,5 @@ def split_cpus() -> tuple[frozenset[int], frozenset[int]]:
     """(server's CPU, client's CPUs): the first CPU this process may use, and all the others."""
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
-        raise ValueError(f"pinning needs two CPUs, this process may use {allowed}; run unpinned only")
+        raise ValueError(f"pinning needs two CPUs, this process may use {allowed}: --modes unpinned")
     return frozenset(allowed[:1]), frozenset(allowed[1:])

@@ -10,6 +10,7 @@ import numpy as np
 from benchmarks import Rpc
 from benchmarks.load import Workload, call_once
 from service import client
+from service.channel import ClientTls
 from vae.v1 import vae_pb2 as pb
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
@@ -60,9 +61,17 @@ def build(
     return Workload(method_path(rpc), request.SerializeToString(), items)
 
 
-def check(target: str, rpc: Rpc, workload: Workload, timeout: float = 30.0) -> Checked:
+def check(
+    target: str,
+    rpc: Rpc,
+    workload: Workload,
+    timeout: float = 30.0,
+    *,
+    tls: ClientTls | None = None,
+    token: str | None = None,
+) -> Checked:
     """Send the workload's request once; raises grpc.RpcError, or ValueError for a wrong answer."""
-    raw = call_once(target, workload, timeout)
+    raw = call_once(target, workload, timeout, tls=tls, token=token)
     response = _RESPONSES[rpc].FromString(raw)
     answered = response.mu.shape[0] if rpc == "encode" else response.images.shape[0]
     if answered != workload.items:
@@ -78,8 +87,11 @@ def prepare(
     model: str = "",
     version: int = 0,
     output_dtype: client.ImageDType = "float32",
+    tls: ClientTls | None = None,
+    token: str | None = None,
 ) -> Checked:
     """Ask the server for the model's shapes, build the request and check it once."""
-    with client.VaeClient(target, timeout=30.0) as vae:
+    credentials = tls.credentials() if tls else None
+    with client.VaeClient(target, timeout=30.0, credentials=credentials, token=token) as vae:
         info = vae.model_info(model=model, version=version)
-    return check(target, rpc, build(rpc, items, info, output_dtype=output_dtype))
+    return check(target, rpc, build(rpc, items, info, output_dtype=output_dtype), tls=tls, token=token)

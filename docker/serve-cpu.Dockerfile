@@ -12,7 +12,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY docker/requirements.py docker/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python docker/requirements.py serve > /tmp/requirements.txt \
+    python docker/requirements.py serve tracing > /tmp/requirements.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 COPY README.md ./
 COPY vae_cli/ vae_cli/

@@ -18,7 +18,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY docker/requirements.py docker/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 docker/requirements.py gpu > /tmp/requirements.txt \
+    python3 docker/requirements.py gpu tracing > /tmp/requirements.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 COPY README.md ./
 COPY vae_cli/ vae_cli/

@@ -10,7 +10,9 @@ from typing import Any
 def _export(args: argparse.Namespace) -> int:
     from export.onnx_export import export_run
 
-    path = export_run(args.run, args.repo, args.name, version=args.version, fp16=args.fp16)
+    path = export_run(
+        args.run, args.repo, args.name, version=args.version, fp16=args.fp16, score_k=args.score_k
+    )
     print(f"exported {path}")
     return 0
 
@@ -29,7 +31,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def register(commands: Any) -> None:
     export = commands.add_parser(
-        "export", help="export a run's checkpoint to ONNX as a new version in a model repository"
+        "export",
+        help="export a run's checkpoint to ONNX as a new version in a model repository",
+        epilog="example:\n  vae export runs/default --repo models --name mnist",
     )
     export.add_argument("run", type=Path, help="run directory (best.pt, else last.pt) or a .pt file")
     export.add_argument(
@@ -38,8 +42,19 @@ def register(commands: Any) -> None:
     export.add_argument("--name", required=True, help="model name, e.g. mnist")
     export.add_argument("--version", type=int, default=None, help="default: the next free version")
     export.add_argument("--fp16", action="store_true", help="also write half-precision copies")
+    export.add_argument(
+        "--score-k",
+        type=int,
+        default=64,
+        help="record the test set's Score quantiles at this k in model.json, the drift baseline "
+        "(needs the run's dataset; 0: skip) [default: 64]",
+    )
     export.set_defaults(handler=_export)
 
-    verify = commands.add_parser("verify", help="check a model version: hashes, shapes, pairing, a batch")
+    verify = commands.add_parser(
+        "verify",
+        help="check a model version: hashes, shapes, pairing, a batch",
+        epilog="example:\n  vae verify models/mnist/1",
+    )
     verify.add_argument("path", type=Path, help="a version directory, e.g. models/mnist/1")
     verify.set_defaults(handler=_verify)

@@ -11,10 +11,12 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from onnxconverter_common import float16
@@ -34,6 +36,7 @@ from repository.manifest import (
     write_manifest,
 )
 from repository.runtime import Graph
+from repository.scoring import ScoringUnsupported, score_reference
 from repository.verify import (
     compare_outputs,
     fp16_differences,
@@ -43,7 +46,8 @@ from repository.verify import (
     verify_version,
 )
 from training import checkpoint as ckpt
-from training.config import to_dict
+from training.config import to_dict, trains_on_binary
+from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
 from training.model import VAE
 
 # torchlib's own opset: newer would make the exporter run a version converter, older ones lack ops
@@ -53,14 +57,36 @@ PARITY_BATCH_SIZES = (1, 7, 64)
 PARITY_TOLERANCE = 1e-4
 # torch.export specialises sizes 0 and 1, which would pin the batch axis; trace with 2.
 _TRACE_BATCH = 2
+SCORE_REFERENCE_SEED = 0
+
+
+@dataclass(frozen=True)
+class ScoreImages:
+    """The images whose Score quantiles model.json records, the k to score them with, and what they are."""
+
+    images: np.ndarray
+    k: int
+    described: str
 
 
 class ExportError(VaeError):
     """The export was refused (parity, fp16 or verification failed); nothing was written."""
 
 
-def export_run(run: Path, repo: Path, name: str, *, version: int | None = None, fp16: bool = False) -> Path:
-    """Export RUN's checkpoint (best.pt, else last.pt, or a .pt file) with RUN/eval.json if present."""
+def export_run(
+    run: Path,
+    repo: Path,
+    name: str,
+    *,
+    version: int | None = None,
+    fp16: bool = False,
+    score_k: int = 0,
+    data_dir: Path | None = None,
+) -> Path:
+    """Export RUN's checkpoint (best.pt, else last.pt, or a .pt file) with RUN/eval.json if present.
+
+    score_k > 0 also records the Score quantiles of the run's test set at that k (score_reference).
+    """
     checkpoint = ckpt.load(run)
     eval_path = (run if run.is_dir() else run.parent) / "eval.json"
     evaluation = json.loads(eval_path.read_text(encoding="utf-8")) if eval_path.is_file() else None
@@ -78,6 +104,20 @@ def export_run(run: Path, repo: Path, name: str, *, version: int | None = None, 
         fp16=fp16,
         training=training,
         evaluation=evaluation,
+        score_images=_test_images(checkpoint, score_k, data_dir) if score_k else None,
+    )
+
+
+def _test_images(checkpoint: ckpt.Checkpoint, k: int, data_dir: Path | None) -> ScoreImages:
+    """The test set as `vae eval` feeds it to the model (binarized once, seeded, if it trains on binary)."""
+    train = checkpoint.train_config
+    binarized = trains_on_binary(checkpoint.model_config, train)
+    test = load_dataset(train.dataset, data_dir).test_x
+    how = f"binarized once with seed {EVAL_BINARIZATION_SEED}" if binarized else "grey levels"
+    return ScoreImages(
+        model_inputs(test, binarized, EVAL_BINARIZATION_SEED),
+        k,
+        f"the {len(test)} {train.dataset} test images, {how}",
     )
 
 
@@ -90,6 +130,7 @@ def export_model(
     evaluation: Mapping[str, Any] | None = None,
     version: int | None = None,
     fp16: bool = False,
+    score_images: ScoreImages | None = None,
 ) -> Path:
     """Write repo/name/version (default: the next free one) and return its path.
 
@@ -156,6 +197,8 @@ def export_model(
         )
         if fp16:
             manifest = _add_fp16(staged, manifest)
+        if score_images is not None:
+            manifest = _add_score_reference(staged, manifest, score_images)
         write_manifest(staged, manifest)
         report = verify_version(staged)
         if not report.ok:
@@ -248,6 +291,24 @@ def _check_parity(model: VAE, staged: Path) -> dict[str, float]:
                     )
             worst[role] = max(worst[role], recorded_difference(differences))
     return worst
+
+
+def _add_score_reference(staged: Path, manifest: Manifest, score: ScoreImages) -> Manifest:
+    """The test set's Score quantiles, the baseline of the drift alert (docs/anomaly.md)."""
+    try:
+        reference = score_reference(
+            Graph(staged / manifest.graphs["encoder"].file),
+            Graph(staged / manifest.graphs["decoder"].file),
+            manifest,
+            score.images,
+            k=score.k,
+            seed=SCORE_REFERENCE_SEED,
+            described=score.described,
+        )
+    except ScoringUnsupported as exc:
+        logging.getLogger(__name__).warning("no score_reference in model.json: %s", exc)
+        return manifest
+    return dataclasses.replace(manifest, score_reference=reference)
 
 
 def _add_fp16(staged: Path, manifest: Manifest) -> Manifest:

@@ -90,6 +90,9 @@ class Manifest:
     parity_batch_sizes: tuple[int, ...]
     eval: Mapping[str, Any] | None
     training: Mapping[str, Any]
+    # Score's log-likelihood over the test set at export: the baseline input drift is measured against.
+    # Optional and not hashed, so versions exported before it stay valid.
+    score_reference: Mapping[str, Any] | None = None
 
     def files(self) -> dict[str, str]:
         """Every file the manifest covers, mapped to its expected sha256."""
@@ -117,6 +120,7 @@ class Manifest:
             },
             "eval": None if self.eval is None else dict(self.eval),
             "training": dict(self.training),
+            **({} if self.score_reference is None else {"score_reference": dict(self.score_reference)}),
         }
 
 
@@ -232,7 +236,18 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
         parity_batch_sizes=tuple(parity.positive_int_list("batch_sizes")),
         eval=evaluation,
         training=root.get("training", dict),
+        score_reference=None if data.get("score_reference") is None else _score_reference(root),
     )
+
+
+def _score_reference(root: _Fields) -> Mapping[str, Any]:
+    fields = root.child("score_reference")
+    fields.positive_int("k")
+    fields.number("median")
+    quantiles = fields.child("quantiles")
+    for key in quantiles.data:
+        quantiles.number(key)
+    return fields.data
 
 
 class _Fields:

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,8 +54,11 @@ class BatchFailed(BatchError):
 
 
 RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
-# What the worker thread hands back: (outputs, seconds) or the exception run_batch raised.
-Outcome = tuple[Sequence[np.ndarray], float] | Exception
+# What the worker thread hands back: (outputs, seconds, start time) or the exception run_batch raised.
+Outcome = tuple[Sequence[np.ndarray], float, float] | Exception
+# A traced request's part in a batch: (its trace, when it was admitted, its items in the batch,
+# whether its first items are among them).
+TracedSlice = tuple[Any, float, int, bool]
 
 
 class BatchObserver(Protocol):
@@ -65,6 +68,14 @@ class BatchObserver(Protocol):
     def batch_ran(self, items: int, seconds: float) -> None: ...
     def request_waited(self, seconds: float) -> None: ...
     def request_expired(self) -> None: ...
+
+
+class BatchTracer(Protocol):
+    """Where executed batches go when tracing is on (service/tracing.py); perf_counter times."""
+
+    def batch_ran(
+        self, batcher: str, served: Sequence[TracedSlice], items: int, started: float, seconds: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +88,15 @@ class Result:
 
 
 class _Request:
-    __slots__ = ("admitted", "compute", "deadline", "future", "items", "left", "next", "pieces")
+    __slots__ = ("admitted", "compute", "deadline", "future", "items", "left", "next", "pieces", "trace")
 
-    def __init__(self, items: np.ndarray, deadline: float | None, future: asyncio.Future[Result]) -> None:
+    def __init__(
+        self, items: np.ndarray, deadline: float | None, future: asyncio.Future[Result], trace: Any
+    ) -> None:
         self.items = items
         self.deadline = deadline
         self.future = future
+        self.trace = trace  # opaque to the batcher: what the BatchTracer links the batch to
         self.admitted = time.perf_counter()
         self.next = 0  # first item not yet handed to a batch
         self.left = len(items)  # items whose outputs have not come back
@@ -109,6 +123,7 @@ class Batcher:
         observer: BatchObserver,
         name: str = "batcher",
         max_gather_s: float = 0.0,
+        tracer: BatchTracer | None = None,
     ) -> None:
         if max_batch_items < 1 or max_queue_items < max_batch_items or max_delay_s < 0:
             raise ValueError(
@@ -119,6 +134,7 @@ class Batcher:
         self._max_delay_s = max_delay_s
         self._max_queue_items = max_queue_items
         self._observer = observer
+        self._tracer = tracer
         self._name = name
         # One worker thread: batches of one graph run one after another, each using onnxruntime's
         # own intra-op threads; a second batch in flight would only compete for the same cores.
@@ -141,8 +157,11 @@ class Batcher:
     def queued_items(self) -> int:
         return self._queued
 
-    async def submit(self, items: np.ndarray, deadline: float | None = None) -> Result:
-        """Run `items` (first axis: items) as part of batches; `deadline` is a time.perf_counter() value."""
+    async def submit(self, items: np.ndarray, deadline: float | None = None, trace: Any = None) -> Result:
+        """Run `items` (first axis: items) as part of batches; `deadline` is a time.perf_counter() value.
+
+        `trace`, when not None, is handed to the tracer with every batch the items run in.
+        """
         if self._closed:
             raise BatcherClosed("the server is shutting down or reloading this model; retry")
         count = len(items)
@@ -154,7 +173,7 @@ class Batcher:
                 f"this request adds {count}); retry with backoff"
             )
         loop = asyncio.get_running_loop()
-        request = _Request(items, deadline, loop.create_future())
+        request = _Request(items, deadline, loop.create_future(), trace)
         self._queue.append(request)
         self._queued += count
         self._idle.clear()
@@ -223,7 +242,7 @@ class Batcher:
             outcome: Outcome
             try:
                 outputs = self._run_batch(parts[0] if len(parts) == 1 else np.concatenate(parts))
-                outcome = outputs, time.perf_counter() - started
+                outcome = outputs, time.perf_counter() - started, started
             except Exception as exc:  # reported on the loop, with its traceback
                 outcome = exc
             loop.call_soon_threadsafe(done, outcome)
@@ -235,7 +254,7 @@ class Batcher:
         try:
             if isinstance(outcome, Exception):
                 raise outcome
-            outputs, seconds = outcome
+            outputs, seconds, started = outcome
             self._check(outputs, items)
         except Exception:
             log.exception("%s: a batch of %d items from %d requests failed", self._name, items, len(batch))
@@ -248,6 +267,8 @@ class Batcher:
             self._observer.batch_ran(items, seconds)
             self._scatter(batch, outputs, seconds)
             self._gather_s = min(seconds, self._max_gather_s)
+            if self._tracer is not None:
+                self._trace(batch, items, started, seconds)
         if not self._queue:
             self._set_idle()
         elif self._queued >= self.max_batch_items or not self._gather_s:
@@ -256,6 +277,13 @@ class Batcher:
             # Under load: let more items join before the next batch. A run has a fixed cost
             # (onnxruntime's per-call overhead), so bigger batches leave the cores to the event loop.
             self._timer = asyncio.get_running_loop().call_later(self._gather_s, self._dispatch)
+
+    def _trace(self, batch: list[_Slice], items: int, started: float, seconds: float) -> None:
+        served = [
+            (r.trace, r.admitted, count, first == 0) for r, first, count in batch if r.trace is not None
+        ]
+        if served and self._tracer is not None:
+            self._tracer.batch_ran(self._name, served, items, started, seconds)
 
     def _check(self, outputs: Sequence[np.ndarray], items: int) -> None:
         """Outputs must match inputs one to one, or results would go to the wrong requests."""

@@ -4,6 +4,8 @@ The VaeService methods are registered with raw bytes in and out, so no intercept
 request path: bytes that are not a valid request message are answered INVALID_ARGUMENT here (grpc
 itself would answer UNKNOWN, naming Python exception types), and the response is serialized once.
 Per call this costs two perf_counter reads, one deadline read and five number updates for metrics.
+Request ids, the access log and tracing (service/observed.py) are off by default; only when one is
+on do calls read their metadata, and then they are ObservedCalls.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -19,8 +21,11 @@ from google.protobuf.message import DecodeError, Message
 
 from service.batcher import Batcher
 from service.errors import InvalidArgument, Unavailable, status_of
-from service.metrics import Metrics
+from service.metrics import MethodMetrics, Metrics
 from vae.v1 import vae_pb2 as pb
+
+if TYPE_CHECKING:
+    from service.observed import Observer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
@@ -45,16 +50,17 @@ class Drain:
 class Call:
     """One RPC's deadline, item count and time spent waiting and computing, across batcher hops."""
 
-    __slots__ = ("compute", "deadline", "items", "queue")
+    __slots__ = ("compute", "deadline", "items", "queue", "trace")
 
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
         self.items = 0
         self.queue = 0.0
         self.compute = 0.0
+        self.trace: object | None = None  # the call's server span, when it is traced
 
     async def run(self, batcher: Batcher, items: np.ndarray) -> tuple[np.ndarray, ...]:
-        result = await batcher.submit(items, self.deadline)
+        result = await batcher.submit(items, self.deadline, self.trace)
         self.queue += result.queue_seconds
         self.compute += result.compute_seconds
         return result.outputs
@@ -67,14 +73,24 @@ class Call:
     def trailers(self) -> tuple[tuple[str, str], ...]:
         return (("x-queue-ms", f"{self.queue * 1e3:.3f}"), ("x-compute-ms", f"{self.compute * 1e3:.3f}"))
 
+    def finished(self, method: MethodMetrics, code: str, started: float) -> float:
+        """Count the call's end with status `code`; its duration in seconds."""
+        seconds = time.perf_counter() - started
+        method.finished(code, seconds, self.items if code == "OK" else 0)
+        return seconds
+
 
 class Calls:
     """Builds the registered method handlers around the servicer's request -> response functions."""
 
-    def __init__(self, metrics: Metrics, drain: Drain, *, timing_trailers: bool) -> None:
+    def __init__(
+        self, metrics: Metrics, drain: Drain, *, timing_trailers: bool, observer: Observer | None = None
+    ) -> None:
         self._metrics = metrics
         self._drain = drain
-        self._timing_trailers = timing_trailers
+        self._observer = observer
+        # Observed calls may answer with x-request-id: their trailers() decide what they hold.
+        self._trailing = timing_trailers or observer is not None
 
     def handlers(
         self, unary: dict[str, Handler], streaming: dict[str, StreamHandler]
@@ -84,6 +100,9 @@ class Calls:
         expected = {method.name for method in SERVICE.methods}
         if found != expected:
             raise ValueError(f"handlers for {sorted(found)}, but the service has {sorted(expected)}")
+        if self._observer is not None:
+            unary = {name: self._observer.unary(handler) for name, handler in unary.items()}
+            streaming = {name: self._observer.streaming(stream) for name, stream in streaming.items()}
         built: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         for name, handler in unary.items():
             built[name] = grpc.unary_unary_rpc_method_handler(self._unary(name, handler))
@@ -104,42 +123,45 @@ class Calls:
 
         return parsed
 
-    def _admit(self, context: Context, started: float) -> Call:
+    def _admit(self, context: Context, started: float, name: str) -> Call:
         drain = self._drain
         drain.active += 1
         drain.last_arrival = started
         remaining = context.time_remaining()
-        return Call(None if remaining is None else started + remaining)
+        deadline = None if remaining is None else started + remaining
+        if self._observer is None:
+            return Call(deadline)
+        return self._observer.admit(name, context, deadline)
 
     def _unary(self, name: str, handler: Handler) -> Callable[[bytes, Context], Awaitable[bytes]]:
-        method, drain, parse, timing = (
+        method, drain, parse, trailing = (
             self._metrics.method(name),
             self._drain,
             self._parser(name),
-            self._timing_trailers,
+            self._trailing,
         )
 
         async def answer(raw: bytes, context: Context) -> bytes:
             started = time.perf_counter()
             method.in_flight.value += 1
-            call = self._admit(context, started)
+            call = self._admit(context, started, name)
             try:
                 if drain.draining:
                     raise Unavailable("the server is shutting down; retry on another replica")
                 data = (await handler(parse(raw), call)).SerializeToString()
             except asyncio.CancelledError:
-                method.finished(call.ended_code(), time.perf_counter() - started)
+                call.finished(method, call.ended_code(), started)
                 raise
             except Exception as exc:
                 code, message = status_of(exc)
                 # Recorded before answering: a client that saw the answer also sees it counted.
-                method.finished(code.name, time.perf_counter() - started)
-                await context.abort(code, message, call.trailers() if timing else ())
+                call.finished(method, code.name, started)
+                await context.abort(code, message, call.trailers() if trailing else ())
             finally:
                 drain.active -= 1
-            if timing:
+            if trailing:
                 context.set_trailing_metadata(call.trailers())
-            method.finished("OK", time.perf_counter() - started, call.items)
+            call.finished(method, "OK", started)
             return data
 
         return answer
@@ -147,17 +169,17 @@ class Calls:
     def _streaming(
         self, name: str, stream: StreamHandler
     ) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
-        method, drain, parse, timing = (
+        method, drain, parse, trailing = (
             self._metrics.method(name),
             self._drain,
             self._parser(name),
-            self._timing_trailers,
+            self._trailing,
         )
 
         async def answer(raw: bytes, context: Context) -> AsyncIterator[bytes]:
             started = time.perf_counter()
             method.in_flight.value += 1
-            call = self._admit(context, started)
+            call = self._admit(context, started, name)
             try:
                 if drain.draining:
                     raise Unavailable("the server is shutting down; retry on another replica")
@@ -165,16 +187,16 @@ class Calls:
                     yield response.SerializeToString()
             except (asyncio.CancelledError, GeneratorExit):
                 # GeneratorExit: grpc closes the stream when the client goes away.
-                method.finished(call.ended_code(), time.perf_counter() - started)
+                call.finished(method, call.ended_code(), started)
                 raise
             except Exception as exc:
                 code, message = status_of(exc)
-                method.finished(code.name, time.perf_counter() - started)
-                await context.abort(code, message, call.trailers() if timing else ())
+                call.finished(method, code.name, started)
+                await context.abort(code, message, call.trailers() if trailing else ())
             finally:
                 drain.active -= 1
-            if timing:
+            if trailing:
                 context.set_trailing_metadata(call.trailers())
-            method.finished("OK", time.perf_counter() - started, call.items)
+            call.finished(method, "OK", started)
 
         return answer

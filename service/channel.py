@@ -1,4 +1,4 @@
-"""gRPC channel settings: the message size limit both ends default to, and the clients' call policy.
+"""gRPC channel settings: the message size limit both ends default to, the clients' call policy and TLS.
 
 Needs no grpc itself, so the server's configuration can take its default from here cheaply.
 """
@@ -6,6 +6,11 @@ Needs no grpc itself, so the server's configuration can take its default from he
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
 
 # Both ends' default (--max-message-bytes): gRPC's own 4 MiB would refuse a request of 4096 float32
 # MNIST images (--max-request-items; about 12 MiB).
@@ -49,3 +54,20 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     """The bearer token every call sends, if any (service/security.py checks it)."""
     return (("authorization", f"Bearer {token}"),) if token else None
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A client's TLS settings as PEM bytes: None trusts the system's CAs, or sends no client certificate.
+
+    Bytes rather than grpc credentials, so that they can be handed to other processes (`vae bench`).
+    """
+
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        import grpc
+
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)

@@ -11,6 +11,7 @@ Both clients build requests and read responses with the same functions (service/
 service/results.py), so they cannot drift apart. Both spread calls over every address the target
 resolves to and retry UNAVAILABLE (service/channel.py, SERVICE_CONFIG);
 `credentials` turns on TLS (grpc.ssl_channel_credentials) and `token` sends a bearer token.
+In an application that traces, each call continues its current span (service/client_tracing.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import grpc
 import numpy as np
 
 from service.channel import DEFAULT_MAX_MESSAGE_BYTES, call_metadata, channel_options
+from service.client_tracing import aio_interceptors, traced
 from service.requests import (
     ImageDType,
     Method,
@@ -31,6 +33,7 @@ from service.requests import (
     model_ref,
     reconstruct_request,
     sample_request,
+    score_request,
 )
 from service.results import (
     Decoded,
@@ -38,11 +41,13 @@ from service.results import (
     Generated,
     ModelInfo,
     Reconstructed,
+    Scored,
     decoded,
     encoded,
     generated,
     model_info,
     reconstructed,
+    scored,
 )
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
@@ -58,6 +63,7 @@ __all__ = [
     "Method",
     "ModelInfo",
     "Reconstructed",
+    "Scored",
     "VaeClient",
     "decode_request",
     "encode_request",
@@ -85,7 +91,7 @@ class VaeClient:
             if credentials
             else grpc.insecure_channel(target, options)
         )
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
+        self._stub = vae_pb2_grpc.VaeServiceStub(traced(self._channel))
         self.timeout = timeout
         self._metadata = call_metadata(token)
 
@@ -166,6 +172,23 @@ class VaeClient:
         request = interpolate_request(start, end, steps, method, output_dtype, model, version)
         return generated(self._stub.Interpolate(request, timeout=self.timeout, metadata=self._metadata))
 
+    def score(
+        self,
+        images: np.ndarray,
+        *,
+        samples: int = 64,
+        seed: int | None = None,
+        model: str = "",
+        version: int = 0,
+    ) -> Scored:
+        """Per-image log-likelihood with `samples` importance samples (1: the ELBO), ELBO, KL, error.
+
+        The samples' draws are shared by all images (seeded: PCG64(seed)), so an image's numbers do not
+        depend on which other images it was sent with.
+        """
+        request = score_request(images, samples, seed, model, version)
+        return scored(self._stub.Score(request, timeout=self.timeout, metadata=self._metadata))
+
     def list_models(self) -> list[ModelInfo]:
         response = self._stub.ListModels(
             pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
@@ -191,10 +214,11 @@ class AsyncVaeClient:
         token: str | None = None,
     ) -> None:
         options = channel_options(max_message_bytes)
+        interceptors = aio_interceptors()  # a channel passed in keeps its own
         self._channel = channel or (
-            grpc.aio.secure_channel(target, credentials, options)
+            grpc.aio.secure_channel(target, credentials, options, interceptors=interceptors)
             if credentials
-            else grpc.aio.insecure_channel(target, options)
+            else grpc.aio.insecure_channel(target, options, interceptors=interceptors)
         )
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
         self.timeout = timeout
@@ -277,6 +301,18 @@ class AsyncVaeClient:
     ) -> Generated:
         request = interpolate_request(start, end, steps, method, output_dtype, model, version)
         return generated(await self._stub.Interpolate(request, timeout=self.timeout, metadata=self._metadata))
+
+    async def score(
+        self,
+        images: np.ndarray,
+        *,
+        samples: int = 64,
+        seed: int | None = None,
+        model: str = "",
+        version: int = 0,
+    ) -> Scored:
+        request = score_request(images, samples, seed, model, version)
+        return scored(await self._stub.Score(request, timeout=self.timeout, metadata=self._metadata))
 
     async def list_models(self) -> list[ModelInfo]:
         response = await self._stub.ListModels(

@@ -58,6 +58,7 @@ class ServiceConfig:
     max_request_items: int = _option(4096, "images, latents, samples or steps per unary request")
     max_stream_items: int = _option(1_000_000, "samples per SampleStream request")
     max_posterior_samples: int = _option(64, "posterior samples per image in Encode")
+    max_score_samples: int = _option(1024, "importance samples per image in Score")
     max_message_bytes: int = _option(DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message received or sent")
     grace_seconds: float = _option(10.0, "on SIGTERM/SIGINT, time admitted requests get to finish")
     reload_interval_seconds: float = _option(
@@ -74,6 +75,17 @@ class ServiceConfig:
         False, "send x-queue-ms and x-compute-ms trailing metadata with every answer (costs each call)"
     )
     log_level: str = _option("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _option("text", "text, or json: one JSON object per line (docs/observability.md)")
+    # Off by default, like the two below: each costs every call (docs/observability.md measures it).
+    access_log_sample: float = _option(
+        0.0, "fraction of successful calls that get an access log line; failed calls always do (0: none)"
+    )
+    request_ids: bool = _option(
+        False, "read x-request-id from each call, send it back and name it in the call's log lines"
+    )
+    otlp_endpoint: str = _option(
+        "", "send OpenTelemetry traces over OTLP/gRPC here (http://HOST:4317); OTEL_* variables apply"
+    )
     event_loop: str = _option("uvloop", "uvloop (less CPU per request) or asyncio (the standard library's)")
 
     def __post_init__(self) -> None:
@@ -98,6 +110,7 @@ class ServiceConfig:
             "max_request_items",
             "max_stream_items",
             "max_posterior_samples",
+            "max_score_samples",
             "max_message_bytes",
         )
         for name in positive:
@@ -124,11 +137,24 @@ class ServiceConfig:
                 f"got {self.reload_interval_seconds}"
             )
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together: set both to serve TLS, or neither")
+            raise ValueError(
+                f"{setting('tls_cert')} and {setting('tls_key')} go together: "
+                "set both to serve TLS, or neither"
+            )
         if self.tls_client_ca and not self.tls_cert:
-            raise ValueError("tls_client_ca (mutual TLS) needs TLS: set tls_cert and tls_key too")
+            raise ValueError(
+                f"{setting('tls_client_ca')} (mutual TLS) needs TLS: set {setting('tls_cert')} "
+                f"and {setting('tls_key')} too"
+            )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if not 0 <= self.access_log_sample <= 1:  # NaN fails too
+            raise ValueError(
+                "access_log_sample must be in 0..1 (0: no access log, 1: every call), "
+                f"got {self.access_log_sample}"
+            )
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be {' or '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
 
@@ -172,6 +198,21 @@ def read_token(path: Path) -> str:
     if not token:
         raise ValueError(f"token file {path} is empty; put the token in it")
     return token
+
+
+def read_file(path: Path, setting: str) -> bytes:
+    """The bytes of the file a setting names; an unreadable one is a ValueError naming both."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(
+            f"{setting} {path}: {exc.strerror or exc}; check the path and its permissions"
+        ) from None
+
+
+def setting(name: str) -> str:
+    """How a user sets a field: its flag and its variable, e.g. --tls-key (VAE_TLS_KEY)."""
+    return f"{flag(name)} ({env_var(name)})"
 
 
 def env_var(name: str) -> str:

@@ -6,6 +6,8 @@ Their place in the project's one error tree is drawn in repository/errors.py:
     ├── InvalidArgument          INVALID_ARGUMENT: the request is malformed; the message says how
     │                            (also a ValueError, so the CLI reports it as a user error)
     ├── NotFound                 NOT_FOUND: unknown model or version
+    ├── FailedPrecondition       FAILED_PRECONDITION: the model cannot do this (Score of a model
+    │                            whose likelihood its files do not determine)
     ├── ResourceExhausted        RESOURCE_EXHAUSTED: the batch queue is full; retry later
     ├── DeadlineExceeded         DEADLINE_EXCEEDED: the deadline passed before the work ran
     ├── Unavailable              UNAVAILABLE: not warmed up yet, or shutting down
@@ -43,6 +45,10 @@ class InvalidArgument(ServiceError, ValueError):
 
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class ResourceExhausted(ServiceError):

@@ -37,14 +37,30 @@ def read_endpoint(path: Path, channels: int) -> np.ndarray:
     return image
 
 
-def write_images(images: np.ndarray, out: Path, prefix: str, as_npy: bool) -> list[Path]:
-    """[n, C, H, W] uint8 or float32 in [0, 1] -> OUT/PREFIX_0000.png ... (or OUT/PREFIX.npy)."""
+def read_latents(path: Path) -> np.ndarray:
+    """A .npy of latents, [n, D] or one [D] -> [n, D]."""
+    if path.suffix != ".npy":
+        raise ValueError(
+            f"{path}: decode takes latents, a .npy array [n, D] such as mu.npy from `vae client encode`; "
+            "to pass images through the model use `vae client reconstruct`"
+        )
+    latents: np.ndarray = np.load(path)
+    if latents.ndim not in (1, 2):
+        raise ValueError(f"{path}: latents must be [n, D] or [D], got shape {list(latents.shape)}")
+    return latents[None] if latents.ndim == 1 else latents
+
+
+def write_images(images: np.ndarray, out: Path, prefix: str, as_npy: bool, first: int = 0) -> list[Path]:
+    """[n, C, H, W] uint8 or float32 in [0, 1] -> OUT/PREFIX_0000.png ... (or OUT/PREFIX.npy).
+
+    PNGs are numbered from `first`, so that images arriving in chunks continue one sequence.
+    """
     if as_npy:
         return [save_array(out, prefix, images)]
     out.mkdir(parents=True, exist_ok=True)
     pixels = images if images.dtype == np.uint8 else (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
     paths = []
-    for i, image in enumerate(pixels):
+    for i, image in enumerate(pixels, start=first):
         path = out / f"{prefix}_{i:04d}.png"
         channels = image.shape[0]
         Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0)).save(path)

@@ -13,18 +13,27 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar, cast
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from repository.manifest import GRAPHS
+from service.config import setting
 
 # Request latency: from well under a millisecond (one latent) to seconds (large streams).
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 # Queue waits and batch compute are finer: tens of microseconds up to a second.
 _STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _BATCH_BUCKETS = tuple(float(1 << i) for i in range(13))  # 1 .. 4096 items
+# Per-image log-likelihoods in nats: 2.5-nat steps where an MNIST-sized model's digits fall (-130 to
+# -60), so a shift of the median by a few nats shows; coarse out to the far tails of anomalies.
+_SCORE_BUCKETS = (
+    *(-10000.0, -5000.0, -2000.0, -1000.0, -750.0, -500.0, -400.0, -300.0, -250.0, -200.0, -175.0, -150.0),
+    *(-130.0 + 2.5 * i for i in range(29)),
+    *(-50.0, -40.0, -30.0, -20.0, -10.0, 0.0, 100.0, 1000.0),
+)
 
 
 class Value:
@@ -181,6 +190,12 @@ class Metrics:
             "Loaded model versions whose files changed on disk, and that stopped answering",
             ["name", "version"],
         )
+        self.score_log_likelihood = _histogram(
+            "vae_score_log_likelihood_nats",
+            "Score's log-likelihood of every scored image (input drift: compare with model.json)",
+            ["model", "version"],
+            _SCORE_BUCKETS,
+        )
         families: list[Family[Value] | Family[Distribution]] = [
             self.requests,
             self.request_duration,
@@ -194,6 +209,7 @@ class Metrics:
             self.deadline_expired,
             self.model_load_failures,
             self.model_files_changed,
+            self.score_log_likelihood,
         ]
         self.registry.register(_Collector(families))
         # Every graph's series exist from the start, so dashboards and alerts see zeros, not gaps.
@@ -256,3 +272,15 @@ class GraphMetrics:
 
     def request_expired(self) -> None:
         self._expired.value += 1
+
+
+def serve_metrics(port: int, host: str, registry: CollectorRegistry) -> WSGIServer:
+    """/metrics on host:port, in a thread; a taken port is a ValueError naming the setting to change."""
+    try:
+        server, _ = start_http_server(port, addr=host.strip("[]"), registry=registry)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot serve metrics on {host}:{port} ({exc.strerror}); "
+            f"pick another {setting('metrics_port')}, or 0 for a free one"
+        ) from None
+    return server

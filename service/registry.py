@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +31,27 @@ from repository.manifest import (
 )
 from repository.placement import Placement
 from repository.runtime import Graph
+from repository.scoring import Likelihood, ScoringUnsupported, likelihood_of
 from repository.verify import verify_version
-from service.batcher import Batcher, BatchObserver, RunBatch, bucket_sizes
+from service.batcher import Batcher, BatchObserver, BatchTracer, RunBatch, bucket_sizes
 from service.config import ServiceConfig
 from service.errors import InvalidArgument, NotFound, Unavailable
 from service.metrics import Metrics
 from vae.v1 import vae_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What Score needs of a model: its p(x|z), and a decoder batcher returning the output that reads.
+
+    Its own batcher, apart from Decode's: Decode and Sample never copy back logits they do not need,
+    and Score's many decoder items queue there without crowding out the other RPCs' admission.
+    """
+
+    likelihood: Likelihood
+    decoder: Batcher  # latents [n, D] -> (likelihood.output [n, C, H, W],)
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +62,7 @@ class LoadedModel:
     provider: str
     encoder: Batcher  # images [n, C, H, W] -> (mu [n, D], logvar [n, D])
     decoder: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
+    scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
     ref: pb.ModelRef  # built once, copied into every response
     files: tuple[tuple[str, int, int], ...]  # the version directory's files when it was loaded
     manifest_bytes: bytes  # model.json as it was read then
@@ -62,7 +76,10 @@ class LoadedModel:
         return self.manifest.latent_dim
 
     async def close(self) -> None:
-        await asyncio.gather(self.encoder.close(), self.decoder.close())
+        batchers = [self.encoder, self.decoder]
+        if isinstance(self.scoring, Scoring):
+            batchers.append(self.scoring.decoder)
+        await asyncio.gather(*(batcher.close() for batcher in batchers))
 
 
 def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tuple[Manifest, Graph, Graph]:
@@ -101,15 +118,34 @@ def _decoder_batch(graph: Graph) -> RunBatch:
     return run
 
 
+def _scoring(
+    manifest: Manifest, graph: Graph, batcher: Callable[[RunBatch], Batcher]
+) -> Scoring | ScoringUnsupported:
+    try:
+        likelihood = likelihood_of(manifest)
+    except ScoringUnsupported as exc:
+        return exc
+    output = likelihood.output
+
+    def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (graph.run({LATENTS: latents}, (output,))[output],)
+
+    return Scoring(likelihood, batcher(run))
+
+
 async def load_model(
-    path: Path, config: ServiceConfig, placement: Placement, observers: Mapping[str, BatchObserver]
+    path: Path,
+    config: ServiceConfig,
+    placement: Placement,
+    observers: Mapping[str, BatchObserver],
+    tracer: BatchTracer | None = None,
 ) -> LoadedModel:
     """Verify, load and warm up one version; every batch-size bucket runs once before it serves."""
     files = _file_signature(path)  # before verifying: a change after this is seen at the next look
     manifest, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
     label = f"{manifest.name}/{manifest.version}"
 
-    def batcher(run_batch: RunBatch, graph: str) -> Batcher:
+    def batcher(run_batch: RunBatch, graph: str, name: str = "") -> Batcher:
         return Batcher(
             run_batch,
             max_batch_items=config.max_batch_items,
@@ -117,7 +153,8 @@ async def load_model(
             max_gather_s=config.max_gather_ms / 1000,
             max_queue_items=config.max_queue_items,
             observer=observers[graph],
-            name=f"{label}/{graph}",
+            name=f"{label}/{name or graph}",
+            tracer=tracer,
         )
 
     model = LoadedModel(
@@ -125,6 +162,9 @@ async def load_model(
         provider=decoder.provider,
         encoder=batcher(_encoder_batch(encoder), "encoder"),
         decoder=batcher(_decoder_batch(decoder), "decoder"),
+        # Not warmed separately: it runs the decoder's session, whose batch sizes are warmed below.
+        # Its batches count in the decoder's series: they run the same graph.
+        scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
         files=files,
         manifest_bytes=(path / MANIFEST_FILE).read_bytes(),
@@ -203,10 +243,14 @@ class Registry:
 
 
 async def load_repository(
-    registry: Registry, config: ServiceConfig, placement: Placement, metrics: Metrics
+    registry: Registry,
+    config: ServiceConfig,
+    placement: Placement,
+    metrics: Metrics,
+    tracer: BatchTracer | None = None,
 ) -> None:
     """Load every version of every model in config.repo; the default model must end up with one."""
-    await load_new_versions(registry, config, placement, metrics)
+    await load_new_versions(registry, config, placement, metrics, tracer)
     if registry.default is None:
         raise RepositoryError(
             f"no version of the default model {registry.default_model!r} in {config.repo} could be loaded; "
@@ -215,7 +259,11 @@ async def load_repository(
 
 
 async def load_new_versions(
-    registry: Registry, config: ServiceConfig, placement: Placement, metrics: Metrics
+    registry: Registry,
+    config: ServiceConfig,
+    placement: Placement,
+    metrics: Metrics,
+    tracer: BatchTracer | None = None,
 ) -> list[LoadedModel]:
     """Verify, load and warm the versions in config.repo that are not loaded yet; return those loaded.
 
@@ -237,7 +285,7 @@ async def load_new_versions(
             if registry.refused.get((name, version)) == files:
                 continue
             try:
-                model = await load_model(path, config, placement, observers)
+                model = await load_model(path, config, placement, observers, tracer)
             except RepositoryError as exc:  # verification said why; no traceback needed
                 log.error("model %s version %d refused: %s", name, version, exc)
             except Exception:  # a bad version must never stop the others from serving

@@ -65,6 +65,14 @@ def reconstruct_request(
     )
 
 
+def score_request(
+    images: np.ndarray, samples: int, seed: int | None, model: str, version: int
+) -> pb.ScoreRequest:
+    return pb.ScoreRequest(
+        model=model_ref(model, version), images=images_tensor(images), samples=samples, seed=seed
+    )
+
+
 def interpolate_request(
     start: np.ndarray,
     end: np.ndarray,

@@ -41,6 +41,17 @@ class Reconstructed:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """Per image, float32: nats for the first three, mean squared pixel error for the last."""
+
+    model: tuple[str, int]
+    log_likelihood: np.ndarray  # [n]: the importance-weighted bound with k samples
+    elbo: np.ndarray  # [n]
+    kl: np.ndarray  # [n]
+    reconstruction_error: np.ndarray  # [n]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: int
@@ -81,6 +92,16 @@ def generated(response: pb.SampleResponse | pb.InterpolateResponse) -> Generated
 def reconstructed(response: pb.ReconstructResponse) -> Reconstructed:
     return Reconstructed(
         _model(response.model), to_numpy(response.images, "images"), to_numpy(response.error, "error")
+    )
+
+
+def scored(response: pb.ScoreResponse) -> Scored:
+    return Scored(
+        _model(response.model),
+        to_numpy(response.log_likelihood, "log_likelihood"),
+        to_numpy(response.elbo, "elbo"),
+        to_numpy(response.kl, "kl"),
+        to_numpy(response.reconstruction_error, "reconstruction_error"),
     )
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.config import ServiceConfig, read_token
+from service.config import ServiceConfig, read_file, read_token, setting
 from service.metrics import Metrics
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
@@ -42,12 +42,16 @@ def server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
     """TLS for the port, requiring client certificates when a client CA is set; None: plaintext."""
     if not config.tls_cert:
         return None
-    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    client_ca = _read(config, "tls_client_ca") if config.tls_client_ca else None
     return grpc.ssl_server_credentials(
-        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        [(_read(config, "tls_key"), _read(config, "tls_cert"))],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _read(config: ServiceConfig, name: str) -> bytes:
+    return read_file(Path(getattr(config, name)), setting(name))
 
 
 def interceptors(config: ServiceConfig, metrics: Metrics) -> list[Interceptor]:

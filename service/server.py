@@ -11,27 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from repository.errors import RepositoryError
 from repository.placement import Placement, select_placement
 from repository.runtime import available_providers
 from service import security
 from service.calls import SERVICE, Calls, Drain
-from service.config import ServiceConfig
-from service.metrics import Metrics
+from service.config import ServiceConfig, setting
+from service.metrics import Metrics, serve_metrics
+from service.observed import Observer, tracing_from
 from service.registry import Registry, load_new_versions, load_repository
 from service.servicer import VaeServicer
+
+if TYPE_CHECKING:
+    from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,10 @@ FLUSH_S = 0.5
 class VaeServer:
     """One server process's gRPC server, models, metrics endpoint and health."""
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, *, tracing: Tracing | None = None) -> None:
+        """`tracing`: spans go there (tests); by default, where config and OTEL_* variables say."""
         self.config = config
+        self.tracing = tracing if tracing is not None else tracing_from(config, os.environ)
         self.metrics = Metrics()
         self.registry = Registry(config.model)
         # grpc-stubs 1.53 predates grpc_health's asyncio servicer.
@@ -67,8 +73,13 @@ class VaeServer:
             ],
         )
         self.drain = Drain()
-        self.servicer = VaeServicer(self.registry, config)
-        calls = Calls(self.metrics, self.drain, timing_trailers=config.timing_trailers)
+        self.servicer = VaeServicer(self.registry, config, self.metrics)
+        calls = Calls(
+            self.metrics,
+            self.drain,
+            timing_trailers=config.timing_trailers,
+            observer=Observer.for_config(config, self.tracing),
+        )
         # Registered (not generic) handlers: grpc finds them without a Python lookup per call.
         # grpc-stubs 1.53 predates add_registered_method_handlers.
         self.grpc.add_registered_method_handlers(  # type: ignore[attr-defined]
@@ -80,12 +91,19 @@ class VaeServer:
         )
         address = f"{config.host}:{config.port}"
         credentials = security.server_credentials(config)
-        if credentials is None:
-            self.port = self.grpc.add_insecure_port(address)
-        else:
-            self.port = self.grpc.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = self.grpc.add_insecure_port(address)
+            else:
+                self.port = self.grpc.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind", whose reason goes to its debug log only
+            self.port = 0
         if not self.port:
-            raise ValueError(f"cannot listen on {config.host}:{config.port}; pick another --port")
+            # grpc does not say which: a taken port, a foreign address, or (TLS) an unusable certificate.
+            fix = f"pick another {setting('port')}, or check {setting('host')}"
+            if credentials is not None:
+                fix += f", {setting('tls_cert')} and {setting('tls_key')} (valid PEM, a matching pair)"
+            raise ValueError(f"cannot listen on {address} (the port may be in use); {fix}")
         self.metrics_port = 0
         self._http: WSGIServer | None = None
         self._stopping = False
@@ -97,9 +115,7 @@ class VaeServer:
         """Answer from now on: health NOT_SERVING, RPCs UNAVAILABLE until load_models() is done."""
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._http, _ = start_http_server(
-            self.config.metrics_port, addr=self.config.host.strip("[]"), registry=self.metrics.registry
-        )
+        self._http = serve_metrics(self.config.metrics_port, self.config.host, self.metrics.registry)
         self.metrics_port = self._http.server_port
         await self.grpc.start()
         log.info("gRPC on port %d, metrics on port %d; loading models", self.port, self.metrics_port)
@@ -108,7 +124,7 @@ class VaeServer:
         """Verify, load and warm every version in the repository, then report SERVING."""
         placement = select_placement(self.config.device, available_providers())
         async with self._loading:
-            await load_repository(self.registry, self.config, placement, self.metrics)
+            await load_repository(self.registry, self.config, placement, self.metrics, self.tracing)
             self._placement = placement
         if not self._stopping:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -123,7 +139,9 @@ class VaeServer:
             return  # the first load is still under way, or the server is going away
         async with self._loading:
             try:
-                loaded = await load_new_versions(self.registry, self.config, self._placement, self.metrics)
+                loaded = await load_new_versions(
+                    self.registry, self.config, self._placement, self.metrics, self.tracing
+                )
             except RepositoryError as exc:
                 log.error("reload failed; still serving what was loaded: %s", exc)
                 return
@@ -154,6 +172,8 @@ class VaeServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        if self.tracing is not None:  # the spans still buffered go out before the process ends
+            await asyncio.to_thread(self.tracing.shutdown)
         log.info("stopped")
 
     async def _drain(self, deadline: float) -> None:
@@ -199,7 +219,7 @@ class VaeServer:
             await self.health.set(name, status)
 
 
-def create_server(config: ServiceConfig) -> tuple[VaeServer, int]:
+def create_server(config: ServiceConfig, *, tracing: Tracing | None = None) -> tuple[VaeServer, int]:
     """A server bound to config.port (0 picks a free one) and that port; call within the event loop."""
-    server = VaeServer(config)
+    server = VaeServer(config, tracing=tracing)
     return server, server.port

@@ -16,22 +16,29 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from repository.scoring import Scorer, ScoringUnsupported, draws
 from service import codec, latents, wire
+from service.batcher import Batcher
 from service.calls import Call, Calls, Handler, StreamHandler
 from service.config import ServiceConfig
-from service.errors import InvalidArgument
+from service.errors import FailedPrecondition, InvalidArgument
+from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
 from vae.v1 import vae_pb2 as pb
 
 MAX_TEMPERATURE = 10.0
+# Score's decoder chunks queued at once: enough to keep the batcher busy, few enough that other
+# requests' items queue between them and that one Score never fills the queue by itself.
+SCORE_CHUNKS_IN_FLIGHT = 4
 
 
 class VaeServicer:
     """Implements every RPC of protos/vae/v1/vae.proto over the registry's loaded models."""
 
-    def __init__(self, registry: Registry, config: ServiceConfig) -> None:
+    def __init__(self, registry: Registry, config: ServiceConfig, metrics: Metrics) -> None:
         self._registry = registry
         self._config = config
+        self._metrics = metrics
         # Unseeded draws share one generator: only the event loop thread touches it.
         self._rng = np.random.default_rng()
 
@@ -42,6 +49,7 @@ class VaeServicer:
             "Sample": self._sample,
             "Reconstruct": self._reconstruct,
             "Interpolate": self._interpolate,
+            "Score": self._score,
             "ListModels": self._list_models,
             "GetModelInfo": self._model_info,
         }
@@ -155,6 +163,58 @@ class VaeServicer:
         call.items = steps
         return _generated(pb.InterpolateResponse(model=model.ref), pixels, dtype, path)
 
+    async def _score(self, request: pb.ScoreRequest, call: Call) -> pb.ScoreResponse:
+        model = self._registry.resolve(request.model)
+        images = codec.images(request.images, model.image_shape, self._config.max_request_items)
+        k = codec.count(request.samples, "samples", 1, self._config.max_score_samples)
+        scoring = model.scoring
+        if isinstance(scoring, ScoringUnsupported):
+            raise FailedPrecondition(str(scoring))
+        # Drawn before any batch: the request's own stream, shared by all its images.
+        eps = draws(latents.stream(_seed(request), self._rng), k, model.latent_dim)
+        mu, logvar = await call.run(model.encoder, images)
+        scorer = Scorer(scoring.likelihood, images, mu, logvar, eps)
+        reconstruction = asyncio.ensure_future(call.run(model.decoder, mu))
+        try:
+            await self._decode_chunks(call, scoring.decoder, scorer)
+            (pixels,) = await reconstruction
+        finally:
+            reconstruction.cancel()
+        scores = scorer.result()
+        call.items = len(images)
+        observed = self._metrics.score_log_likelihood.labels(model.manifest.name, model.manifest.version)
+        for value in scores.log_likelihood.tolist():
+            observed.observe(value)
+        response = pb.ScoreResponse(model=model.ref)
+        wire.put(response.log_likelihood, scores.log_likelihood)
+        wire.put(response.elbo, scores.elbo)
+        wire.put(response.kl, scores.kl)
+        wire.put(response.reconstruction_error, latents.reconstruction_error(images, pixels))
+        return response
+
+    async def _decode_chunks(self, call: Call, decoder: Batcher, scorer: Scorer) -> None:
+        """Every decoder item of `scorer`, in chunks of one batch at most, a bounded number queued."""
+        size = decoder.max_batch_items
+        in_flight = max(1, min(SCORE_CHUNKS_IN_FLIGHT, self._config.max_queue_items // size))
+        pending: deque[tuple[int, asyncio.Task[tuple[np.ndarray, ...]]]] = deque()
+
+        async def next_done() -> None:
+            start, task = pending.popleft()
+            (decoded,) = await task
+            scorer.add(start, decoded)
+
+        try:
+            for start, z in scorer.chunks(size):
+                pending.append((start, asyncio.ensure_future(call.run(decoder, z))))
+                if len(pending) == in_flight:
+                    await next_done()
+            while pending:
+                await next_done()
+        finally:
+            # Cancelled or failed: chunks still queued are dropped before they run.
+            for _, task in pending:
+                task.cancel()
+
     async def _list_models(self, request: pb.ListModelsRequest, call: Call) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[self._info(model) for model in self._registry.models()])
 
@@ -203,7 +263,7 @@ def _generated(response: Generated, pixels: np.ndarray, dtype: int, z: np.ndarra
     return response
 
 
-def _seed(request: pb.SampleRequest | pb.EncodeRequest) -> int | None:
+def _seed(request: pb.SampleRequest | pb.EncodeRequest | pb.ScoreRequest) -> int | None:
     return request.seed if request.HasField("seed") else None
 
 

@@ -24,22 +24,25 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from service.config import ServiceConfig
+from service.config import ServiceConfig, setting
+from service.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 START_TIMEOUT_S = 300.0  # loading and warming every version can take minutes on a busy host
 SCRAPE_TIMEOUT_S = 5.0
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) host:port with SO_REUSEPORT, so the workers can share it and nobody else takes it."""
+def reserve_port(host: str, port: int, name: str = "port") -> socket.socket:
+    """Bind (not listen) host:port with SO_REUSEPORT, so the workers can share it and nobody else takes it.
+
+    A port that is taken is a ValueError naming the setting `name` (a ServiceConfig field) to change.
+    """
     bare = host.strip("[]")
     family = socket.AF_INET6 if ":" in bare else socket.AF_INET
     reserved = socket.socket(family, socket.SOCK_STREAM)
@@ -48,16 +51,18 @@ def reserve_port(host: str, port: int) -> socket.socket:
         reserved.bind((bare, port))
     except OSError as exc:
         reserved.close()
-        raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
+        raise ValueError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another {setting(name)}"
+        ) from None
     return reserved
 
 
 def _worker(config: ServiceConfig, index: int, ready: Connection) -> None:
     """One worker process: a VaeServer on the shared port, its metrics on a private loopback port."""
-    from service import event_loop
+    from service import event_loop, logs
     from service.server import VaeServer, create_server
 
-    logging.basicConfig(level=config.log_level.upper(), format=f"worker {index}: {LOG_FORMAT}")
+    logs.configure(config, worker=index)
 
     def started(server: VaeServer) -> None:
         ready.send(server.metrics_port)
@@ -128,7 +133,7 @@ def serve_workers(config: ServiceConfig) -> int:
             log.info("worker %d (pid %d): metrics on 127.0.0.1:%d", index, process.pid, metrics_ports[-1])
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_SumOfWorkers(metrics_ports))
-        http, _ = start_http_server(config.metrics_port, addr=config.host.strip("[]"), registry=registry)
+        http = serve_metrics(config.metrics_port, config.host, registry)
         log.info("gRPC on port %d, metrics on port %d; %d workers", port, http.server_port, len(workers))
         signal.signal(signal.SIGHUP, lambda *_: _signal_all(workers, signal.SIGHUP))
         while not stop.wait(0.2):

@@ -24,6 +24,9 @@ from training.losses import elbo_loss, iwae_loss
 from training.model import VAE, count_parameters
 
 VALIDATION_SEED = EVAL_BINARIZATION_SEED + 1
+# What RunLogger appends to, in the run directory.
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,12 @@ class RunLogger:
     """JSONL metrics and TensorBoard scalars, written by rank 0 only."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self.tensorboard: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD))
         except ImportError:  # tensorboard is in the train extra; a bare torch install still trains
             self.tensorboard = None
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from repository.errors import VaeError
 
@@ -32,11 +35,49 @@ EXTRA_OF = {
     "uvloop": "serve",
     "PIL": "serve",
     "matplotlib": "bench",
+    "opentelemetry": "tracing",
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        # Line by line, keeping each line's indent: a sentence still wraps, an example keeps its line.
+        lines = []
+        for line in text.splitlines():
+            lead = indent + line[: len(line) - len(line.lstrip())]
+            lines.append(textwrap.fill(line.strip(), width, initial_indent=lead, subsequent_indent=lead))
+        return "\n".join(lines)
+
+
+class Parser(argparse.ArgumentParser):
+    """The `vae` parser and its subcommands' (add_subparsers makes them of the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vae-serving")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae", description="Train, export and serve a VAE.")
+    parser = Parser(
+        prog="vae",
+        description="Train, export and serve a VAE.",
+        epilog="examples:\n  vae serve --repo models --model mnist\n  vae client sample --help",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMAND_MODULES:
         try:

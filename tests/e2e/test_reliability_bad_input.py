@@ -105,6 +105,7 @@ def _valid_calls_succeed(target: str) -> None:
         assert sum(len(chunk.images) for chunk in client.sample_stream(300, seed=3)) == 300
         assert client.reconstruct(images).error.shape == (3,)
         assert client.interpolate(images[0], images[1], steps=5).images.shape == (5, *LIMITS.image_shape)
+        assert client.score(images, samples=3, seed=1).log_likelihood.shape == (3,)
         assert [info.version for info in client.list_models()] == [1]
         assert client.model_info().latent_dim == LIMITS.latent_dim
 

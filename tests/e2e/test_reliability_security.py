@@ -147,4 +147,4 @@ def test_bad_tls_configuration_is_refused_with_the_fix(
     server_pem = pki["ca"].issue("half", server=True)
     server = spawn_server(tiny_model_repo, "--tls-cert", str(server_pem.cert_path))
     assert server.wait(timeout=120) == 2
-    assert "tls_cert and tls_key go together" in server.log_text()
+    assert "--tls-cert (VAE_TLS_CERT) and --tls-key (VAE_TLS_KEY) go together" in server.log_text()

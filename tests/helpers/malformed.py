@@ -18,6 +18,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 from hypothesis import strategies as st
 
+from repository.manifest import NAME_PATTERN
 from vae.v1 import vae_pb2 as pb
 
 FLOAT32, UINT8 = pb.DTYPE_FLOAT32, pb.DTYPE_UINT8
@@ -38,6 +39,7 @@ class Limits:
     max_posterior_samples: int
     max_stream_items: int
     max_message_bytes: int
+    max_score_samples: int = 1024
 
 
 @dataclass(frozen=True, repr=False)
@@ -78,6 +80,7 @@ def _tensor(array: np.ndarray) -> pb.Tensor:
 SEEDS = st.integers(0, UINT32_MAX)
 BAD_ENUMS = st.one_of(st.integers(3, INT32_MAX), st.integers(-(2**31), -1))
 NAMES = st.text(min_size=1, max_size=12)
+MODEL_NAMES = st.from_regex(NAME_PATTERN, fullmatch=True)
 VERSIONS = st.integers(0, UINT32_MAX)
 MISSING_VERSIONS = st.integers(2, UINT32_MAX)  # the repository under test holds version 1 only
 HUGE_DIMS = st.integers(2**31, 2**62)
@@ -94,6 +97,7 @@ DECODE_FAULTS = st.sampled_from(["tensor", "model", "output_dtype", "response_si
 SAMPLE_FAULTS = st.sampled_from(["model", "n", "temperature", "output_dtype", "response_size"])
 STREAM_FAULTS = st.sampled_from(["model", "n", "temperature", "output_dtype"])
 RECONSTRUCT_FAULTS = st.sampled_from(["tensor", "model", "output_dtype"])
+SCORE_FAULTS = st.sampled_from(["tensor", "model", "samples"])
 INTERPOLATE_FAULTS = st.sampled_from(["tensor", "endpoints", "model", "steps", "method", "output_dtype"])
 
 
@@ -120,10 +124,11 @@ TensorFault = tuple[pb.Tensor, str, str]  # (tensor, fault name, message pattern
 
 
 def _bad_tensor(
-    draw: st.DrawFn, rng: np.random.Generator, what: str, limits: Limits, latent: bool, max_items: int
+    draw: st.DrawFn, rng: np.random.Generator, what: str, limits: Limits, latent: bool
 ) -> TensorFault:
     """A tensor for field `what` (images or latents) with one thing wrong."""
     item_shape = (limits.latent_dim,) if latent else limits.image_shape
+    max_items = limits.max_request_items
     n = int(rng.integers(1, min(4, max_items) + 1))  # within the batch limit: one fault at a time
     valid = _valid_latents(rng, limits, n) if latent else _valid_images(rng, limits, n)
     good = _tensor(valid)
@@ -193,22 +198,32 @@ def _ref(limits: Limits) -> pb.ModelRef:
     return pb.ModelRef(name=limits.model)
 
 
-def _bad_model(draw: st.DrawFn, limits: Limits) -> tuple[pb.ModelRef, str, str]:
-    """A reference to a model or version the server does not have."""
+def _bad_model(draw: st.DrawFn, limits: Limits) -> tuple[pb.ModelRef, frozenset[str], str, str]:
+    """A reference to a model or version the server does not have: (ref, codes, pattern, fault)."""
     if draw(st.booleans()):
-        name = draw(NAMES)
+        name = draw(st.one_of(MODEL_NAMES, NAMES))
         name = name + "x" if name == limits.model else name
-        return pb.ModelRef(name=name, version=draw(VERSIONS)), "unknown model", "^unknown model"
+        ref = pb.ModelRef(name=name, version=draw(VERSIONS))
+        if not NAME_PATTERN.fullmatch(name):
+            # No model can have it: refused as such, without echoing an unbounded string.
+            return ref, INVALID, "^model name must be 1-64 letters", "invalid model name"
+        return ref, NOT_FOUND, "^unknown model", "unknown model"
     version = draw(MISSING_VERSIONS)
     name = limits.model if version % 2 else ""  # both spellings of the default model
-    return pb.ModelRef(name=name, version=version), "unknown version", rf"has no version {version};"
+    return (
+        pb.ModelRef(name=name, version=version),
+        NOT_FOUND,
+        rf"has no version {version};",
+        "unknown version",
+    )
 
 
 def _model_case(draw: st.DrawFn, limits: Limits, method: str, request: Message) -> Case:
-    """`request` naming a model or version the server does not have: NOT_FOUND."""
-    ref, fault, pattern = _bad_model(draw, limits)
+    """`request` naming a model or version the server does not have: NOT_FOUND, or INVALID_ARGUMENT
+    for a name no model can have."""
+    ref, codes, pattern, fault = _bad_model(draw, limits)
     request.model.CopyFrom(ref)
-    return Case(method, request, NOT_FOUND, pattern, fault)
+    return Case(method, request, codes, pattern, fault)
 
 
 def _tensor_case(
@@ -219,11 +234,9 @@ def _tensor_case(
     request: Message,
     field: str,
     latent: bool,
-    max_items: int | None = None,
 ) -> Case:
     """`request` with a malformed tensor in `field`: INVALID_ARGUMENT naming the field."""
-    items = limits.max_request_items if max_items is None else max_items
-    tensor, fault, pattern = _bad_tensor(draw, rng, field, limits, latent, items)
+    tensor, fault, pattern = _bad_tensor(draw, rng, field, limits, latent)
     getattr(request, field).CopyFrom(tensor)
     # An empty tensor stays on the wire; for Interpolate that selects the oneof member.
     getattr(request, field).SetInParent()
@@ -319,7 +332,8 @@ def interpolate_case(draw: st.DrawFn, limits: Limits) -> Case:
     getattr(request, field).CopyFrom(_tensor(ends))
     kind = draw(INTERPOLATE_FAULTS)
     if kind == "tensor":
-        return _tensor_case(draw, rng, limits, "Interpolate", request, field, latent, max_items=2)
+        # The endpoints pass the batch check of every tensor before their count is checked (below).
+        return _tensor_case(draw, rng, limits, "Interpolate", request, field, latent)
     if kind == "endpoints":
         if draw(st.booleans()):
             request.ClearField("endpoints")
@@ -343,9 +357,22 @@ def interpolate_case(draw: st.DrawFn, limits: Limits) -> Case:
     return Case("Interpolate", request, INVALID, r"^output_dtype must be", "output_dtype")
 
 
+def score_case(draw: st.DrawFn, limits: Limits) -> Case:
+    rng = _rng(draw)
+    request = pb.ScoreRequest(model=_ref(limits), images=_tensor(_valid_images(rng, limits)), samples=2)
+    kind = draw(SCORE_FAULTS)
+    if kind == "tensor":
+        return _tensor_case(draw, rng, limits, "Score", request, "images", False)
+    if kind == "model":
+        return _model_case(draw, limits, "Score", request)
+    request.samples = draw(st.just(0) | st.integers(limits.max_score_samples + 1, UINT32_MAX))
+    pattern = rf"^samples must be in 1\.\.{limits.max_score_samples}, got {request.samples}$"
+    return Case("Score", request, INVALID, pattern, "samples")
+
+
 def model_info_case(draw: st.DrawFn, limits: Limits) -> Case:
-    ref, fault, pattern = _bad_model(draw, limits)
-    return Case("GetModelInfo", pb.GetModelInfoRequest(model=ref), NOT_FOUND, pattern, fault)
+    ref, codes, pattern, fault = _bad_model(draw, limits)
+    return Case("GetModelInfo", pb.GetModelInfoRequest(model=ref), codes, pattern, fault)
 
 
 REQUEST_TYPES: dict[str, type[Message]] = {
@@ -355,6 +382,7 @@ REQUEST_TYPES: dict[str, type[Message]] = {
     "SampleStream": pb.SampleRequest,
     "Reconstruct": pb.ReconstructRequest,
     "Interpolate": pb.InterpolateRequest,
+    "Score": pb.ScoreRequest,
     "ListModels": pb.ListModelsRequest,
     "GetModelInfo": pb.GetModelInfoRequest,
 }
@@ -406,6 +434,7 @@ MAKERS: dict[str, Callable[[st.DrawFn, Limits], Case]] = {
     "SampleStream": lambda draw, limits: sample_case(draw, limits, "SampleStream"),
     "Reconstruct": reconstruct_case,
     "Interpolate": interpolate_case,
+    "Score": score_case,
     "GetModelInfo": model_info_case,
     "undecodable": undecodable_case,
 }

@@ -36,19 +36,19 @@ T = TypeVar("T")
 class RunningServer:
     """A VaeServer on its own event loop thread; tests talk to it over loopback like any client."""
 
-    def __init__(self, config: ServiceConfig, *, load: bool = True) -> None:
+    def __init__(self, config: ServiceConfig, *, load: bool = True, tracing: Any = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server", daemon=True)
         self._thread.start()
-        self.server: VaeServer = self.call(self._start(config))
+        self.server: VaeServer = self.call(self._start(config, tracing))
         self.target = f"127.0.0.1:{self.server.port}"
         self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
         if load:
             self.call(self.server.load_models())
 
     @staticmethod
-    async def _start(config: ServiceConfig) -> VaeServer:
-        server, _ = create_server(config)
+    async def _start(config: ServiceConfig, tracing: Any) -> VaeServer:
+        server, _ = create_server(config, tracing=tracing)
         await server.start()
         return server
 

@@ -313,3 +313,26 @@ def test_haproxy_accepts_both_variants_of_its_config(tls: bool, tmp_path: Path) 
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tracing_profile_wires_the_replicas_to_a_collector_and_jaeger(services: dict[str, Any]) -> None:
+    collector, jaeger = services["otel-collector"], services["jaeger"]
+    assert collector["profiles"] == ["tracing"] and jaeger["profiles"] == ["tracing"]
+    # Off unless asked for: with the variable unset the replicas export nothing.
+    assert ServiceConfig.load({}, environment(services["vae"])).otlp_endpoint == ""
+    endpoint = "http://otel-collector:4317"
+    text = interpolate(COMPOSE.read_text(), {**REQUIRED, "VAE_OTLP_ENDPOINT": endpoint})
+    vae = PyCompose.from_yaml(text).to_dict()["services"]["vae"]
+    assert ServiceConfig.load({}, environment(vae)).otlp_endpoint == endpoint
+    assert "4317" in {str(port) for port in collector["expose"]}
+    config = read_yaml("otel-collector/config.yaml")
+    assert config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
+    (exporter,) = config["exporters"].values()
+    host, port = exporter["endpoint"].split(":")
+    assert host == "jaeger" and port in {str(port) for port in jaeger["expose"]}
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and set(pipeline["exporters"]) == set(config["exporters"])
+    mounts = bind_mounts(collector)
+    assert mounts["/etc/otelcol/config.yaml"] == ("./deploy/otel-collector/config.yaml", True)
+    assert "--config=/etc/otelcol/config.yaml" in collector["command"]
+    assert jaeger["ports"] == ["127.0.0.1:16686:16686"]  # the UI has no authentication

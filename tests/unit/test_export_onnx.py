@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import OPSET, ExportError, export_model, export_run
+from export.onnx_export import OPSET, ExportError, ScoreImages, export_model, export_run
 from repository.errors import RepositoryError
 from repository.manifest import read_manifest
 from repository.runtime import Graph
@@ -141,6 +141,26 @@ def test_export_run_records_checkpoint_and_eval(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match=r"already exists; versions are immutable.*\(5\)"):
         export_run(run, tmp_path / "models", "toy", version=4)
     assert export_run(run, tmp_path / "models", "toy") == tmp_path / "models" / "toy" / "5"
+
+
+def test_export_records_the_score_quantiles_of_the_images_it_is_given(tmp_path: Path) -> None:
+    config = ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=3, widths=(16,))
+    images = (np.random.default_rng(0).random((20, 1, 8, 8)) < 0.4).astype(np.float32)
+    training = {"model": to_dict(config), "train": {}, "epochs": 0, "train_seconds": 0.0}
+    score = ScoreImages(images, k=4, described="twenty random binary images")
+    version = export_model(_model(config), tmp_path, "toy", training=training, score_images=score)
+    reference = read_manifest(version).score_reference
+    assert reference is not None
+    assert {key: reference[key] for key in ("k", "seed", "images", "data")} == {
+        "k": 4,
+        "seed": 0,
+        "images": 20,
+        "data": "twenty random binary images",
+    }
+    quantiles = list(reference["quantiles"].values())
+    assert quantiles == sorted(quantiles) and reference["quantiles"]["0.5"] == reference["median"]
+    assert reference["median"] < 0  # a log-probability of binary images
+    assert verify_version(version).ok
 
 
 def test_export_never_reuses_the_number_of_a_deleted_version(tmp_path: Path) -> None:

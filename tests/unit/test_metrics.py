@@ -17,6 +17,7 @@ CONTRACT = {
     "vae_deadline_expired_total": ("counter", {"graph"}),
     "vae_model_load_failures_total": ("counter", {"name"}),
     "vae_model_files_changed_total": ("counter", {"name", "version"}),
+    "vae_score_log_likelihood_nats": ("histogram", {"model", "version"}),
 }
 
 
@@ -39,6 +40,7 @@ def test_the_contract_metrics_and_nothing_else() -> None:
     metrics.model_info.labels("mnist", "1", "CPUExecutionProvider").set(1)
     metrics.model_load_failures.labels("mnist").inc()
     metrics.model_files_changed.labels("mnist", "1").inc()
+    metrics.score_log_likelihood.labels("mnist", "1").observe(-85.0)
     assert _families(metrics) == CONTRACT
 
 
@@ -85,3 +87,17 @@ def test_a_finished_call_is_counted_once_with_its_duration_and_items() -> None:
     assert value("vae_request_duration_seconds_bucket", {"method": "Decode", "le": "+Inf"}) == 2
     assert value("vae_request_duration_seconds_count", {"method": "Decode"}) == 2
     assert value("vae_request_duration_seconds_sum", {"method": "Decode"}) == 0.2015
+
+
+def test_scores_fill_buckets_and_carry_no_sum() -> None:
+    metrics = Metrics()
+    scores = metrics.score_log_likelihood.labels("mnist", "1")
+    for nats in (-84.0, -85.0, -600.0):
+        scores.observe(nats)
+    value = metrics.registry.get_sample_value
+    labels = {"model": "mnist", "version": "1"}
+    assert value("vae_score_log_likelihood_nats_bucket", {**labels, "le": "-500.0"}) == 1
+    assert value("vae_score_log_likelihood_nats_bucket", {**labels, "le": "-85.0"}) == 2
+    assert value("vae_score_log_likelihood_nats_bucket", {**labels, "le": "+Inf"}) == 3
+    # OpenMetrics: a histogram with negative buckets has no _sum (nor _count: the +Inf bucket).
+    assert value("vae_score_log_likelihood_nats_sum", labels) is None

@@ -87,6 +87,16 @@ def test_manifest_round_trips_through_model_json(tmp_path: Path) -> None:
     }
 
 
+def test_score_reference_is_optional_and_round_trips(tmp_path: Path) -> None:
+    without = _manifest()
+    assert "score_reference" not in without.to_json()  # manifests written before it read the same
+    reference = {"k": 64, "seed": 0, "median": -85.5, "quantiles": {"0.05": -120.0, "0.5": -85.5}}
+    manifest = _manifest(score_reference=reference)
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+    assert read_manifest(tmp_path).score_reference == reference
+
+
 def test_gaussian_decoder_contract_has_no_logits() -> None:
     _, outputs = graph_contract(2, (3, 4, 4), "gaussian")["decoder"]
     assert [(t.name, t.shape) for t in outputs] == [("probs", ("batch", 3, 4, 4))]
@@ -124,6 +134,17 @@ _DELETE = object()
         ("graphs.encoder.inputs.0.shape", ["batch", -1], "'graphs.encoder.inputs[0].shape' must hold"),
         ("parity.batch_sizes", [1, "7"], "'parity.batch_sizes' must list positive integers"),
         ("eval", [1, 2], "eval must be an object or null"),
+        ("score_reference", {"k": 64, "quantiles": {}}, "missing field 'score_reference.median'"),
+        (
+            "score_reference",
+            {"k": 0, "median": -85.0, "quantiles": {}},
+            "'score_reference.k' must be positive",
+        ),
+        (
+            "score_reference",
+            {"k": 64, "median": -85.0, "quantiles": {"0.5": "x"}},
+            "'score_reference.quantiles.0.5' must be int or float",
+        ),
     ],
 )
 def test_invalid_manifest_is_rejected_naming_the_field(path: str, value: Any, message: str) -> None:

@@ -461,6 +461,86 @@ class InterpolateResponse(_message.Message):
 Global___InterpolateResponse: _TypeAlias = InterpolateResponse  # noqa: Y015
 
 @_typing.final
+class ScoreRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    samples: _builtins.int
+    """Importance samples k per image, at least 1 (1 gives the ELBO)."""
+    seed: _builtins.int
+    """Seed of the k posterior draws, shared by every image of the request; absent: drawn at random."""
+    @_builtins.property
+    def model(self) -> Global___ModelRef: ...
+    @_builtins.property
+    def images(self) -> Global___Tensor:
+        """[batch, C, H, W], float32 in [0, 1] or uint8."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+        images: Global___Tensor | None = ...,
+        samples: _builtins.int = ...,
+        seed: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "seed", b"seed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+
+Global___ScoreRequest: _TypeAlias = ScoreRequest  # noqa: Y015
+
+@_typing.final
+class ScoreResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LOG_LIKELIHOOD_FIELD_NUMBER: _builtins.int
+    ELBO_FIELD_NUMBER: _builtins.int
+    KL_FIELD_NUMBER: _builtins.int
+    RECONSTRUCTION_ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelRef: ...
+    @_builtins.property
+    def log_likelihood(self) -> Global___Tensor:
+        """[batch] float32, nats: log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x)."""
+
+    @_builtins.property
+    def elbo(self) -> Global___Tensor:
+        """[batch] float32, nats: log p(x|z_i) p(z_i) / q(z_i|x) averaged over the k draws."""
+
+    @_builtins.property
+    def kl(self) -> Global___Tensor:
+        """[batch] float32, nats: KL(q(z|x) || p(z)), analytic."""
+
+    @_builtins.property
+    def reconstruction_error(self) -> Global___Tensor:
+        """[batch] float32: as ReconstructResponse.error (decoder(posterior mean) vs the image)."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+        log_likelihood: Global___Tensor | None = ...,
+        elbo: Global___Tensor | None = ...,
+        kl: Global___Tensor | None = ...,
+        reconstruction_error: Global___Tensor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["elbo", b"elbo", "kl", b"kl", "log_likelihood", b"log_likelihood", "model", b"model", "reconstruction_error", b"reconstruction_error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elbo", b"elbo", "kl", b"kl", "log_likelihood", b"log_likelihood", "model", b"model", "reconstruction_error", b"reconstruction_error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreResponse: _TypeAlias = ScoreResponse  # noqa: Y015
+
+@_typing.final
 class ListModelsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -66,6 +66,11 @@ class VaeServiceStub:
                 request_serializer=vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
                 response_deserializer=vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/vae.v1.VaeService/Score',
+                request_serializer=vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/vae.v1.VaeService/ListModels',
                 request_serializer=vae_dot_v1_dot_vae__pb2.ListModelsRequest.SerializeToString,
@@ -125,6 +130,13 @@ class VaeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Images -> per-image log-likelihood (importance-weighted bound), ELBO, KL and reconstruction error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Every loaded model version.
         """
@@ -171,6 +183,11 @@ def add_VaeServiceServicer_to_server(servicer, server):
                     servicer.Interpolate,
                     request_deserializer=vae_dot_v1_dot_vae__pb2.InterpolateRequest.FromString,
                     response_serializer=vae_dot_v1_dot_vae__pb2.InterpolateResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.ScoreRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.ScoreResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -347,6 +364,33 @@ class VaeService:
             '/vae.v1.VaeService/Interpolate',
             vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
             vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Score',
+            vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class VaeServiceStub:
     """Images -> reconstructions through the posterior mean, and a per-image reconstruction error."""
     Interpolate: _grpc.UnaryUnaryMultiCallable[_vae_pb2.InterpolateRequest, _vae_pb2.InterpolateResponse]
     """Two images or two latents -> the images along a linear or spherical path between them."""
+    Score: _grpc.UnaryUnaryMultiCallable[_vae_pb2.ScoreRequest, _vae_pb2.ScoreResponse]
+    """Images -> per-image log-likelihood (importance-weighted bound), ELBO, KL and reconstruction error."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_vae_pb2.ListModelsRequest, _vae_pb2.ListModelsResponse]
     """Every loaded model version."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_vae_pb2.GetModelInfoRequest, _vae_pb2.ModelInfo]
@@ -73,6 +75,8 @@ class VaeServiceAsyncStub(VaeServiceStub):
     """Images -> reconstructions through the posterior mean, and a per-image reconstruction error."""
     Interpolate: _aio.UnaryUnaryMultiCallable[_vae_pb2.InterpolateRequest, _vae_pb2.InterpolateResponse]  # type: ignore[assignment]
     """Two images or two latents -> the images along a linear or spherical path between them."""
+    Score: _aio.UnaryUnaryMultiCallable[_vae_pb2.ScoreRequest, _vae_pb2.ScoreResponse]  # type: ignore[assignment]
+    """Images -> per-image log-likelihood (importance-weighted bound), ELBO, KL and reconstruction error."""
     ListModels: _aio.UnaryUnaryMultiCallable[_vae_pb2.ListModelsRequest, _vae_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Every loaded model version."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_vae_pb2.GetModelInfoRequest, _vae_pb2.ModelInfo]  # type: ignore[assignment]
@@ -130,6 +134,14 @@ class VaeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vae_pb2.InterpolateResponse, _abc.Awaitable[_vae_pb2.InterpolateResponse]]:
         """Two images or two latents -> the images along a linear or spherical path between them."""
+
+    @_abc_1.abstractmethod
+    def Score(
+        self,
+        request: _vae_pb2.ScoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vae_pb2.ScoreResponse, _abc.Awaitable[_vae_pb2.ScoreResponse]]:
+        """Images -> per-image log-likelihood (importance-weighted bound), ELBO, KL and reconstruction error."""
 
     @_abc_1.abstractmethod
     def ListModels(

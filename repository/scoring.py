@@ -1,0 +1,195 @@
+"""Per-image log-likelihood in numpy around the two graphs: importance sampling (Burda et al. 2015).
+
+log p(x) >= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i = mu + eps_i * sigma ~ q(z|x). The k draws
+eps_i are shared by every image of a request, so an image's score depends only on the image, k and
+the draws: scoring images one at a time or together gives the same numbers. The decoder items (k per
+image) can be computed in any chunks and any order; `Scorer.add` files each chunk's weights by item
+index and `Scorer.result` reduces each image's k weights in a fixed order, so chunking never shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest
+from repository.runtime import Graph
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class ScoringUnsupported(ValueError):
+    """The model's exported files do not determine its likelihood, so no score can be computed."""
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """p(x|z) of a model: which decoder output it reads, and for a Gaussian its fixed log-scale."""
+
+    kind: str  # "bernoulli" or "gaussian"
+    output: str  # LOGITS for a Bernoulli decoder, PROBS (the mean) for a Gaussian one
+    log_scale: float = 0.0
+
+    def log_prob(self, decoded: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """log p(x|z) summed over pixels, one float64 value per row (training/losses.py's formulas)."""
+        d = decoded.reshape(len(decoded), -1).astype(np.float64)
+        y = x.reshape(len(x), -1).astype(np.float64)
+        if self.kind == "bernoulli":
+            # -BCE with logits in its stable form: x*l - softplus(l), softplus(l) = log(1 + e^l).
+            return np.asarray(np.sum(y * d - np.logaddexp(0.0, d), axis=1))
+        scaled = (y - d) * math.exp(-self.log_scale)
+        return np.asarray(np.sum(-0.5 * scaled * scaled - self.log_scale - 0.5 * LOG_2PI, axis=1))
+
+
+def likelihood_of(manifest: Manifest) -> Likelihood:
+    """The model's p(x|z); a Gaussian decoder with a learned scale cannot be scored from its files."""
+    if manifest.likelihood == "bernoulli":
+        return Likelihood("bernoulli", LOGITS)
+    model: Mapping[str, Any] = manifest.training.get("model", {})
+    if model.get("gaussian_learned_scale", True):
+        raise ScoringUnsupported(
+            f"model {manifest.name!r} version {manifest.version} has a Gaussian decoder with a learned "
+            "scale, which its exported graphs do not carry, so its likelihood cannot be computed"
+        )
+    return Likelihood("gaussian", PROBS, float(model.get("gaussian_log_scale", 0.0)))
+
+
+def log_prior(z: np.ndarray) -> np.ndarray:
+    """log p(z) summed over the last axis: N(0, I), the prior every model has today."""
+    return np.asarray(-0.5 * np.sum(LOG_2PI + z * z, axis=-1))
+
+
+def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, analytic (Kingma & Welling 2013, app. B): float64."""
+    m, lv = mu.astype(np.float64), logvar.astype(np.float64)
+    return np.asarray(0.5 * np.sum(m * m + np.exp(lv) - 1.0 - lv, axis=1))
+
+
+def draws(rng: np.random.Generator, k: int, latent_dim: int) -> np.ndarray:
+    """The k standard-normal draws eps [k, D] float32 that every image of a request shares."""
+    return rng.standard_normal((k, latent_dim), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per image, float32 nats: the importance-weighted bound, the ELBO and the KL.
+
+    The ELBO is mean_i log p(x|z_i) - KL with the analytic KL (Kingma & Welling's lower-variance
+    estimator, the one `vae eval` reports); the bound's k = 1 case, log p(x|z) p(z) / q(z|x), has the
+    same expectation but samples the KL too.
+    """
+
+    log_likelihood: np.ndarray
+    elbo: np.ndarray
+    kl: np.ndarray
+
+
+class Scorer:
+    """The decoder items of one scoring job, k per image (image-major), and their log-weights."""
+
+    def __init__(
+        self, likelihood: Likelihood, images: np.ndarray, mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray
+    ) -> None:
+        self.likelihood = likelihood
+        self.images, self.mu, self.eps = images, mu, eps
+        self.sigma = np.exp(np.float32(0.5) * logvar)
+        self.logvar = logvar
+        self.k = len(eps)
+        self.items = len(images) * self.k
+        self._log_w = np.full(self.items, np.nan)
+        self._log_px = np.full(self.items, np.nan)
+
+    def latents(self, start: int, stop: int) -> np.ndarray:
+        """z for items start..stop-1: item t is draw t % k of image t // k; [stop - start, D] float32."""
+        t = np.arange(start, stop)
+        image, draw = t // self.k, t % self.k
+        return np.asarray(self.mu[image] + self.eps[draw] * self.sigma[image])
+
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first item, latents) for consecutive chunks of at most `size` items."""
+        for start in range(0, self.items, size):
+            yield start, self.latents(start, min(start + size, self.items))
+
+    def add(self, start: int, decoded: np.ndarray) -> None:
+        """File the log-weights of items start.. from the decoder's output for their latents."""
+        t = np.arange(start, start + len(decoded))
+        image, draw = t // self.k, t % self.k
+        z = self.latents(start, start + len(decoded)).astype(np.float64)
+        eps = self.eps[draw].astype(np.float64)
+        # log q(z|x) from eps directly: (z - mu)^2 / sigma^2 is eps^2, without the rounding of z - mu.
+        log_q = -0.5 * np.sum(LOG_2PI + self.logvar[image].astype(np.float64) + eps * eps, axis=1)
+        log_px = self.likelihood.log_prob(decoded, self.images[image])
+        self._log_px[start : start + len(decoded)] = log_px
+        self._log_w[start : start + len(decoded)] = log_px + log_prior(z) - log_q
+
+    def result(self) -> Scores:
+        log_w = self._log_w.reshape(len(self.images), self.k)
+        if np.isnan(log_w).any():
+            raise RuntimeError("result() before every decoder item was added")
+        top = log_w.max(axis=1)
+        # log-sum-exp per image, shifted by its largest weight so that no exp overflows.
+        lse = top + np.log(np.sum(np.exp(log_w - top[:, None]), axis=1))
+        kl = kl_divergence(self.mu, self.logvar)
+        elbo = self._log_px.reshape(log_w.shape).mean(axis=1) - kl
+        return Scores(
+            log_likelihood=(lse - math.log(self.k)).astype(np.float32),
+            elbo=elbo.astype(np.float32),
+            kl=kl.astype(np.float32),
+        )
+
+
+def score_in_process(
+    encoder: Graph,
+    decoder: Graph,
+    likelihood: Likelihood,
+    images: np.ndarray,
+    eps: np.ndarray,
+    chunk: int = 256,
+) -> Scores:
+    """The arithmetic the service's Score does, on graphs run in this process (export, benchmarks)."""
+    encoded = encoder.run({IMAGES: images}, (MU, LOGVAR))
+    scorer = Scorer(likelihood, images, encoded[MU], encoded[LOGVAR], eps)
+    for start, z in scorer.chunks(chunk):
+        scorer.add(start, decoder.run({LATENTS: z}, (likelihood.output,))[likelihood.output])
+    return scorer.result()
+
+
+REFERENCE_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+def score_reference(
+    encoder: Graph,
+    decoder: Graph,
+    manifest: Manifest,
+    images: np.ndarray,
+    *,
+    k: int,
+    seed: int,
+    described: str,
+    group: int = 500,
+) -> dict[str, Any]:
+    """Quantiles of the log-likelihood Score gives `images` with k draws from PCG64(seed), for model.json.
+
+    Scored `group` images at a time (same numbers: the draws are shared), so memory stays bounded.
+    """
+    likelihood = likelihood_of(manifest)
+    eps = draws(np.random.Generator(np.random.PCG64(seed)), k, manifest.latent_dim)
+    scores = np.concatenate(
+        [
+            score_in_process(encoder, decoder, likelihood, images[i : i + group], eps).log_likelihood
+            for i in range(0, len(images), group)
+        ]
+    ).astype(np.float64)
+    return {
+        "k": k,
+        "seed": seed,
+        "images": len(images),
+        "data": described,
+        "median": float(np.median(scores)),
+        "mean": float(scores.mean()),
+        "quantiles": {f"{q:g}": float(np.quantile(scores, q)) for q in REFERENCE_QUANTILES},
+    }

@@ -1,0 +1,117 @@
+"""Score's arithmetic (repository/scoring.py) against training/losses.py and against itself, chunked."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from repository.manifest import LOGITS, PROBS, Manifest
+from repository.scoring import Likelihood, Scorer, ScoringUnsupported, likelihood_of, log_prior
+from training.losses import log_likelihood
+
+RNG = np.random.default_rng(0)
+D, IMAGE = 3, (1, 4, 4)
+
+
+def _manifest(likelihood: str, learned_scale: bool) -> Manifest:
+    return Manifest(
+        name="toy",
+        version=1,
+        created="2025-01-02T03:04:05Z",
+        latent_dim=D,
+        image_shape=IMAGE,
+        likelihood=likelihood,
+        opset=18,
+        pairing_id="0" * 32,
+        graphs={},  # not read by likelihood_of
+        fp16=None,
+        parity_max_abs_diff={},
+        parity_batch_sizes=(1,),
+        eval=None,
+        training={"model": {"gaussian_learned_scale": learned_scale, "gaussian_log_scale": -1.5}},
+    )
+
+
+def test_bernoulli_log_prob_is_minus_bce_with_logits_even_for_saturated_logits() -> None:
+    logits = RNG.normal(0, 40, (5, *IMAGE)).astype(np.float32)
+    x = (RNG.random((5, *IMAGE)) < 0.5).astype(np.float32)
+    expected = -F.binary_cross_entropy_with_logits(
+        torch.from_numpy(logits).double(), torch.from_numpy(x).double(), reduction="none"
+    ).sum((1, 2, 3))
+    got = Likelihood("bernoulli", LOGITS).log_prob(logits, x)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-12)
+
+
+def test_gaussian_log_prob_matches_training_losses() -> None:
+    mean = RNG.random((4, *IMAGE)).astype(np.float32)
+    x = RNG.random((4, *IMAGE)).astype(np.float32)
+    model = SimpleNamespace(
+        config=SimpleNamespace(likelihood="gaussian"), log_scale=torch.full(IMAGE, -1.5, dtype=torch.float64)
+    )
+    expected = log_likelihood(model, torch.from_numpy(mean).double(), torch.from_numpy(x).double())
+    got = Likelihood("gaussian", PROBS, -1.5).log_prob(mean, x)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-12)
+
+
+def test_which_models_can_be_scored() -> None:
+    assert likelihood_of(_manifest("bernoulli", True)) == Likelihood("bernoulli", LOGITS)
+    assert likelihood_of(_manifest("gaussian", False)) == Likelihood("gaussian", PROBS, -1.5)
+    with pytest.raises(ScoringUnsupported, match="Gaussian decoder with a learned scale"):
+        likelihood_of(_manifest("gaussian", True))
+
+
+def test_log_prior_is_the_standard_normal_density() -> None:
+    z = RNG.standard_normal((6, D))
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(torch.from_numpy(z)).sum(-1)
+    np.testing.assert_allclose(log_prior(z), expected.numpy(), rtol=1e-12)
+
+
+def _scorer(n: int, k: int) -> tuple[Scorer, np.ndarray]:
+    rng = np.random.default_rng(1)
+    images = (rng.random((n, *IMAGE)) < 0.5).astype(np.float32)
+    mu = rng.standard_normal((n, D)).astype(np.float32)
+    logvar = rng.normal(-1, 0.3, (n, D)).astype(np.float32)
+    eps = rng.standard_normal((k, D)).astype(np.float32)
+    weights = rng.standard_normal((D, math.prod(IMAGE))).astype(np.float32)
+    return Scorer(Likelihood("bernoulli", LOGITS), images, mu, logvar, eps), weights
+
+
+def _decode(z: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """A stand-in decoder: linear logits."""
+    return (z @ weights).reshape(len(z), *IMAGE)
+
+
+def test_results_do_not_depend_on_chunk_size_or_the_order_chunks_come_back() -> None:
+    results = []
+    for size, backwards in ((1, False), (7, True), (1000, False)):
+        scorer, weights = _scorer(5, 9)
+        chunks = list(scorer.chunks(size))
+        for start, z in reversed(chunks) if backwards else chunks:
+            scorer.add(start, _decode(z, weights))
+        results.append(scorer.result())
+    for other in results[1:]:
+        for name in ("log_likelihood", "elbo", "kl"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(results[0], name))
+
+
+def test_the_elbo_uses_the_analytic_kl_and_an_unfinished_job_has_no_result() -> None:
+    scorer, weights = _scorer(3, 4)
+    with pytest.raises(RuntimeError, match="before every decoder item"):
+        scorer.result()
+    log_px = []
+    for start, z in scorer.chunks(2):
+        scorer.add(start, _decode(z, weights))
+        log_px.append(
+            scorer.likelihood.log_prob(
+                _decode(z, weights), scorer.images[np.arange(start, start + len(z)) // 4]
+            )
+        )
+    scores = scorer.result()
+    expected = np.concatenate(log_px).reshape(3, 4).mean(axis=1) - scores.kl
+    np.testing.assert_allclose(scores.elbo, expected, rtol=1e-6)
