@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# CPU serving image: onnxruntime (extra `serve`), no torch; `vae serve` on gRPC 50051, metrics 8000.
+# CPU serving image: onnxruntime and OpenTelemetry (extras `serve`, `tracing`), no torch;
+# `vae serve` on gRPC 50051, metrics 8000.
 # Build from the repository root: docker build -f docker/serve-cpu.Dockerfile -t vae-serve:cpu .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

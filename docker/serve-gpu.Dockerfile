@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# GPU serving image: onnxruntime-gpu 1.31.1 (extra `gpu`) on CUDA 13 + cuDNN 9, no torch.
+# GPU serving image: onnxruntime-gpu 1.31.1 and OpenTelemetry (extras `gpu`, `tracing`) on CUDA 13 +
+# cuDNN 9, no torch.
 # onnxruntime-gpu 1.31.1 on PyPI is built for CUDA 13.x and cuDNN 9 (its `cuda`/`cudnn` extras pin
 # nvidia-cuda-runtime~=13.0 and nvidia-cudnn-cu13~=9.0); CUDA 13.0 needs an NVIDIA driver >= 580.
 # Build from the repository root: docker build -f docker/serve-gpu.Dockerfile -t vae-serve:gpu .

@@ -3,10 +3,14 @@
 Items, not requests, are the unit. A request of n items joins a bounded queue (RESOURCE_EXHAUSTED at
 admission when it would overflow); a batch takes up to `max_batch_items` items from the head,
 splitting a request that does not fit, and runs in a worker thread so the event loop keeps serving.
-A lone request runs at once (or after `max_delay_s`, if set). Under load, when items queued while a
-batch ran, the next batch waits for more to join: as long as the last batch computed, at most
-`max_gather_s`, and not at all once a full batch is waiting. Each run has a fixed cost, so fewer,
-larger batches leave more of a small machine's cores to the event loop and the clients.
+When to start a batch: callers in a closed loop come back after their answer, so after a batch
+that served n requests while q more queued, the next starts as soon as n + q requests are queued,
+or after `max_gather_s` if fewer come, or at once when a full batch is waiting. A lone caller
+(n = 1, q = 0) never waits; 64 callers grow their batches to about 64, not to whatever arrived
+during the last run (on a busy core, next to nothing: the event loop could not run to parse
+requests). Each run has a fixed cost, so fewer, larger batches leave more of a small machine's
+cores to the event loop and the clients.
+A fixed `max_delay_s` instead waits that long after the first item of every batch.
 Requests that were cancelled or whose deadline passed are dropped before their items run.
 
 The batcher knows nothing of gRPC or ONNX: `run_batch(items) -> outputs` takes one array whose
@@ -149,7 +153,10 @@ class Batcher:
         self._timer: asyncio.Handle | None = None
         self._closed = False
         self._max_gather_s = max_gather_s
-        self._gather_s = 0.0  # how long the next batch under load waits for more items
+        # Requests the next batch waits for: those of the last batch, which come back in a closed
+        # loop, and those that queued while it ran.
+        self._expected = 1
+        self._gathering = False  # the pending timer is a gather, which an arrival may cut short
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -181,20 +188,30 @@ class Batcher:
         if not self._running:
             if self._queued >= self.max_batch_items:
                 self._dispatch()
+            elif self._max_delay_s:
+                if self._timer is None:
+                    self._timer = loop.call_later(self._max_delay_s, self._dispatch)
+            elif len(self._queue) >= self._expected:
+                if self._gathering:
+                    self._dispatch()
+                elif self._timer is None:
+                    # call_soon still lets requests handled in this loop iteration join the batch.
+                    self._timer = loop.call_soon(self._dispatch)
             elif self._timer is None:
-                # call_soon still lets requests handled in this loop iteration join the batch.
-                self._timer = (
-                    loop.call_later(self._max_delay_s, self._dispatch)
-                    if self._max_delay_s
-                    else loop.call_soon(self._dispatch)
-                )
+                self._gather(loop)
         return await request.future
+
+    def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the callers of the last batch to come back, at most max_gather_s."""
+        self._gathering = True
+        self._timer = loop.call_later(self._max_gather_s, self._dispatch)
 
     def _dispatch(self) -> None:
         """Hand the head of the queue, up to max_batch_items items, to the worker thread."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._gathering = False
         if self._running:
             return
         before = self._queued
@@ -266,17 +283,16 @@ class Batcher:
         else:
             self._observer.batch_ran(items, seconds)
             self._scatter(batch, outputs, seconds)
-            self._gather_s = min(seconds, self._max_gather_s)
             if self._tracer is not None:
                 self._trace(batch, items, started, seconds)
+        # The callers just answered come back, and those already waiting stay: wait for all of them.
+        self._expected = len(batch) + len(self._queue)
         if not self._queue:
             self._set_idle()
-        elif self._queued >= self.max_batch_items or not self._gather_s:
+        elif self._queued >= self.max_batch_items:
             self._dispatch()
         else:
-            # Under load: let more items join before the next batch. A run has a fixed cost
-            # (onnxruntime's per-call overhead), so bigger batches leave the cores to the event loop.
-            self._timer = asyncio.get_running_loop().call_later(self._gather_s, self._dispatch)
+            self._gather(asyncio.get_running_loop())
 
     def _trace(self, batch: list[_Slice], items: int, started: float, seconds: float) -> None:
         served = [

@@ -196,6 +196,11 @@ class Metrics:
             ["model", "version"],
             _SCORE_BUCKETS,
         )
+        self.score_reference = _gauge(
+            "vae_score_reference_log_likelihood_nats",
+            "Quantiles of Score's log-likelihood over the test set at export (model.json score_reference)",
+            ["model", "version", "quantile", "k"],
+        )
         families: list[Family[Value] | Family[Distribution]] = [
             self.requests,
             self.request_duration,
@@ -210,6 +215,7 @@ class Metrics:
             self.model_load_failures,
             self.model_files_changed,
             self.score_log_likelihood,
+            self.score_reference,
         ]
         self.registry.register(_Collector(families))
         # Every graph's series exist from the start, so dashboards and alerts see zeros, not gaps.

@@ -293,6 +293,7 @@ async def load_new_versions(
             else:
                 registry.add(model)
                 metrics.model_info.labels(name, str(version), model.provider).set(1)
+                _publish_score_reference(model.manifest, metrics)
                 loaded.append(model)
                 if model is registry.default:
                     log.info("%s/%d now answers requests that name no version", name, version)
@@ -300,6 +301,15 @@ async def load_new_versions(
             metrics.model_load_failures.labels(name).inc()
             registry.refused[name, version] = files
     return loaded
+
+
+def _publish_score_reference(manifest: Manifest, metrics: Metrics) -> None:
+    """The drift alert's baseline (deploy/prometheus/rules) from model.json, when the export recorded one."""
+    reference = manifest.score_reference
+    if reference is None:
+        return
+    for quantile, nats in reference["quantiles"].items():
+        metrics.score_reference.labels(manifest.name, manifest.version, quantile, reference["k"]).set(nats)
 
 
 def _changed(path: Path, model: LoadedModel) -> bool:

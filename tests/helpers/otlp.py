@@ -24,7 +24,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._lock = threading.Lock()
         self.spans: list[tuple[dict[str, Any], Span]] = []
 
-    def Export(  # noqa: N802 (the proto's name)
+    def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         with self._lock:

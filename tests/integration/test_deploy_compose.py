@@ -66,7 +66,10 @@ def read_yaml(relative: str) -> Any:
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
-    return {name: str(value) for name, value in service.get("environment", {}).items()}
+    # compose-spec reads an empty value as None; Compose passes it on empty.
+    return {
+        name: "" if value is None else str(value) for name, value in service.get("environment", {}).items()
+    }
 
 
 def bind_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:

@@ -24,6 +24,7 @@ TOPICS = (
     "batch size",
     "inference time",
     "model versions",
+    "score log-likelihood",
 )
 
 needs_promtool = pytest.mark.skipif(

@@ -259,3 +259,59 @@ def test_warm_up_runs_every_bucket_once() -> None:
 )
 def test_bucket_sizes(limit: int, sizes: list[int]) -> None:
     assert bucket_sizes(limit) == sizes
+
+
+def test_a_lone_caller_never_waits_for_the_gather_window() -> None:
+    recorder, metrics = Recorder(), Metrics()
+
+    async def main() -> None:
+        batcher = make(recorder, metrics, max_gather_s=60.0)  # any wait would time the test out
+        for value in range(3):
+            await batcher.submit(items(value))
+        assert [len(b) for b in recorder.batches] == [1, 1, 1]
+        await batcher.close()
+
+    run(main)
+
+
+def test_the_next_batch_waits_for_the_callers_just_answered_and_those_queued() -> None:
+    recorder, metrics = Recorder(), Metrics()
+
+    async def main() -> None:
+        batcher = make(recorder, metrics, max_batch_items=8, max_gather_s=60.0)
+        first = await hold(recorder, batcher)
+        queued = [asyncio.ensure_future(batcher.submit(items(i))) for i in range(3)]
+        await asyncio.sleep(0)
+        recorder.gate.set()
+        await first
+        # 1 answered + 3 queued: nothing runs until the first caller is back, then all 4 at once.
+        await asyncio.sleep(0.05)
+        assert [len(b) for b in recorder.batches] == [1]
+        queued.append(asyncio.ensure_future(batcher.submit(items(10))))
+        await asyncio.wait_for(asyncio.gather(*queued), timeout=5)
+        assert [len(b) for b in recorder.batches] == [1, 4]
+        # Four callers come back one by one: the batch starts when the fourth is in.
+        back = [asyncio.ensure_future(batcher.submit(items(20 + i))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert [len(b) for b in recorder.batches] == [1, 4]
+        back.append(asyncio.ensure_future(batcher.submit(items(23))))
+        await asyncio.wait_for(asyncio.gather(*back), timeout=5)
+        assert [len(b) for b in recorder.batches] == [1, 4, 4]
+        await batcher.close()
+
+    run(main)
+
+
+def test_fewer_callers_than_last_time_run_after_the_gather_window() -> None:
+    recorder, metrics = Recorder(), Metrics()
+
+    async def main() -> None:
+        batcher = make(recorder, metrics, max_batch_items=8, max_gather_s=0.05)
+        await asyncio.gather(*(batcher.submit(items(i)) for i in range(4)))  # one batch of 4
+        started = time.perf_counter()
+        await batcher.submit(items(9))  # alone now: runs once the window has passed
+        assert time.perf_counter() - started >= 0.05
+        assert [len(b) for b in recorder.batches] == [4, 1]
+        await batcher.close()
+
+    run(main)

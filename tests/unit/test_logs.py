@@ -33,6 +33,7 @@ def output() -> Iterator[io.StringIO]:
 
 
 def configure(stream: io.StringIO, **options: str) -> None:
+    logging.getLogger().handlers = []  # pytest's capture handlers: basicConfig would add none
     logs.configure(ServiceConfig(**options), worker=None)  # type: ignore[arg-type]
     logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
 
@@ -41,7 +42,9 @@ def test_json_lines_carry_the_fields_and_the_current_calls_ids(output: io.String
     configure(output, log_format="json")
     token = logs.CURRENT_CALL.set(FakeCall())
     try:
-        logging.getLogger("vae.access").info("Decode OK", extra={"method": "Decode", "code": "OK", "items": 3})
+        logging.getLogger("vae.access").info(
+            "Decode OK", extra={"method": "Decode", "code": "OK", "items": 3}
+        )
         try:
             raise RuntimeError("boom")
         except RuntimeError:

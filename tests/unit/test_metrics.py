@@ -18,6 +18,7 @@ CONTRACT = {
     "vae_model_load_failures_total": ("counter", {"name"}),
     "vae_model_files_changed_total": ("counter", {"name", "version"}),
     "vae_score_log_likelihood_nats": ("histogram", {"model", "version"}),
+    "vae_score_reference_log_likelihood_nats": ("gauge", {"model", "version", "quantile", "k"}),
 }
 
 
@@ -41,6 +42,7 @@ def test_the_contract_metrics_and_nothing_else() -> None:
     metrics.model_load_failures.labels("mnist").inc()
     metrics.model_files_changed.labels("mnist", "1").inc()
     metrics.score_log_likelihood.labels("mnist", "1").observe(-85.0)
+    metrics.score_reference.labels("mnist", "1", "0.5", "64").set(-87.0)
     assert _families(metrics) == CONTRACT
 
 

@@ -131,9 +131,7 @@ def test_a_traced_call_continues_the_clients_trace_with_queue_wait_and_a_linked_
     # Batches wait 50 ms for company: concurrent calls share one, whose span links to each of them.
     server = started(tracing, max_delay_ms=50.0)
     with ThreadPoolExecutor(4) as pool:
-        answers = list(
-            pool.map(lambda i: decode(server.target, (("traceparent", TRACEPARENT),)), range(4))
-        )
+        answers = list(pool.map(lambda i: decode(server.target, (("traceparent", TRACEPARENT),)), range(4)))
     finished = exporter.get_finished_spans()
     calls = _named(finished, "vae.v1.VaeService/Decode")
     assert len(calls) == 4
