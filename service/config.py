@@ -50,9 +50,11 @@ class ServiceConfig:
     max_delay_ms: float = _option(
         0.0, "wait at most this long after the first item for more (0: run at once)"
     )
+    # Measured in docs/benchmarks.md: 1 ms left one-core batches at ~2 items, 5 ms matched the
+    # minimal micro-batcher; a lone caller never waits (service/batcher.py).
     max_gather_ms: float = _option(
-        1.0,
-        "under load, wait up to this long after a batch (never longer than it computed) for more items",
+        5.0,
+        "after a batch, wait up to this long for its callers to come back and join the next one",
     )
     max_queue_items: int = _option(4096, "queued items per graph before RESOURCE_EXHAUSTED")
     max_request_items: int = _option(4096, "images, latents, samples or steps per unary request")

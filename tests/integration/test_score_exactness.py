@@ -23,7 +23,7 @@ from training.model import VAE
 
 REPO = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = REPO / "mnist" / "1"
-ELBO_IMAGES, IW_IMAGES, IW_K, SEED = 1000, 20, 1000, 7
+ELBO_IMAGES, IW_IMAGES, IW_K, SEED = 1000, 10, 1000, 7
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,7 @@ def test_generated_modules_import_and_describe_the_service() -> None:
             "SampleStream",
             "Reconstruct",
             "Interpolate",
+            "Score",
             "ListModels",
             "GetModelInfo",
         ]
