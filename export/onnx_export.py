@@ -113,6 +113,11 @@ def _test_images(checkpoint: ckpt.Checkpoint, k: int, data_dir: Path | None) -> 
     train = checkpoint.train_config
     binarized = trains_on_binary(checkpoint.model_config, train)
     test = load_dataset(train.dataset, data_dir).test_x
+    if tuple(test.shape[1:]) != tuple(checkpoint.model_config.image_shape):
+        raise ExportError(
+            f"the {train.dataset} test images are {list(test.shape[1:])}, the model takes "
+            f"{list(checkpoint.model_config.image_shape)}: pass --score-k 0 to export without Score quantiles"
+        )
     how = f"binarized once with seed {EVAL_BINARIZATION_SEED}" if binarized else "grey levels"
     return ScoreImages(
         model_inputs(test, binarized, EVAL_BINARIZATION_SEED),

@@ -6,8 +6,10 @@
     │   ├── ModelNotFoundError        no such model, or no such version of it
     │   ├── ManifestError             model.json is missing, unreadable or not format_version 1
     │   └── VerificationError         a version failed `vae verify` (repository/verify.py)
+    ├── ScoringUnsupported            repository/scoring.py: the model's likelihood cannot be scored
+    ├── DataError                     training/data.py: a data set is missing, corrupt or mis-shaped
     ├── ExportError                   export: a checkpoint cannot be exported (export/onnx_export.py)
-    ├── BatchError                    service/batcher.py, gRPC-free; the servicer maps each to a status
+    ├── BatchError                    service/batching.py, gRPC-free; service/errors.py maps each
     │   ├── QueueFull                 the batch queue would overflow
     │   ├── BatcherClosed             shutting down or reloading
     │   ├── Expired                   the request's deadline passed while it queued
@@ -15,6 +17,7 @@
     └── ServiceError                  service/errors.py: carries the gRPC status its callers receive
         ├── InvalidArgument           INVALID_ARGUMENT (also a ValueError)
         ├── NotFound                  NOT_FOUND
+        ├── FailedPrecondition        FAILED_PRECONDITION
         ├── ResourceExhausted         RESOURCE_EXHAUSTED
         ├── DeadlineExceeded          DEADLINE_EXCEEDED
         ├── Unavailable               UNAVAILABLE

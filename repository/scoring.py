@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from repository.errors import VaeError
 from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest
 from repository.runtime import Graph
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-class ScoringUnsupported(ValueError):
+class ScoringUnsupported(VaeError, ValueError):
     """The model's exported files do not determine its likelihood, so no score can be computed."""
 
 

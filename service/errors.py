@@ -26,7 +26,7 @@ from typing import ClassVar
 import grpc
 
 from repository.errors import VaeError
-from service.batcher import BatcherClosed, BatchError, BatchFailed, Expired, QueueFull
+from service.batching import BatcherClosed, BatchError, BatchFailed, Expired, QueueFull
 
 log = logging.getLogger(__name__)
 

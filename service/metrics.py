@@ -199,7 +199,7 @@ class Metrics:
         self.score_reference = _gauge(
             "vae_score_reference_log_likelihood_nats",
             "Quantiles of Score's log-likelihood over the test set at export (model.json score_reference)",
-            ["model", "version", "quantile", "k"],
+            ["model", "version", "q", "k"],
         )
         families: list[Family[Value] | Family[Distribution]] = [
             self.requests,

@@ -29,9 +29,10 @@ from repository.runtime import available_providers
 from service import security
 from service.calls import SERVICE, Calls, Drain
 from service.config import ServiceConfig, setting
+from service.loading import load_new_versions, load_repository
 from service.metrics import Metrics, serve_metrics
 from service.observed import Observer, tracing_from
-from service.registry import Registry, load_new_versions, load_repository
+from service.registry import Registry
 from service.servicer import VaeServicer
 
 if TYPE_CHECKING:

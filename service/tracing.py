@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from service.batcher import TracedSlice
+from service.batching import TracedSlice
 from service.calls import SERVICE
 
 if TYPE_CHECKING:

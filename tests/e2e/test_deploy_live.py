@@ -30,6 +30,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.systems import free_port
+from repository.manifest import read_manifest, write_manifest
+from repository.runtime import Graph
+from repository.scoring import score_reference
 from service.client import VaeClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,9 +128,25 @@ class Replica:
     metrics: str  # /metrics HOST:PORT
 
 
+def with_score_reference(repo: Path, into: Path) -> Path:
+    """A copy of `repo` whose model.json records Score quantiles, as `vae export` writes them.
+
+    model.json is not hashed, so the version stays verified; the drift panels then have a reference.
+    """
+    shutil.copytree(repo, into)
+    (version,) = [path for path in into.glob("*/*") if path.name.isdigit()]
+    manifest = read_manifest(version)
+    graphs = [Graph(version / manifest.graphs[role].file) for role in ("encoder", "decoder")]
+    images = (np.random.default_rng(0).random((64, *manifest.image_shape)) < 0.2).astype(np.float32)
+    reference = score_reference(*graphs, manifest, images, k=4, seed=0, described="64 random binary images")
+    write_manifest(version, dataclasses.replace(manifest, score_reference=reference))
+    return into
+
+
 @pytest.fixture(scope="module")
 def replicas(tiny_model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
     logs = tmp_path_factory.mktemp("replicas")
+    tiny_model_repo = with_score_reference(tiny_model_repo, tmp_path_factory.mktemp("repo") / "models")
     (model,) = [path.name for path in tiny_model_repo.iterdir() if not path.name.startswith(".")]
     with ExitStack() as stack:
         started = []
@@ -161,6 +180,7 @@ def exercise(target: str) -> None:
         client.decode(sampled.latents)
         client.encode(sampled.images)
         client.reconstruct(sampled.images)
+        client.score(sampled.images, samples=2)
         with pytest.raises(grpc.RpcError) as error:
             client.decode(np.zeros((1, sampled.latents.shape[1] + 1), np.float32))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -18,7 +18,7 @@ CONTRACT = {
     "vae_model_load_failures_total": ("counter", {"name"}),
     "vae_model_files_changed_total": ("counter", {"name", "version"}),
     "vae_score_log_likelihood_nats": ("histogram", {"model", "version"}),
-    "vae_score_reference_log_likelihood_nats": ("gauge", {"model", "version", "quantile", "k"}),
+    "vae_score_reference_log_likelihood_nats": ("gauge", {"model", "version", "q", "k"}),
 }
 
 

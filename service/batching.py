@@ -1,0 +1,68 @@
+"""What the batcher and its users share: its errors, its run_batch and reporting interfaces, results.
+
+The errors know nothing of gRPC; service/errors.py maps each to a status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from repository.errors import VaeError
+
+
+class BatchError(VaeError):
+    """A request the batcher could not run; service/errors.py maps each kind to a gRPC status."""
+
+
+class QueueFull(BatchError):
+    """Admitting the request would overflow the queue; retry with backoff."""
+
+
+class BatcherClosed(BatchError):
+    """The batcher is shutting down (server stop or model reload) and takes no new requests."""
+
+
+class Expired(BatchError):
+    """The request's deadline passed while it was queued; its items never ran."""
+
+
+class BatchFailed(BatchError):
+    """run_batch raised (the log has the traceback) or returned outputs that do not match the items."""
+
+
+RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
+# What the worker thread hands back: (outputs, seconds, start time) or the exception run_batch raised.
+Outcome = tuple[Sequence[np.ndarray], float, float] | Exception
+# A traced request's part in a batch: (its trace, when it was admitted, its items in the batch,
+# whether its first items are among them).
+TracedSlice = tuple[Any, float, int, bool]
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports; service/metrics.py turns it into Prometheus series."""
+
+    def queued(self, items: int) -> None: ...  # items joined (> 0) or left (< 0) the queue
+    def batch_ran(self, items: int, seconds: float) -> None: ...
+    def request_waited(self, seconds: float) -> None: ...
+    def request_expired(self) -> None: ...
+
+
+class BatchTracer(Protocol):
+    """Where executed batches go when tracing is on (service/tracing.py); perf_counter times."""
+
+    def batch_ran(
+        self, batcher: str, served: Sequence[TracedSlice], items: int, started: float, seconds: float
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A request's outputs (first axis: its items) and where its time went."""
+
+    outputs: tuple[np.ndarray, ...]
+    queue_seconds: float
+    compute_seconds: float

@@ -1,0 +1,252 @@
+"""Loading model versions: verify them, open their graphs, build and warm their batchers, watch their files.
+
+A version is served only after repository/verify.py has checked it (model.json, sha256 of every
+file, graph interfaces, encoder/decoder pairing, a round trip): a broken version is logged, counted in
+vae_model_load_failures_total and skipped, and the default is the newest version that loaded. A loaded
+version whose files later change on disk stops answering (vae_model_files_changed_total).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from repository.errors import RepositoryError
+from repository.layout import list_models, list_versions
+from repository.manifest import (
+    GRAPHS,
+    IMAGES,
+    LATENTS,
+    LOGVAR,
+    MANIFEST_FILE,
+    MU,
+    PROBS,
+    Manifest,
+    file_sha256,
+)
+from repository.placement import Placement
+from repository.runtime import Graph
+from repository.scoring import ScoringUnsupported, likelihood_of
+from repository.verify import verify_version
+from service.batcher import Batcher, bucket_sizes
+from service.batching import BatchObserver, BatchTracer, RunBatch
+from service.config import ServiceConfig
+from service.metrics import Metrics
+from service.registry import LoadedModel, Registry, Scoring
+from vae.v1 import vae_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tuple[Manifest, Graph, Graph]:
+    """Verify a version directory, then load its two graphs for serving (blocking: call in a thread)."""
+    report = verify_version(path, intra_op_threads=config.intra_op_threads)
+    report.raise_for_failures()
+    if report.manifest is None:  # raise_for_failures covers it; this narrows the type
+        raise RepositoryError(f"{path}: no manifest")
+    manifest = report.manifest
+    graphs = [
+        Graph(
+            path / manifest.graphs[role].file,
+            intra_op_threads=config.intra_op_threads,
+            inter_op_threads=config.inter_op_threads,
+            spinning=config.spinning,
+            placement=placement,
+        )
+        for role in GRAPHS
+    ]
+    return manifest, graphs[0], graphs[1]
+
+
+def _encoder_batch(graph: Graph) -> RunBatch:
+    def run(images: np.ndarray) -> tuple[np.ndarray, ...]:
+        out = graph.run({IMAGES: images}, (MU, LOGVAR))
+        return out[MU], out[LOGVAR]
+
+    return run
+
+
+def _decoder_batch(graph: Graph) -> RunBatch:
+    def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
+        # Only the pixel means: a bernoulli decoder's logits are never sent, so never copied.
+        return (graph.run({LATENTS: latents}, (PROBS,))[PROBS],)
+
+    return run
+
+
+def _scoring(
+    manifest: Manifest, graph: Graph, batcher: Callable[[RunBatch], Batcher]
+) -> Scoring | ScoringUnsupported:
+    try:
+        likelihood = likelihood_of(manifest)
+    except ScoringUnsupported as exc:
+        return exc
+    output = likelihood.output
+
+    def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (graph.run({LATENTS: latents}, (output,))[output],)
+
+    return Scoring(likelihood, batcher(run))
+
+
+async def load_model(
+    path: Path,
+    config: ServiceConfig,
+    placement: Placement,
+    observers: Mapping[str, BatchObserver],
+    tracer: BatchTracer | None = None,
+) -> LoadedModel:
+    """Verify, load and warm up one version; every batch-size bucket runs once before it serves."""
+    files = _file_signature(path)  # before verifying: a change after this is seen at the next look
+    manifest, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
+    label = f"{manifest.name}/{manifest.version}"
+
+    def batcher(run_batch: RunBatch, graph: str, name: str = "") -> Batcher:
+        return Batcher(
+            run_batch,
+            max_batch_items=config.max_batch_items,
+            max_delay_s=config.max_delay_ms / 1000,
+            max_gather_s=config.max_gather_ms / 1000,
+            max_queue_items=config.max_queue_items,
+            observer=observers[graph],
+            name=f"{label}/{name or graph}",
+            tracer=tracer,
+        )
+
+    model = LoadedModel(
+        manifest=manifest,
+        provider=decoder.provider,
+        encoder=batcher(_encoder_batch(encoder), "encoder"),
+        decoder=batcher(_decoder_batch(decoder), "decoder"),
+        # Not warmed separately: it runs the decoder's session, whose batch sizes are warmed below.
+        # Its batches count in the decoder's series: they run the same graph.
+        scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
+        ref=pb.ModelRef(name=manifest.name, version=manifest.version),
+        files=files,
+        manifest_bytes=(path / MANIFEST_FILE).read_bytes(),
+    )
+    sizes = bucket_sizes(config.max_batch_items)
+    await model.encoder.warm_up(np.zeros((1, *manifest.image_shape), np.float32), sizes)
+    await model.decoder.warm_up(np.zeros((1, manifest.latent_dim), np.float32), sizes)
+    log.info("loaded %s on %s, warmed batch sizes %s", label, model.provider, sizes)
+    return model
+
+
+async def load_repository(
+    registry: Registry,
+    config: ServiceConfig,
+    placement: Placement,
+    metrics: Metrics,
+    tracer: BatchTracer | None = None,
+) -> None:
+    """Load every version of every model in config.repo; the default model must end up with one."""
+    await load_new_versions(registry, config, placement, metrics, tracer)
+    if registry.default is None:
+        raise RepositoryError(
+            f"no version of the default model {registry.default_model!r} in {config.repo} could be loaded; "
+            "the log says why (run `vae verify` on it), or choose another with --model"
+        )
+
+
+async def load_new_versions(
+    registry: Registry,
+    config: ServiceConfig,
+    placement: Placement,
+    metrics: Metrics,
+    tracer: BatchTracer | None = None,
+) -> list[LoadedModel]:
+    """Verify, load and warm the versions in config.repo that are not loaded yet; return those loaded.
+
+    Each joins the registry once warm, so the newest version of the default model takes over
+    between two requests. Versions refused before are skipped until their files change.
+    """
+    observers = {graph: metrics.graph(graph) for graph in GRAPHS}
+    loaded = []
+    for name in _model_names(config.repo, registry.default_model):
+        for version in sorted(list_versions(config.repo, name), reverse=True):
+            path = config.repo / name / str(version)
+            files = _file_signature(path)
+            current = registry.get(name, version)
+            if current is not None:
+                if files != current.files and _changed(path, current):
+                    await _refuse_changed(registry, current, metrics)
+                    registry.refused[name, version] = files
+                continue
+            if registry.refused.get((name, version)) == files:
+                continue
+            try:
+                model = await load_model(path, config, placement, observers, tracer)
+            except RepositoryError as exc:  # verification said why; no traceback needed
+                log.error("model %s version %d refused: %s", name, version, exc)
+            except Exception:  # a bad version must never stop the others from serving
+                log.exception("model %s version %d failed to load", name, version)
+            else:
+                registry.add(model)
+                metrics.model_info.labels(name, str(version), model.provider).set(1)
+                _publish_score_reference(model.manifest, metrics)
+                loaded.append(model)
+                if model is registry.default:
+                    log.info("%s/%d now answers requests that name no version", name, version)
+                continue
+            metrics.model_load_failures.labels(name).inc()
+            registry.refused[name, version] = files
+    return loaded
+
+
+def _publish_score_reference(manifest: Manifest, metrics: Metrics) -> None:
+    """The drift alert's baseline (deploy/prometheus/rules) from model.json, when the export recorded one."""
+    reference = manifest.score_reference
+    if reference is None:
+        return
+    for quantile, nats in reference["quantiles"].items():
+        metrics.score_reference.labels(manifest.name, manifest.version, quantile, reference["k"]).set(nats)
+
+
+def _changed(path: Path, model: LoadedModel) -> bool:
+    """Whether a loaded version's files on disk now hold something else (not merely touched)."""
+    try:
+        if (path / MANIFEST_FILE).read_bytes() != model.manifest_bytes:
+            return True
+        return any(file_sha256(path / file) != digest for file, digest in model.manifest.files().items())
+    except OSError:
+        return True  # a file it was loaded from is gone
+
+
+async def _refuse_changed(registry: Registry, model: LoadedModel, metrics: Metrics) -> None:
+    """A version number names one model forever: never go on answering for files that changed."""
+    name, version = model.manifest.name, model.manifest.version
+    log.error(
+        "model %s version %d: its files changed on disk after it was loaded; it no longer answers "
+        "(a version number must never be reused: export a new version instead)",
+        name,
+        version,
+    )
+    registry.remove(model)
+    metrics.model_info.labels(name, str(version), model.provider).set(0)
+    metrics.model_files_changed.labels(name, str(version)).inc()
+    await model.close()
+
+
+def _file_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of each file in a version directory."""
+    try:
+        return tuple(
+            sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+        )
+    except OSError:  # removed while we looked: nothing to compare with
+        return ()
+
+
+def _model_names(repo: Path, default_model: str) -> Sequence[str]:
+    """The default model first, so its versions are warm soonest; a missing one fails at once."""
+    names = list_models(repo)
+    if default_model not in names:
+        raise RepositoryError(
+            f"no model {default_model!r} in repository {repo} (models there: {', '.join(names) or 'none'}); "
+            "pass --repo and --model"
+        )
+    return [default_model, *(n for n in names if n != default_model)]
