@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import numpy as np
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
+DRAINING = "the server is shutting down; retry on another replica"
 Handler = Callable[[Any, "Call"], Awaitable[Message]]
 StreamHandler = Callable[[Any, "Call"], AsyncIterator[Message]]
 
@@ -134,12 +135,7 @@ class Calls:
         return self._observer.admit(name, context, deadline)
 
     def _unary(self, name: str, handler: Handler) -> Callable[[bytes, Context], Awaitable[bytes]]:
-        method, drain, parse, trailing = (
-            self._metrics.method(name),
-            self._drain,
-            self._parser(name),
-            self._trailing,
-        )
+        method, drain, parse = self._metrics.method(name), self._drain, self._parser(name)
 
         async def answer(raw: bytes, context: Context) -> bytes:
             started = time.perf_counter()
@@ -147,21 +143,16 @@ class Calls:
             call = self._admit(context, started, name)
             try:
                 if drain.draining:
-                    raise Unavailable("the server is shutting down; retry on another replica")
+                    raise Unavailable(DRAINING)
                 data = (await handler(parse(raw), call)).SerializeToString()
             except asyncio.CancelledError:
                 call.finished(method, call.ended_code(), started)
                 raise
             except Exception as exc:
-                code, message = status_of(exc)
-                # Recorded before answering: a client that saw the answer also sees it counted.
-                call.finished(method, code.name, started)
-                await context.abort(code, message, call.trailers() if trailing else ())
+                await self._fail(method, call, started, context, exc)
             finally:
                 drain.active -= 1
-            if trailing:
-                context.set_trailing_metadata(call.trailers())
-            call.finished(method, "OK", started)
+            self._succeed(method, call, started, context)
             return data
 
         return answer
@@ -169,12 +160,7 @@ class Calls:
     def _streaming(
         self, name: str, stream: StreamHandler
     ) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
-        method, drain, parse, trailing = (
-            self._metrics.method(name),
-            self._drain,
-            self._parser(name),
-            self._trailing,
-        )
+        method, drain, parse = self._metrics.method(name), self._drain, self._parser(name)
 
         async def answer(raw: bytes, context: Context) -> AsyncIterator[bytes]:
             started = time.perf_counter()
@@ -182,7 +168,7 @@ class Calls:
             call = self._admit(context, started, name)
             try:
                 if drain.draining:
-                    raise Unavailable("the server is shutting down; retry on another replica")
+                    raise Unavailable(DRAINING)
                 async for response in stream(parse(raw), call):
                     yield response.SerializeToString()
             except (asyncio.CancelledError, GeneratorExit):
@@ -190,13 +176,23 @@ class Calls:
                 call.finished(method, call.ended_code(), started)
                 raise
             except Exception as exc:
-                code, message = status_of(exc)
-                call.finished(method, code.name, started)
-                await context.abort(code, message, call.trailers() if trailing else ())
+                await self._fail(method, call, started, context, exc)
             finally:
                 drain.active -= 1
-            if trailing:
-                context.set_trailing_metadata(call.trailers())
-            call.finished(method, "OK", started)
+            self._succeed(method, call, started, context)
 
         return answer
+
+    async def _fail(
+        self, method: MethodMetrics, call: Call, started: float, context: Context, exc: Exception
+    ) -> NoReturn:
+        """Answer an exception with its status (context.abort raises, ending the handler)."""
+        code, message = status_of(exc)
+        # Recorded before answering: a client that saw the answer also sees it counted.
+        call.finished(method, code.name, started)
+        await context.abort(code, message, call.trailers() if self._trailing else ())
+
+    def _succeed(self, method: MethodMetrics, call: Call, started: float, context: Context) -> None:
+        if self._trailing:
+            context.set_trailing_metadata(call.trailers())
+        call.finished(method, "OK", started)
