@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 # model.json's dtype names -> KServe v2 datatype names.
 _DATATYPES = {"float32": "FP32"}
 

@@ -5,7 +5,8 @@ admission when it would overflow); a batch takes up to `max_batch_items` items f
 splitting a request that does not fit, and runs in a worker thread so the event loop keeps serving.
 When to start a batch: callers in a closed loop come back after their answer, so after a batch
 that served n requests while q more queued, the next starts as soon as n + q requests are queued,
-or after `max_gather_s` if fewer come, or at once when a full batch is waiting. A lone caller
+or after `max_gather_s` if fewer come, or at once when enough items wait: a full batch, or (once
+warm_up has timed every batch size) the size past which a batch no longer costs less per item. A lone caller
 (n = 1, q = 0) never waits; 64 callers grow their batches to about 64, not to whatever arrived
 during the last run (on a busy core, next to nothing: the event loop could not run to parse
 requests). Each run has a fixed cost, so fewer, larger batches leave more of a small machine's
@@ -44,6 +45,9 @@ from service.batching import (
 )
 
 log = logging.getLogger(__name__)
+
+# A batch size whose cost per item is within this factor of the cheapest is past the knee.
+KNEE = 1.25
 
 
 class _Request:
@@ -112,6 +116,7 @@ class Batcher:
         # loop, and those that queued while it ran.
         self._expected = 1
         self._gathering = False  # the pending timer is a gather, which an arrival may cut short
+        self._enough_items = max_batch_items  # queued items that start a batch at once; see warm_up
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -146,7 +151,7 @@ class Batcher:
             elif self._max_delay_s:
                 if self._timer is None:
                     self._timer = loop.call_later(self._max_delay_s, self._dispatch)
-            elif len(self._queue) >= self._expected:
+            elif len(self._queue) >= self._expected or self._queued >= self._enough_items:
                 if self._gathering:
                     self._dispatch()
                 elif self._timer is None:
@@ -244,7 +249,7 @@ class Batcher:
         self._expected = len(batch) + len(self._queue)
         if not self._queue:
             self._set_idle()
-        elif self._queued >= self.max_batch_items:
+        elif self._queued >= self._enough_items:
             self._dispatch()
         else:
             self._gather(asyncio.get_running_loop())
@@ -290,6 +295,7 @@ class Batcher:
     async def warm_up(self, example: np.ndarray, sizes: Sequence[int]) -> None:
         """Run batches of every size in `sizes` (copies of example[0]) so none is first met under load."""
         loop = asyncio.get_running_loop()
+        per_item: dict[int, float] = {}
         for size in sizes:
             done: asyncio.Future[Outcome] = loop.create_future()
             self._jobs.put((loop, done.set_result, [np.repeat(example[:1], size, axis=0)]))
@@ -297,6 +303,11 @@ class Batcher:
             if isinstance(outcome, Exception):
                 raise outcome
             self._check(outcome[0], size)
+            per_item[size] = outcome[1] / size
+        # Past the knee, where a bigger batch no longer costs less per item, gathering gains nothing
+        # and only stalls a pipeline (Reconstruct's encoder waiting for callers busy in the decoder).
+        cheapest = min(per_item.values())
+        self._enough_items = min(size for size, cost in per_item.items() if cost <= KNEE * cheapest)
 
     async def close(self) -> None:
         """Refuse new requests, let admitted ones finish, then stop the worker thread."""

@@ -316,3 +316,21 @@ def test_fewer_callers_than_last_time_run_after_the_gather_window() -> None:
         await batcher.close()
 
     run(main)
+
+
+def test_past_the_knee_timed_at_warm_up_a_batch_starts_without_gathering() -> None:
+    metrics = Metrics()
+
+    def per_item_cost(batch: np.ndarray) -> Sequence[np.ndarray]:
+        time.sleep(0.02 * len(batch))  # no fixed cost per run: one item is already past the knee
+        return (batch * 2,)
+
+    async def main() -> None:
+        batcher = make(per_item_cost, metrics, max_batch_items=4, max_gather_s=60.0)
+        await batcher.warm_up(items(0), [1, 2, 4])
+        await asyncio.gather(*(batcher.submit(items(i)) for i in range(3)))
+        # Three callers were served; one comes back alone and runs at once (60 s would time out).
+        await asyncio.wait_for(batcher.submit(items(9)), timeout=5)
+        await batcher.close()
+
+    run(main)
