@@ -14,7 +14,7 @@ help:
 	@echo "make lint    ruff (lint + format check) and mypy"
 	@echo "make protos  regenerate vae/v1/*_pb2*.py from protos/vae/v1/vae.proto"
 	@echo "make model   reproduce models/mnist/1: data, train, eval, export, verify"
-	@echo "make bench   the side-by-side benchmark suite (docs/benchmarks.md), about 10 minutes"
+	@echo "make bench   the side-by-side benchmark suite (docs/benchmarks.md), about 15 minutes"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

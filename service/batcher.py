@@ -46,8 +46,9 @@ from service.batching import (
 
 log = logging.getLogger(__name__)
 
-# A batch size whose cost per item is within this factor of the cheapest is past the knee.
-KNEE = 1.25
+# A batch size whose cost per item is within this factor of the cheapest is past the knee. 1.25
+# stopped the encoder at batches of 4, where a busy core still gained from 16 (docs/benchmarks.md).
+KNEE = 1.05
 
 
 class _Request:

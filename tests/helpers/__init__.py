@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+# The `vae` command as a user runs it, in this interpreter's environment.
+VAE = [sys.executable, "-m", "vae_cli"]
+
+
+def vae(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `vae ARGS...` to the end; with `check`, fail on a non-zero exit, showing its stderr."""
+    result = subprocess.run([*VAE, *map(str, args)], capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, *, interval: float = 0.05) -> float:

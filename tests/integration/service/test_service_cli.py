@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from helpers import vae
 from helpers.servers import RunningServer
 from PIL import Image
 
 from service.client import VaeClient
 
-VAE = [sys.executable, "-m", "vae_cli"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def vae(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*VAE, *map(str, args)], capture_output=True, text=True, timeout=120)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -94,44 +82,6 @@ def test_health_exits_zero_only_when_serving(server: RunningServer) -> None:
     assert serving.stdout.strip() == f"{server.target}: SERVING"
     down = vae("health", "--target", "127.0.0.1:1", "--timeout", "1", check=False)
     assert down.returncode == 1 and "UNAVAILABLE" in down.stdout
-
-
-def test_serve_starts_serves_and_drains_on_sigterm(tiny_model_repo: Path) -> None:
-    env = {**os.environ, "VAE_REPO": str(tiny_model_repo), "VAE_MODEL": "tiny", "VAE_GRACE_SECONDS": "5"}
-    command = [
-        *VAE,
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--max-batch-items",
-        "4",
-    ]
-    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as process:
-        assert process.stderr is not None
-        try:
-            port = None
-            for line in process.stderr:
-                if match := re.search(r"gRPC on port (\d+)", line):
-                    port = int(match.group(1))
-                if "serving tiny/1" in line:
-                    break
-            assert port, "the server never said which port it took"
-            target = f"127.0.0.1:{port}"
-            assert vae("health", "--target", target).returncode == 0
-            with VaeClient(target) as client:
-                assert client.model_info().max_batch_items == 4  # the flag reached the server
-                assert client.sample(2, seed=0).images.shape == (2, 1, 28, 28)
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0
-            rest = process.stderr.read()
-            assert "draining for up to 5.0 s" in rest and "stopped" in rest
-        finally:
-            if process.poll() is None:
-                process.kill()
 
 
 def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:

@@ -1,0 +1,51 @@
+"""`vae serve` configured through VAE_* variables, as the images run it: start, serve, drain."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+from helpers import VAE, vae
+
+from service.client import VaeClient
+
+
+def test_serve_starts_serves_and_drains_on_sigterm(tiny_model_repo: Path) -> None:
+    env = {**os.environ, "VAE_REPO": str(tiny_model_repo), "VAE_MODEL": "tiny", "VAE_GRACE_SECONDS": "5"}
+    command = [
+        *VAE,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--max-batch-items",
+        "4",
+    ]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stderr is not None
+        try:
+            port = None
+            for line in process.stderr:
+                if match := re.search(r"gRPC on port (\d+)", line):
+                    port = int(match.group(1))
+                if "serving tiny/1" in line:
+                    break
+            assert port, "the server never said which port it took"
+            target = f"127.0.0.1:{port}"
+            assert vae("health", "--target", target).returncode == 0
+            with VaeClient(target) as client:
+                assert client.model_info().max_batch_items == 4  # the flag reached the server
+                assert client.sample(2, seed=0).images.shape == (2, 1, 28, 28)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+            rest = process.stderr.read()
+            assert "draining for up to 5.0 s" in rest and "stopped" in rest
+        finally:
+            if process.poll() is None:
+                process.kill()
