@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
@@ -102,27 +103,18 @@ class VaeServicer:
         # Full batches, unless that many items would not fit in one message.
         chunk = max(1, min(model.decoder.max_batch_items, self._config.max_message_bytes // (2 * per_item)))
         rng = latents.stream(_seed(request), self._rng)
+
         # Drawing chunk after chunk from one generator gives the same numbers as Sample's single draw.
-        # Two chunks in flight: the next one computes while the previous one is sent.
-        pending: deque[tuple[np.ndarray, asyncio.Task[tuple[np.ndarray, ...]]]] = deque()
-
-        async def piece() -> pb.SampleResponse:
-            z, task = pending.popleft()
-            (pixels,) = await task
-            call.items += len(z)
-            return _generated(pb.SampleResponse(model=model.ref), pixels, dtype, z)
-
-        try:
+        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for start in range(0, n, chunk):
                 z = latents.prior(rng, min(chunk, n - start), model.latent_dim, temperature)
-                pending.append((z, asyncio.ensure_future(call.run(model.decoder, z))))
-                if len(pending) == 2:
-                    yield await piece()
-            while pending:
-                yield await piece()
-        finally:
-            for _, task in pending:
-                task.cancel()
+                yield z, z
+
+        # Two chunks in flight: the next one computes while the previous one is sent.
+        async with aclosing(_pipelined(call, model.decoder, chunks(), depth=2)) as decoded:
+            async for z, (pixels,) in decoded:
+                call.items += len(z)
+                yield _generated(pb.SampleResponse(model=model.ref), pixels, dtype, z)
 
     async def _reconstruct(self, request: pb.ReconstructRequest, call: Call) -> pb.ReconstructResponse:
         model = self._registry.resolve(request.model)
@@ -195,25 +187,10 @@ class VaeServicer:
     async def _decode_chunks(self, call: Call, decoder: Batcher, scorer: Scorer) -> None:
         """Every decoder item of `scorer`, in chunks of one batch at most, a bounded number queued."""
         size = decoder.max_batch_items
-        in_flight = max(1, min(SCORE_CHUNKS_IN_FLIGHT, self._config.max_queue_items // size))
-        pending: deque[tuple[int, asyncio.Task[tuple[np.ndarray, ...]]]] = deque()
-
-        async def next_done() -> None:
-            start, task = pending.popleft()
-            (decoded,) = await task
-            scorer.add(start, decoded)
-
-        try:
-            for start, z in scorer.chunks(size):
-                pending.append((start, asyncio.ensure_future(call.run(decoder, z))))
-                if len(pending) == in_flight:
-                    await next_done()
-            while pending:
-                await next_done()
-        finally:
-            # Cancelled or failed: chunks still queued are dropped before they run.
-            for _, task in pending:
-                task.cancel()
+        depth = max(1, min(SCORE_CHUNKS_IN_FLIGHT, self._config.max_queue_items // size))
+        async with aclosing(_pipelined(call, decoder, scorer.chunks(size), depth)) as decoded:
+            async for start, (outputs,) in decoded:
+                scorer.add(start, outputs)
 
     async def _list_models(self, request: pb.ListModelsRequest, call: Call) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[self._info(model) for model in self._registry.models()])
@@ -251,6 +228,32 @@ class VaeServicer:
                 f"the response would be {response_bytes} bytes, over the server's limit of "
                 f"{self._config.max_message_bytes}; ask for fewer items (or uint8 images)"
             )
+
+
+Key = TypeVar("Key")
+
+
+async def _pipelined(
+    call: Call, batcher: Batcher, chunks: Iterable[tuple[Key, np.ndarray]], depth: int
+) -> AsyncGenerator[tuple[Key, tuple[np.ndarray, ...]], None]:
+    """Each chunk's outputs, in order, with up to `depth` chunks queued in the batcher at once.
+
+    The caller's work on one chunk overlaps the next ones' compute. Closed early (cancelled, failed,
+    the client gone), it cancels the chunks still queued, which the batcher then drops unrun.
+    """
+    pending: deque[tuple[Key, asyncio.Task[tuple[np.ndarray, ...]]]] = deque()
+    try:
+        for key, items in chunks:
+            pending.append((key, asyncio.ensure_future(call.run(batcher, items))))
+            if len(pending) == depth:
+                key, task = pending.popleft()
+                yield key, await task
+        while pending:
+            key, task = pending.popleft()
+            yield key, await task
+    finally:
+        for _, task in pending:
+            task.cancel()
 
 
 Generated = TypeVar("Generated", pb.SampleResponse, pb.InterpolateResponse)
