@@ -36,7 +36,7 @@ from service.batcher import Batcher, bucket_sizes
 from service.batching import BatchObserver, BatchTracer, RunBatch
 from service.config import ServiceConfig
 from service.metrics import Metrics
-from service.registry import LoadedModel, Registry, Scoring
+from service.registry import FileSignature, LoadedModel, Registry, Scoring
 from vae.v1 import vae_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,11 @@ def _encoder_batch(graph: Graph) -> RunBatch:
     return run
 
 
-def _decoder_batch(graph: Graph) -> RunBatch:
+def _decoder_batch(graph: Graph, output: str) -> RunBatch:
+    """Latents -> the one decoder output asked for; the others are never copied back."""
+
     def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
-        # Only the pixel means: a bernoulli decoder's logits are never sent, so never copied.
-        return (graph.run({LATENTS: latents}, (PROBS,))[PROBS],)
+        return (graph.run({LATENTS: latents}, (output,))[output],)
 
     return run
 
@@ -85,12 +86,7 @@ def _scoring(
         likelihood = likelihood_of(manifest)
     except ScoringUnsupported as exc:
         return exc
-    output = likelihood.output
-
-    def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (graph.run({LATENTS: latents}, (output,))[output],)
-
-    return Scoring(likelihood, batcher(run))
+    return Scoring(likelihood, batcher(_decoder_batch(graph, likelihood.output)))
 
 
 async def load_model(
@@ -121,7 +117,8 @@ async def load_model(
         manifest=manifest,
         provider=decoder.provider,
         encoder=batcher(_encoder_batch(encoder), "encoder"),
-        decoder=batcher(_decoder_batch(decoder), "decoder"),
+        # Decode and Sample send only the pixel means: a Bernoulli decoder's logits stay behind.
+        decoder=batcher(_decoder_batch(decoder, PROBS), "decoder"),
         # Not warmed separately: it runs the decoder's session, whose batch sizes are warmed below.
         # Its batches count in the decoder's series: they run the same graph.
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
@@ -172,9 +169,12 @@ async def load_new_versions(
             files = _file_signature(path)
             current = registry.get(name, version)
             if current is not None:
-                if files != current.files and _changed(path, current):
-                    await _refuse_changed(registry, current, metrics)
-                    registry.refused[name, version] = files
+                if files != registry.unchanged.get((name, version), current.files):
+                    if _changed(path, current):
+                        await _refuse_changed(registry, current, metrics)
+                        registry.refused[name, version] = files
+                    else:
+                        registry.unchanged[name, version] = files
                 continue
             if registry.refused.get((name, version)) == files:
                 continue
@@ -231,7 +231,7 @@ async def _refuse_changed(registry: Registry, model: LoadedModel, metrics: Metri
     await model.close()
 
 
-def _file_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+def _file_signature(path: Path) -> FileSignature:
     """Name, size and modification time of each file in a version directory."""
     try:
         return tuple(

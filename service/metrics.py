@@ -171,8 +171,8 @@ class Metrics:
         self.queue_depth = _gauge(
             "vae_queue_depth_items", "Items admitted and waiting for a batch", ["graph"]
         )
-        in_flight = _gauge("vae_in_flight_requests", "RPCs being handled now", [])
-        self.in_flight = in_flight.labels()
+        self.in_flight_requests = _gauge("vae_in_flight_requests", "RPCs being handled now", [])
+        self.in_flight = self.in_flight_requests.labels()
         self.items = _counter(
             "vae_items_total", "Items (images, latents, samples) served, by method", ["method"]
         )
@@ -201,23 +201,8 @@ class Metrics:
             "Quantiles of Score's log-likelihood over the test set at export (model.json score_reference)",
             ["model", "version", "q", "k"],
         )
-        families: list[Family[Value] | Family[Distribution]] = [
-            self.requests,
-            self.request_duration,
-            self.queue_wait,
-            self.batch_size,
-            self.inference_duration,
-            self.queue_depth,
-            in_flight,
-            self.items,
-            self.model_info,
-            self.deadline_expired,
-            self.model_load_failures,
-            self.model_files_changed,
-            self.score_log_likelihood,
-            self.score_reference,
-        ]
-        self.registry.register(_Collector(families))
+        # Every family defined above, in order: a new one cannot be left out of the scrape.
+        self.registry.register(_Collector([v for v in vars(self).values() if isinstance(v, Family)]))
         # Every graph's series exist from the start, so dashboards and alerts see zeros, not gaps.
         for graph in GRAPHS:
             for family in (self.queue_wait, self.batch_size, self.inference_duration):

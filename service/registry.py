@@ -15,6 +15,9 @@ from service.batcher import Batcher
 from service.errors import InvalidArgument, NotFound, Unavailable
 from vae.v1 import vae_pb2 as pb
 
+# Name, size and modification time of each file in a version directory.
+FileSignature = tuple[tuple[str, int, int], ...]
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +43,7 @@ class LoadedModel:
     decoder: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
     ref: pb.ModelRef  # built once, copied into every response
-    files: tuple[tuple[str, int, int], ...]  # the version directory's files when it was loaded
+    files: FileSignature  # the version directory's files when it was loaded
     manifest_bytes: bytes  # model.json as it was read then
 
     @property
@@ -67,10 +70,10 @@ class Registry:
         self._default: LoadedModel | None = None
         # Versions that failed to load, with their files' sizes and times then: a reload skips
         # them (no new log line or metric every poll) until their files change.
-        self.refused: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}
-
-    def has(self, name: str, version: int) -> bool:
-        return version in self._models.get(name, {})
+        self.refused: dict[tuple[str, int], FileSignature] = {}
+        # Loaded versions whose files were touched but found unchanged, with their files then: the
+        # next look hashes them again only if they are touched again.
+        self.unchanged: dict[tuple[str, int], FileSignature] = {}
 
     def get(self, name: str, version: int) -> LoadedModel | None:
         return self._models.get(name, {}).get(version)
