@@ -47,7 +47,7 @@ def register(commands: Any) -> None:
         type=int,
         default=64,
         help="record the test set's Score quantiles at this k in model.json, the drift baseline "
-        "(needs the run's dataset; 0: skip) [default: 64]",
+        "(needs the run's dataset; 0: skip)",
     )
     export.set_defaults(handler=_export)
 

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from repository.errors import RepositoryError
+from repository.errors import ManifestError, RepositoryError
 from repository.layout import list_models, list_versions
 from repository.manifest import (
     GRAPHS,
     IMAGES,
     LATENTS,
     LOGVAR,
-    MANIFEST_FILE,
     MU,
     PROBS,
     Manifest,
     file_sha256,
+    read_manifest,
 )
 from repository.placement import Placement
 from repository.runtime import Graph
@@ -94,10 +94,14 @@ async def load_model(
     config: ServiceConfig,
     placement: Placement,
     observers: Mapping[str, BatchObserver],
+    files: FileSignature,
     tracer: BatchTracer | None = None,
 ) -> LoadedModel:
-    """Verify, load and warm up one version; every batch-size bucket runs once before it serves."""
-    files = _file_signature(path)  # before verifying: a change after this is seen at the next look
+    """Verify, load and warm up one version; every batch-size bucket runs once before it serves.
+
+    `files`: the directory's signature taken before verifying, so a change after it is seen at the
+    next look.
+    """
     manifest, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
     label = f"{manifest.name}/{manifest.version}"
 
@@ -124,7 +128,6 @@ async def load_model(
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
         files=files,
-        manifest_bytes=(path / MANIFEST_FILE).read_bytes(),
     )
     sizes = bucket_sizes(config.max_batch_items)
     await model.encoder.warm_up(np.zeros((1, *manifest.image_shape), np.float32), sizes)
@@ -179,7 +182,7 @@ async def load_new_versions(
             if registry.refused.get((name, version)) == files:
                 continue
             try:
-                model = await load_model(path, config, placement, observers, tracer)
+                model = await load_model(path, config, placement, observers, files, tracer)
             except RepositoryError as exc:  # verification said why; no traceback needed
                 log.error("model %s version %d refused: %s", name, version, exc)
             except Exception:  # a bad version must never stop the others from serving
@@ -209,11 +212,11 @@ def _publish_score_reference(manifest: Manifest, metrics: Metrics) -> None:
 def _changed(path: Path, model: LoadedModel) -> bool:
     """Whether a loaded version's files on disk now hold something else (not merely touched)."""
     try:
-        if (path / MANIFEST_FILE).read_bytes() != model.manifest_bytes:
+        if read_manifest(path) != model.manifest:
             return True
         return any(file_sha256(path / file) != digest for file, digest in model.manifest.files().items())
-    except OSError:
-        return True  # a file it was loaded from is gone
+    except (OSError, ManifestError):
+        return True  # a file it was loaded from is gone, or model.json no longer reads
 
 
 async def _refuse_changed(registry: Registry, model: LoadedModel, metrics: Metrics) -> None:

@@ -44,7 +44,6 @@ class LoadedModel:
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
     ref: pb.ModelRef  # built once, copied into every response
     files: FileSignature  # the version directory's files when it was loaded
-    manifest_bytes: bytes  # model.json as it was read then
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

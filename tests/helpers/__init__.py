@@ -12,9 +12,9 @@ from pathlib import Path
 VAE = [sys.executable, "-m", "vae_cli"]
 
 
-def vae(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def vae(*args: str | Path, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `vae ARGS...` to the end; with `check`, fail on a non-zero exit, showing its stderr."""
-    result = subprocess.run([*VAE, *map(str, args)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*VAE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import strategies as st
 
 from repository.manifest import NAME_PATTERN
+from service.config import ServiceConfig
 from vae.v1 import vae_pb2 as pb
 
 FLOAT32, UINT8 = pb.DTYPE_FLOAT32, pb.DTYPE_UINT8
@@ -39,7 +40,7 @@ class Limits:
     max_posterior_samples: int
     max_stream_items: int
     max_message_bytes: int
-    max_score_samples: int = 1024
+    max_score_samples: int = ServiceConfig.max_score_samples
 
 
 @dataclass(frozen=True, repr=False)

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Coroutine, Iterator
@@ -25,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import wait_until
+from helpers import VAE, wait_until
 from service.config import ServiceConfig
 from service.server import VaeServer, create_server
 
@@ -203,7 +202,7 @@ def spawn_server(
 ) -> ServerProcess:
     """`vae serve` on 127.0.0.1 with free gRPC and metrics ports; returns once the ports are known."""
     command = [
-        sys.executable, "-m", "vae_cli", "serve",
+        *VAE, "serve",
         "--repo", str(repo), "--model", model,
         "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--device", "cpu",
         *args,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from helpers import vae
 
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig
@@ -14,9 +14,7 @@ from training.model import VAE
 
 
 def _vae(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vae_cli", *args], capture_output=True, text=True, timeout=240, check=False
-    )
+    return vae(*args, check=False, timeout=240)  # the exporter alone can take a minute on a busy machine
 
 
 def test_export_then_verify(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from helpers import VAE
 from helpers.servers import RunningServer
 from PIL import Image
 
@@ -162,9 +162,7 @@ def test_client_score_prints_a_table_or_json(
     np.save(tmp_path / "two.npy", images[1:])
     files = [tmp_path / "one.png", tmp_path / "two.npy"]
     command = [
-        sys.executable,
-        "-m",
-        "vae_cli",
+        *VAE,
         "client",
         "score",
         "--target",
