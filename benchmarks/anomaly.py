@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from repository.manifest import IMAGES, LATENTS, MU, PROBS, read_manifest
-from repository.runtime import Graph
-from repository.scoring import draws, likelihood_of, score_in_process
+from benchmarks.inprocess import load_graphs
+from repository.manifest import IMAGES, LATENTS, LOGVAR, MU, PROBS, read_manifest
+from repository.scoring import Scorer, decode_all, draws, likelihood_of
 from service.client import VaeClient
 from service.config import ServiceConfig
+from service.latents import reconstruction_error
 from service.server import VaeServer, create_server
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
 
@@ -98,16 +99,17 @@ class InProcess:
 
     def __init__(self, version_dir: Path) -> None:
         self.manifest = read_manifest(version_dir)
-        self.encoder = Graph(version_dir / "encoder.onnx")
-        self.decoder = Graph(version_dir / "decoder.onnx")
+        graphs = load_graphs(version_dir)
+        self.encoder, self.decoder = graphs["encoder"], graphs["decoder"]
 
     def score(self, images: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
         """Log-likelihood, ELBO and reconstruction error per image, as Score computes them."""
         eps = draws(np.random.Generator(np.random.PCG64(seed)), k, self.manifest.latent_dim)
-        scores = score_in_process(self.encoder, self.decoder, likelihood_of(self.manifest), images, eps)
-        mu = self.encoder.run({IMAGES: images}, (MU,))[MU]
-        reconstruction = self.decoder.run({LATENTS: mu}, (PROBS,))[PROBS]
-        error = ((reconstruction - images) ** 2).reshape(len(images), -1).mean(axis=1)
+        encoded = self.encoder.run({IMAGES: images}, (MU, LOGVAR))
+        scorer = Scorer(likelihood_of(self.manifest), images, encoded[MU], encoded[LOGVAR], eps)
+        scores = decode_all(self.decoder, scorer)
+        reconstruction = self.decoder.run({LATENTS: encoded[MU]}, (PROBS,))[PROBS]
+        error = reconstruction_error(images, reconstruction)
         return {"log_likelihood": scores.log_likelihood, "elbo": scores.elbo, "reconstruction_error": error}
 
 

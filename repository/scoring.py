@@ -153,9 +153,14 @@ def score_in_process(
 ) -> Scores:
     """The arithmetic the service's Score does, on graphs run in this process (export, benchmarks)."""
     encoded = encoder.run({IMAGES: images}, (MU, LOGVAR))
-    scorer = Scorer(likelihood, images, encoded[MU], encoded[LOGVAR], eps)
+    return decode_all(decoder, Scorer(likelihood, images, encoded[MU], encoded[LOGVAR], eps), chunk)
+
+
+def decode_all(decoder: Graph, scorer: Scorer, chunk: int = 256) -> Scores:
+    """Run every decoder item `scorer` needs in this process, `chunk` at a time; its scores."""
+    output = scorer.likelihood.output
     for start, z in scorer.chunks(chunk):
-        scorer.add(start, decoder.run({LATENTS: z}, (likelihood.output,))[likelihood.output])
+        scorer.add(start, decoder.run({LATENTS: z}, (output,))[output])
     return scorer.result()
 
 
