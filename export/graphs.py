@@ -9,27 +9,32 @@ from training.model import VAE
 
 
 class EncoderGraph(nn.Module):
-    """x float32 [batch, C, H, W] in [0, 1] -> (mu, logvar) float32 [batch, D]."""
+    """x float32 [batch, C, H, W] in [0, 1], and y int64 [batch] if conditional -> (mu, logvar) [batch, D]."""
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.vae.encode(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encode(x, y)
 
 
 class DecoderGraph(nn.Module):
-    """z float32 [batch, D] -> probs [batch, C, H, W] in [0, 1], plus logits for Bernoulli models."""
+    """z float32 [batch, D], and y int64 [batch] if conditional -> probs [batch, C, H, W] in [0, 1].
+
+    Bernoulli models also output the logits.
+    """
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
         self.vae = vae
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.vae.config.likelihood == "bernoulli":
             # VAE.decode_mean is sigmoid(decode(z)); calling both would run the decoder twice in the
             # graph. Export's parity check compares probs with decode_mean itself.
-            logits = self.vae.decode(z)
+            logits = self.vae.decode(z, y)
             return torch.sigmoid(logits), logits
-        return self.vae.decode_mean(z)
+        return self.vae.decode_mean(z, y)

@@ -27,6 +27,9 @@ from repository.layout import check_new_version, next_version, record_version, v
 from repository.manifest import (
     BATCH_AXIS,
     GRAPHS,
+    IMAGES,
+    LABELS,
+    LATENTS,
     Fp16Entry,
     GraphEntry,
     Manifest,
@@ -41,6 +44,7 @@ from repository.verify import (
     compare_outputs,
     fp16_differences,
     probe_images,
+    probe_labels,
     probe_latents,
     recorded_difference,
     verify_version,
@@ -49,6 +53,7 @@ from training import checkpoint as ckpt
 from training.config import to_dict, trains_on_binary
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
 from training.model import VAE
+from training.train import class_labels
 
 # torchlib's own opset: newer would make the exporter run a version converter, older ones lack ops
 # it emits. onnxruntime has run opset 18 since 1.14.
@@ -62,11 +67,15 @@ SCORE_REFERENCE_SEED = 0
 
 @dataclass(frozen=True)
 class ScoreImages:
-    """The images whose Score quantiles model.json records, the k to score them with, and what they are."""
+    """The images whose Score quantiles model.json records, the k to score them with, and what they are.
+
+    labels: their classes, for a conditional model (scored conditional on the true label).
+    """
 
     images: np.ndarray
     k: int
     described: str
+    labels: np.ndarray | None = None
 
 
 class ExportError(VaeError):
@@ -112,17 +121,21 @@ def _test_images(checkpoint: ckpt.Checkpoint, k: int, data_dir: Path | None) -> 
     """The test set as `vae eval` feeds it to the model (binarized once, seeded, if it trains on binary)."""
     train = checkpoint.train_config
     binarized = trains_on_binary(checkpoint.model_config, train)
-    test = load_dataset(train.dataset, data_dir).test_x
+    splits = load_dataset(train.dataset, data_dir)
+    test = splits.test_x
     if tuple(test.shape[1:]) != tuple(checkpoint.model_config.image_shape):
         raise ExportError(
             f"the {train.dataset} test images are {list(test.shape[1:])}, the model takes "
             f"{list(checkpoint.model_config.image_shape)}: pass --score-k 0 to export without Score quantiles"
         )
     how = f"binarized once with seed {EVAL_BINARIZATION_SEED}" if binarized else "grey levels"
+    conditional = checkpoint.model_config.conditional
     return ScoreImages(
         model_inputs(test, binarized, EVAL_BINARIZATION_SEED),
         k,
-        f"the {len(test)} {train.dataset} test images, {how}",
+        f"the {len(test)} {train.dataset} test images, {how}"
+        + (", with their labels" if conditional else ""),
+        class_labels(splits.test_y, checkpoint.model_config).numpy() if conditional else None,
     )
 
 
@@ -154,17 +167,22 @@ def export_model(
         staged = staging / name / str(version)
         staged.mkdir(parents=True)
         pairing_id = uuid.uuid4().hex
-        contract = graph_contract(config.latent_dim, config.image_shape, config.likelihood)
+        contract = graph_contract(
+            config.latent_dim, config.image_shape, config.likelihood, conditional=config.conditional
+        )
         modules = {"encoder": EncoderGraph(model), "decoder": DecoderGraph(model)}
         # Tracing needs shapes, not values; zeros leave the caller's RNG state alone.
+        labels = (torch.zeros(_TRACE_BATCH, dtype=torch.int64),) if config.conditional else ()
         examples = {
-            "encoder": torch.zeros(_TRACE_BATCH, *config.image_shape),
-            "decoder": torch.zeros(_TRACE_BATCH, config.latent_dim),
+            "encoder": (torch.zeros(_TRACE_BATCH, *config.image_shape), *labels),
+            "decoder": (torch.zeros(_TRACE_BATCH, config.latent_dim), *labels),
         }
         graphs = {}
         for role in GRAPHS:
             inputs, outputs = contract[role]
-            proto = _to_onnx(modules[role], examples[role], inputs[0].name, [t.name for t in outputs])
+            proto = _to_onnx(
+                modules[role], examples[role], [t.name for t in inputs], [t.name for t in outputs]
+            )
             _name_batch_axis(proto)
             metadata = graph_metadata(
                 name=name,
@@ -174,6 +192,7 @@ def export_model(
                 likelihood=config.likelihood,
                 pairing_id=pairing_id,
                 graph=role,
+                classes=config.classes,
             )
             onnx.helper.set_model_props(proto, metadata)
             onnx.checker.check_model(proto, full_check=True)
@@ -199,6 +218,7 @@ def export_model(
             parity_batch_sizes=PARITY_BATCH_SIZES,
             eval=evaluation,
             training=training,
+            classes=config.classes,
         )
         if fp16:
             manifest = _add_fp16(staged, manifest)
@@ -222,17 +242,21 @@ def export_model(
 
 
 def _to_onnx(
-    module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: list[str]
+    module: torch.nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
 ) -> onnx.ModelProto:
     batch = torch.export.Dim(BATCH_AXIS)
     with _quiet_exporter():
         program = torch.onnx.export(
             module.eval(),
-            (example,),
+            examples,
             dynamo=True,
-            input_names=[input_name],
+            input_names=input_names,
+            # Every input shares the one batch axis (forward's parameter names, in order).
+            dynamic_shapes=tuple({0: batch} for _ in examples),
             output_names=output_names,
-            dynamic_shapes={input_name: {0: batch}},
             opset_version=OPSET,
             external_data=False,
             verbose=False,
@@ -251,6 +275,8 @@ def _quiet_exporter() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            # A conditional model's two inputs share one batch axis; torch notes that it keeps one name.
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*", category=UserWarning)
             yield
     finally:
         logger.setLevel(level)
@@ -277,15 +303,20 @@ def _check_parity(model: VAE, staged: Path) -> dict[str, float]:
     for batch in PARITY_BATCH_SIZES:
         x = probe_images(config.image_shape, batch, seed=batch)
         z = probe_latents(config.latent_dim, batch, seed=batch)
+        feeds: dict[str, np.ndarray] = {}
+        y = None
+        if config.conditional:
+            feeds[LABELS] = probe_labels(len(config.classes), batch)
+            y = torch.from_numpy(feeds[LABELS])
         with torch.no_grad():
-            mu, logvar = model.encode(torch.from_numpy(x))
+            mu, logvar = model.encode(torch.from_numpy(x), y)
             expected = {
                 "encoder": {"mu": mu.numpy(), "logvar": logvar.numpy()},
-                "decoder": {"probs": model.decode_mean(torch.from_numpy(z)).numpy()},
+                "decoder": {"probs": model.decode_mean(torch.from_numpy(z), y).numpy()},
             }
             if config.likelihood == "bernoulli":
-                expected["decoder"]["logits"] = model.decode(torch.from_numpy(z)).numpy()
-        actual = {"encoder": encoder.run({"x": x}), "decoder": decoder.run({"z": z})}
+                expected["decoder"]["logits"] = model.decode(torch.from_numpy(z), y).numpy()
+        actual = {"encoder": encoder.run({IMAGES: x, **feeds}), "decoder": decoder.run({LATENTS: z, **feeds})}
         for role in GRAPHS:
             differences = compare_outputs(expected[role], actual[role], PARITY_TOLERANCE)
             for d in differences:
@@ -309,6 +340,7 @@ def _add_score_reference(staged: Path, manifest: Manifest, score: ScoreImages) -
             k=score.k,
             seed=SCORE_REFERENCE_SEED,
             described=score.described,
+            labels=score.labels,
         )
     except ScoringUnsupported as exc:
         logging.getLogger(__name__).warning("no score_reference in model.json: %s", exc)

@@ -24,6 +24,9 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 # The graph contract's tensor names: encoder x -> (mu, logvar); decoder z -> probs (+ logits if Bernoulli).
 IMAGES, MU, LOGVAR = "x", "mu", "logvar"
 LATENTS, PROBS, LOGITS = "z", "probs", "logits"
+# A conditional model's class index, int64 [batch], a second input of both graphs.
+LABELS = "y"
+LABEL_DTYPE = "int64"
 # Names become directory names and Prometheus label values; keep them plain.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -93,6 +96,13 @@ class Manifest:
     # Score's log-likelihood over the test set at export: the baseline input drift is measured against.
     # Optional and not hashed, so versions exported before it stay valid.
     score_reference: Mapping[str, Any] | None = None
+    # A conditional model's class names (label i is classes[i]); empty for an unconditional model,
+    # whose model.json omits the field, so versions exported before it stay valid.
+    classes: tuple[str, ...] = ()
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.classes)
 
     def files(self) -> dict[str, str]:
         """Every file the manifest covers, mapped to its expected sha256."""
@@ -121,27 +131,35 @@ class Manifest:
             "eval": None if self.eval is None else dict(self.eval),
             "training": dict(self.training),
             **({} if self.score_reference is None else {"score_reference": dict(self.score_reference)}),
+            **({"classes": list(self.classes)} if self.classes else {}),
         }
 
 
 def graph_contract(
-    latent_dim: int, image_shape: tuple[int, int, int], likelihood: str
+    latent_dim: int, image_shape: tuple[int, int, int], likelihood: str, *, conditional: bool = False
 ) -> dict[str, tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]]:
-    """The inputs and outputs every encoder and decoder must have: {graph: (inputs, outputs)}."""
+    """The inputs and outputs every encoder and decoder must have: {graph: (inputs, outputs)}.
+
+    A conditional model's graphs both take the class index LABELS as their second input.
+    """
     image: Shape = (BATCH_AXIS, *image_shape)
     latent: Shape = (BATCH_AXIS, latent_dim)
+    labels = (TensorInfo(name=LABELS, dtype=LABEL_DTYPE, shape=(BATCH_AXIS,)),) if conditional else ()
     decoder_outputs = [TensorInfo(name=PROBS, dtype="float32", shape=image)]
     if likelihood == "bernoulli":
         decoder_outputs.append(TensorInfo(name=LOGITS, dtype="float32", shape=image))
     return {
         "encoder": (
-            (TensorInfo(name=IMAGES, dtype="float32", shape=image),),
+            (TensorInfo(name=IMAGES, dtype="float32", shape=image), *labels),
             (
                 TensorInfo(name=MU, dtype="float32", shape=latent),
                 TensorInfo(name=LOGVAR, dtype="float32", shape=latent),
             ),
         ),
-        "decoder": ((TensorInfo(name=LATENTS, dtype="float32", shape=latent),), tuple(decoder_outputs)),
+        "decoder": (
+            (TensorInfo(name=LATENTS, dtype="float32", shape=latent), *labels),
+            tuple(decoder_outputs),
+        ),
     }
 
 
@@ -154,9 +172,11 @@ def graph_metadata(
     likelihood: str,
     pairing_id: str,
     graph: str,
+    classes: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """The metadata_props every exported graph carries, so a lone file still says what it is."""
     return {
+        **({"vae.classes": json.dumps(list(classes))} if classes else {}),
         "vae.name": name,
         "vae.version": str(version),
         "vae.latent_dim": str(latent_dim),
@@ -237,7 +257,17 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
         eval=evaluation,
         training=root.get("training", dict),
         score_reference=None if data.get("score_reference") is None else _score_reference(root),
+        classes=_classes(root) if "classes" in data else (),
     )
+
+
+def _classes(root: _Fields) -> tuple[str, ...]:
+    names = root.get("classes", list)
+    if len(names) < 2 or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ManifestError(
+            f"{root.source}: field 'classes' must list at least two distinct, non-empty names, got {names}"
+        )
+    return tuple(names)
 
 
 def _score_reference(root: _Fields) -> Mapping[str, Any]:

@@ -5,6 +5,8 @@ eps_i are shared by every image of a request, so an image's score depends only o
 the draws: scoring images one at a time or together gives the same numbers. The decoder items (k per
 image) can be computed in any chunks and any order; `Scorer.add` files each chunk's weights by item
 index and `Scorer.result` reduces each image's k weights in a fixed order, so chunking never shows.
+A conditional model's image is scored under its label: the encoder is fed it with the image, and the
+decoder with each of the image's k draws.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from repository.errors import VaeError
-from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest
+from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest
 from repository.runtime import Graph
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -70,6 +72,11 @@ def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return np.asarray(0.5 * np.sum(m * m + np.exp(lv) - 1.0 - lv, axis=1))
 
 
+def feeds(name: str, values: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """A graph's inputs: `values` as input `name`, and a conditional model's labels as LABELS."""
+    return {name: values} if labels is None else {name: values, LABELS: labels}
+
+
 def draws(rng: np.random.Generator, k: int, latent_dim: int) -> np.ndarray:
     """The k standard-normal draws eps [k, D] float32 that every image of a request shares."""
     return rng.standard_normal((k, latent_dim), dtype=np.float32)
@@ -90,13 +97,24 @@ class Scores:
 
 
 class Scorer:
-    """The decoder items of one scoring job, k per image (image-major), and their log-weights."""
+    """The decoder items of one scoring job, k per image (image-major), and their log-weights.
+
+    `labels`, a conditional model's class of each image (None for an unconditional model), go with
+    every decoder item of their image.
+    """
 
     def __init__(
-        self, likelihood: Likelihood, images: np.ndarray, mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray
+        self,
+        likelihood: Likelihood,
+        images: np.ndarray,
+        mu: np.ndarray,
+        logvar: np.ndarray,
+        eps: np.ndarray,
+        labels: np.ndarray | None = None,
     ) -> None:
         self.likelihood = likelihood
         self.images, self.mu, self.eps = images, mu, eps
+        self.labels = _labels(labels, len(images))
         self.sigma = np.exp(np.float32(0.5) * logvar)
         self.logvar = logvar
         self.k = len(eps)
@@ -110,10 +128,12 @@ class Scorer:
         image, draw = t // self.k, t % self.k
         return np.asarray(self.mu[image] + self.eps[draw] * self.sigma[image])
 
-    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first item, latents) for consecutive chunks of at most `size` items."""
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """(first item, latents, labels or None) for consecutive chunks of at most `size` items."""
         for start in range(0, self.items, size):
-            yield start, self.latents(start, min(start + size, self.items))
+            stop = min(start + size, self.items)
+            labels = None if self.labels is None else self.labels[np.arange(start, stop) // self.k]
+            yield start, self.latents(start, stop), labels
 
     def add(self, start: int, decoded: np.ndarray) -> None:
         """File the log-weights of items start.. from the decoder's output for their latents."""
@@ -150,18 +170,33 @@ def score_in_process(
     images: np.ndarray,
     eps: np.ndarray,
     chunk: int = 256,
+    *,
+    labels: np.ndarray | None = None,
 ) -> Scores:
-    """The arithmetic the service's Score does, on graphs run in this process (export, benchmarks)."""
-    encoded = encoder.run({IMAGES: images}, (MU, LOGVAR))
-    return decode_all(decoder, Scorer(likelihood, images, encoded[MU], encoded[LOGVAR], eps), chunk)
+    """The arithmetic the service's Score does, on graphs run in this process (export, benchmarks).
+
+    `labels`: a conditional model's class of each image; None for an unconditional model.
+    """
+    y = _labels(labels, len(images))
+    encoded = encoder.run(feeds(IMAGES, images, y), (MU, LOGVAR))
+    return decode_all(decoder, Scorer(likelihood, images, encoded[MU], encoded[LOGVAR], eps, y), chunk)
 
 
 def decode_all(decoder: Graph, scorer: Scorer, chunk: int = 256) -> Scores:
     """Run every decoder item `scorer` needs in this process, `chunk` at a time; its scores."""
     output = scorer.likelihood.output
-    for start, z in scorer.chunks(chunk):
-        scorer.add(start, decoder.run({LATENTS: z}, (output,))[output])
+    for start, z, labels in scorer.chunks(chunk):
+        scorer.add(start, decoder.run(feeds(LATENTS, z, labels), (output,))[output])
     return scorer.result()
+
+
+def _labels(labels: np.ndarray | None, images: int) -> np.ndarray | None:
+    """Class indices as the graphs take them (int64), one per image; MNIST's come as uint8."""
+    if labels is None:
+        return None
+    if len(labels) != images:
+        raise ValueError(f"{len(labels)} labels for {images} images: give one label per image")
+    return np.asarray(labels, dtype=np.int64)
 
 
 REFERENCE_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -176,17 +211,26 @@ def score_reference(
     k: int,
     seed: int,
     described: str,
+    labels: np.ndarray | None = None,
     group: int = 500,
 ) -> dict[str, Any]:
     """Quantiles of the log-likelihood Score gives `images` with k draws from PCG64(seed), for model.json.
 
     Scored `group` images at a time (same numbers: the draws are shared), so memory stays bounded.
+    `labels`: a conditional model's class of each image, which each image is scored under.
     """
     likelihood = likelihood_of(manifest)
     eps = draws(np.random.Generator(np.random.PCG64(seed)), k, manifest.latent_dim)
     scores = np.concatenate(
         [
-            score_in_process(encoder, decoder, likelihood, images[i : i + group], eps).log_likelihood
+            score_in_process(
+                encoder,
+                decoder,
+                likelihood,
+                images[i : i + group],
+                eps,
+                labels=None if labels is None else labels[i : i + group],
+            ).log_likelihood
             for i in range(0, len(images), group)
         ]
     ).astype(np.float64)

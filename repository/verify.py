@@ -15,6 +15,7 @@ from repository.errors import ManifestError, VerificationError
 from repository.manifest import (
     GRAPHS,
     IMAGES,
+    LABELS,
     LATENTS,
     LOGITS,
     LOGVAR,
@@ -128,6 +129,16 @@ def probe_latents(latent_dim: int, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, latent_dim), dtype=np.float32)
 
 
+def probe_labels(classes: int, batch: int) -> np.ndarray:
+    """Class indices 0, 1, ... cycling through every class: a conditional graph's second input."""
+    return np.arange(batch, dtype=np.int64) % classes
+
+
+def label_feeds(manifest: Manifest, batch: int) -> dict[str, np.ndarray]:
+    """The labels input a conditional model's graphs take (none for an unconditional one)."""
+    return {LABELS: probe_labels(len(manifest.classes), batch)} if manifest.conditional else {}
+
+
 def fp16_differences(
     fp32: Graph, fp16: Graph, manifest: Manifest, role: str, batch: int = 64
 ) -> list[Difference]:
@@ -180,6 +191,9 @@ def verify_version(path: Path, *, intra_op_threads: int = 1) -> VerifyReport:
     encoder, decoder = (graphs[manifest.graphs[g].file] for g in GRAPHS)
     problems = _guarded(lambda: _end_to_end_problems(encoder, decoder, manifest))
     check("end-to-end", problems, f"a batch of {VERIFY_BATCH} round-trips")
+    if manifest.conditional:
+        problems = _guarded(lambda: _conditioning_problems(decoder, manifest))
+        check("classes", problems, f"each of the {len(manifest.classes)} classes decodes; labels matter")
     if manifest.fp16 is not None:
         problems = _guarded(lambda: _fp16_problems(graphs, manifest))
         check("fp16", problems, f"half-precision graphs within {FP16_TOLERANCE} of float32")
@@ -215,7 +229,10 @@ def _location_problems(path: Path, manifest: Manifest) -> list[str]:
 
 def _contract_problems(manifest: Manifest) -> list[str]:
     problems = []
-    contract = graph_contract(manifest.latent_dim, manifest.image_shape, manifest.likelihood)
+    contract = graph_contract(
+        manifest.latent_dim, manifest.image_shape, manifest.likelihood, conditional=manifest.conditional
+    )
+    conditioning = f"{len(manifest.classes)} classes" if manifest.conditional else "no classes"
     for role, (inputs, outputs) in contract.items():
         entry = manifest.graphs[role]
         for kind, declared, expected in (
@@ -225,8 +242,8 @@ def _contract_problems(manifest: Manifest) -> list[str]:
             if declared != expected:
                 problems.append(
                     f"model.json {role} {kind} are {_show(declared)} but latent_dim {manifest.latent_dim}, "
-                    f"image_shape {list(manifest.image_shape)} and likelihood {manifest.likelihood!r} "
-                    f"require {_show(expected)}"
+                    f"image_shape {list(manifest.image_shape)}, likelihood {manifest.likelihood!r} and "
+                    f"{conditioning} require {_show(expected)}"
                 )
     return problems
 
@@ -272,6 +289,7 @@ def _metadata_problems(graph: Graph, file: str, manifest: Manifest, role: str) -
         likelihood=manifest.likelihood,
         pairing_id=manifest.pairing_id,
         graph=role,
+        classes=manifest.classes,
     )
     problems = []
     for key, value in expected.items():
@@ -285,8 +303,9 @@ def _metadata_problems(graph: Graph, file: str, manifest: Manifest, role: str) -
 def _end_to_end_problems(encoder: Graph, decoder: Graph, manifest: Manifest) -> list[str]:
     batch, latent = VERIFY_BATCH, manifest.latent_dim
     image = (batch, *manifest.image_shape)
-    encoded = encoder.run({IMAGES: probe_images(manifest.image_shape, batch)})
-    decoded = decoder.run({LATENTS: encoded[MU]})
+    labels = label_feeds(manifest, batch)
+    encoded = encoder.run({IMAGES: probe_images(manifest.image_shape, batch), **labels})
+    decoded = decoder.run({LATENTS: encoded[MU], **labels})
     expectations: list[tuple[str, np.ndarray, tuple[int, ...], Callable[[np.ndarray], bool], str]] = [
         (MU, encoded[MU], (batch, latent), _finite, "finite"),
         (LOGVAR, encoded[LOGVAR], (batch, latent), _finite, "finite"),
@@ -305,10 +324,22 @@ def _end_to_end_problems(encoder: Graph, decoder: Graph, manifest: Manifest) -> 
     return problems
 
 
+def _conditioning_problems(decoder: Graph, manifest: Manifest) -> list[str]:
+    """One latent decoded under every class: each must run, and the label must change the picture."""
+    classes = len(manifest.classes)
+    z = np.repeat(probe_latents(manifest.latent_dim, 1), classes, axis=0)
+    probs = decoder.run({LATENTS: z, LABELS: probe_labels(classes, classes)}, (PROBS,))[PROBS]
+    if not _finite(probs):
+        return ["decoding under some class gives NaN or Inf"]
+    if np.array_equal(probs.min(axis=0), probs.max(axis=0)):
+        return [f"the decoder gives the same picture for all {classes} classes: it ignores {LABELS!r}"]
+    return []
+
+
 def _probe_feeds(manifest: Manifest, role: str, batch: int) -> dict[str, np.ndarray]:
     if role == "encoder":
-        return {IMAGES: probe_images(manifest.image_shape, batch)}
-    return {LATENTS: probe_latents(manifest.latent_dim, batch)}
+        return {IMAGES: probe_images(manifest.image_shape, batch), **label_feeds(manifest, batch)}
+    return {LATENTS: probe_latents(manifest.latent_dim, batch), **label_feeds(manifest, batch)}
 
 
 def _fp16_problems(graphs: Mapping[str, Graph], manifest: Manifest) -> list[str]:

@@ -15,7 +15,9 @@ A fixed `max_delay_s` instead waits that long after the first item of every batc
 Requests that were cancelled or whose deadline passed are dropped before their items run.
 
 The batcher knows nothing of gRPC or ONNX: `run_batch(items) -> outputs` takes one array whose
-first axis is the items and returns arrays with the same first axis, which are checked and scattered.
+first axis is the items (or, for a conditional model, Labelled: that array and one label per item,
+sliced and joined alongside it) and returns arrays with the same first axis, which are checked and
+scattered.
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from service.batching import (
     BatchObserver,
     BatchTracer,
     Expired,
+    Items,
     Outcome,
     QueueFull,
     Result,
     RunBatch,
+    join,
 )
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,7 @@ class _Request:
     __slots__ = ("admitted", "compute", "deadline", "future", "items", "left", "next", "pieces", "trace")
 
     def __init__(
-        self, items: np.ndarray, deadline: float | None, future: asyncio.Future[Result], trace: Any
+        self, items: Items, deadline: float | None, future: asyncio.Future[Result], trace: Any
     ) -> None:
         self.items = items
         self.deadline = deadline
@@ -71,7 +75,7 @@ class _Request:
 # One slice of a request in a batch: (request, first item, item count).
 _Slice = tuple[_Request, int, int]
 # A worker job: the loop to report to, the callback that takes the outcome, the parts to concatenate.
-_Job = tuple[asyncio.AbstractEventLoop, Callable[[Outcome], None], list[np.ndarray]]
+_Job = tuple[asyncio.AbstractEventLoop, Callable[[Outcome], None], list[Items]]
 
 
 class Batcher:
@@ -125,7 +129,7 @@ class Batcher:
     def queued_items(self) -> int:
         return self._queued
 
-    async def submit(self, items: np.ndarray, deadline: float | None = None, trace: Any = None) -> Result:
+    async def submit(self, items: Items, deadline: float | None = None, trace: Any = None) -> Result:
         """Run `items` (first axis: items) as part of batches; `deadline` is a time.perf_counter() value.
 
         `trace`, when not None, is handed to the tracer with every batch the items run in.
@@ -219,7 +223,7 @@ class Batcher:
             started = time.perf_counter()
             outcome: Outcome
             try:
-                outputs = self._run_batch(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                outputs = self._run_batch(join(parts))
                 outcome = outputs, time.perf_counter() - started, started
             except Exception as exc:  # reported on the loop, with its traceback
                 outcome = exc
@@ -293,13 +297,13 @@ class Batcher:
         if not self._queue and not self._running:
             self._idle.set()
 
-    async def warm_up(self, example: np.ndarray, sizes: Sequence[int]) -> None:
+    async def warm_up(self, example: Items, sizes: Sequence[int]) -> None:
         """Run batches of every size in `sizes` (copies of example[0]) so none is first met under load."""
         loop = asyncio.get_running_loop()
         per_item: dict[int, float] = {}
         for size in sizes:
             done: asyncio.Future[Outcome] = loop.create_future()
-            self._jobs.put((loop, done.set_result, [np.repeat(example[:1], size, axis=0)]))
+            self._jobs.put((loop, done.set_result, [join([example[:1]] * size)]))
             outcome = await done
             if isinstance(outcome, Exception):
                 raise outcome

@@ -1,4 +1,4 @@
-"""What the batcher and its users share: its errors, its run_batch and reporting interfaces, results.
+"""What the batcher and its users share: its items, errors, run_batch and reporting interfaces, results.
 
 The errors know nothing of gRPC; service/errors.py maps each to a status.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -34,7 +34,47 @@ class BatchFailed(BatchError):
     """run_batch raised (the log has the traceback) or returned outputs that do not match the items."""
 
 
-RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A conditional model's items: their array and their class labels (int64 [n]), one per item.
+
+    The batcher slices and joins them together, so every item keeps its own label in any batch.
+    """
+
+    values: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: slice) -> Labelled:
+        return Labelled(self.values[index], self.labels[index])
+
+
+# A request's items, first axis the items: a bare array, or Labelled for a conditional model.
+Items = np.ndarray | Labelled
+
+
+def labelled(values: np.ndarray, labels: np.ndarray | None) -> Items:
+    """The items of a request: bare for an unconditional model (labels None), else Labelled."""
+    return values if labels is None else Labelled(values, labels)
+
+
+def join(parts: Sequence[Items]) -> Items:
+    """One batch from its requests' slices, in order; a single slice is passed on uncopied."""
+    head = parts[0]
+    if len(parts) == 1:
+        return head
+    if isinstance(head, Labelled):
+        # A batcher serves one graph of one model: its items are all Labelled or all bare arrays.
+        pieces = cast("Sequence[Labelled]", parts)
+        return Labelled(
+            np.concatenate([p.values for p in pieces]), np.concatenate([p.labels for p in pieces])
+        )
+    return np.concatenate(cast("Sequence[np.ndarray]", parts))
+
+
+RunBatch = Callable[[Items], Sequence[np.ndarray]]
 # What the worker thread hands back: (outputs, seconds, start time) or the exception run_batch raised.
 Outcome = tuple[Sequence[np.ndarray], float, float] | Exception
 # A traced request's part in a batch: (its trace, when it was admitted, its items in the batch,

@@ -20,6 +20,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from service.batcher import Batcher
+from service.batching import Items
 from service.errors import InvalidArgument, Unavailable, status_of
 from service.metrics import MethodMetrics, Metrics
 from vae.v1 import vae_pb2 as pb
@@ -60,7 +61,7 @@ class Call:
         self.compute = 0.0
         self.trace: object | None = None  # the call's server span, when it is traced
 
-    async def run(self, batcher: Batcher, items: np.ndarray) -> tuple[np.ndarray, ...]:
+    async def run(self, batcher: Batcher, items: Items) -> tuple[np.ndarray, ...]:
         result = await batcher.submit(items, self.deadline, self.trace)
         self.queue += result.queue_seconds
         self.compute += result.compute_seconds

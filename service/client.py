@@ -6,7 +6,9 @@
     async with AsyncVaeClient("localhost:50051") as client:
         mu = (await client.encode(images)).mu
 
-Failed calls raise grpc.RpcError; `.code()` is the status (docs/api.md lists them).
+Failed calls raise grpc.RpcError; `.code()` is the status (docs/api.md lists them). A conditional
+model (ModelInfo.classes) takes `labels`: one class index per item, or one int for every item
+(interpolate: one `label`, the class of the whole path).
 Both clients build requests and read responses with the same functions (service/requests.py,
 service/results.py), so they cannot drift apart. Both spread calls over every address the target
 resolves to and retry UNAVAILABLE (service/channel.py, SERVICE_CONFIG);
@@ -26,6 +28,7 @@ from service.channel import DEFAULT_MAX_MESSAGE_BYTES, call_metadata, channel_op
 from service.client_tracing import aio_interceptors, traced
 from service.requests import (
     ImageDType,
+    Labels,
     Method,
     decode_request,
     encode_request,
@@ -60,6 +63,7 @@ __all__ = [
     "Encoded",
     "Generated",
     "ImageDType",
+    "Labels",
     "Method",
     "ModelInfo",
     "Reconstructed",
@@ -114,14 +118,21 @@ class VaeClient:
         seed: int | None = None,
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> Encoded:
-        request = encode_request(images, samples, seed, model, version)
+        request = encode_request(images, samples, seed, model, version, labels)
         return encoded(self._stub.Encode(request, timeout=self.timeout, metadata=self._metadata))
 
     def decode(
-        self, latents: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
+        self,
+        latents: np.ndarray,
+        *,
+        output_dtype: ImageDType = "float32",
+        model: str = "",
+        version: int = 0,
+        labels: Labels = None,
     ) -> Decoded:
-        request = decode_request(latents, output_dtype, model, version)
+        request = decode_request(latents, output_dtype, model, version, labels)
         return decoded(self._stub.Decode(request, timeout=self.timeout, metadata=self._metadata))
 
     def sample(
@@ -133,8 +144,9 @@ class VaeClient:
         output_dtype: ImageDType = "float32",
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> Generated:
-        request = sample_request(n, seed, temperature, output_dtype, model, version)
+        request = sample_request(n, seed, temperature, output_dtype, model, version, labels)
         return generated(self._stub.Sample(request, timeout=self.timeout, metadata=self._metadata))
 
     def sample_stream(
@@ -146,16 +158,23 @@ class VaeClient:
         output_dtype: ImageDType = "float32",
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> Iterator[Generated]:
         """Chunks of images as the server sends them; together the same as sample() with that seed."""
-        request = sample_request(n, seed, temperature, output_dtype, model, version)
+        request = sample_request(n, seed, temperature, output_dtype, model, version, labels)
         for response in self._stub.SampleStream(request, timeout=self.timeout, metadata=self._metadata):
             yield generated(response)
 
     def reconstruct(
-        self, images: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
+        self,
+        images: np.ndarray,
+        *,
+        output_dtype: ImageDType = "float32",
+        model: str = "",
+        version: int = 0,
+        labels: Labels = None,
     ) -> Reconstructed:
-        request = reconstruct_request(images, output_dtype, model, version)
+        request = reconstruct_request(images, output_dtype, model, version, labels)
         return reconstructed(self._stub.Reconstruct(request, timeout=self.timeout, metadata=self._metadata))
 
     def interpolate(
@@ -168,8 +187,9 @@ class VaeClient:
         output_dtype: ImageDType = "float32",
         model: str = "",
         version: int = 0,
+        label: int | None = None,
     ) -> Generated:
-        request = interpolate_request(start, end, steps, method, output_dtype, model, version)
+        request = interpolate_request(start, end, steps, method, output_dtype, model, version, label)
         return generated(self._stub.Interpolate(request, timeout=self.timeout, metadata=self._metadata))
 
     def score(
@@ -180,13 +200,15 @@ class VaeClient:
         seed: int | None = None,
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> Scored:
         """Per-image log-likelihood with `samples` importance samples (1: the ELBO), ELBO, KL, error.
 
         The samples' draws are shared by all images (seeded: PCG64(seed)), so an image's numbers do not
-        depend on which other images it was sent with.
+        depend on which other images it was sent with. A conditional model scores each image under its
+        label.
         """
-        request = score_request(images, samples, seed, model, version)
+        request = score_request(images, samples, seed, model, version, labels)
         return scored(self._stub.Score(request, timeout=self.timeout, metadata=self._metadata))
 
     def list_models(self) -> list[ModelInfo]:
@@ -243,14 +265,21 @@ class AsyncVaeClient:
         seed: int | None = None,
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> Encoded:
-        request = encode_request(images, samples, seed, model, version)
+        request = encode_request(images, samples, seed, model, version, labels)
         return encoded(await self._stub.Encode(request, timeout=self.timeout, metadata=self._metadata))
 
     async def decode(
-        self, latents: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
+        self,
+        latents: np.ndarray,
+        *,
+        output_dtype: ImageDType = "float32",
+        model: str = "",
+        version: int = 0,
+        labels: Labels = None,
     ) -> Decoded:
-        request = decode_request(latents, output_dtype, model, version)
+        request = decode_request(latents, output_dtype, model, version, labels)
         return decoded(await self._stub.Decode(request, timeout=self.timeout, metadata=self._metadata))
 
     async def sample(
@@ -262,8 +291,9 @@ class AsyncVaeClient:
         output_dtype: ImageDType = "float32",
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> Generated:
-        request = sample_request(n, seed, temperature, output_dtype, model, version)
+        request = sample_request(n, seed, temperature, output_dtype, model, version, labels)
         return generated(await self._stub.Sample(request, timeout=self.timeout, metadata=self._metadata))
 
     async def sample_stream(
@@ -275,15 +305,22 @@ class AsyncVaeClient:
         output_dtype: ImageDType = "float32",
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> AsyncIterator[Generated]:
-        request = sample_request(n, seed, temperature, output_dtype, model, version)
+        request = sample_request(n, seed, temperature, output_dtype, model, version, labels)
         async for response in self._stub.SampleStream(request, timeout=self.timeout, metadata=self._metadata):
             yield generated(response)
 
     async def reconstruct(
-        self, images: np.ndarray, *, output_dtype: ImageDType = "float32", model: str = "", version: int = 0
+        self,
+        images: np.ndarray,
+        *,
+        output_dtype: ImageDType = "float32",
+        model: str = "",
+        version: int = 0,
+        labels: Labels = None,
     ) -> Reconstructed:
-        request = reconstruct_request(images, output_dtype, model, version)
+        request = reconstruct_request(images, output_dtype, model, version, labels)
         return reconstructed(
             await self._stub.Reconstruct(request, timeout=self.timeout, metadata=self._metadata)
         )
@@ -298,8 +335,9 @@ class AsyncVaeClient:
         output_dtype: ImageDType = "float32",
         model: str = "",
         version: int = 0,
+        label: int | None = None,
     ) -> Generated:
-        request = interpolate_request(start, end, steps, method, output_dtype, model, version)
+        request = interpolate_request(start, end, steps, method, output_dtype, model, version, label)
         return generated(await self._stub.Interpolate(request, timeout=self.timeout, metadata=self._metadata))
 
     async def score(
@@ -310,8 +348,9 @@ class AsyncVaeClient:
         seed: int | None = None,
         model: str = "",
         version: int = 0,
+        labels: Labels = None,
     ) -> Scored:
-        request = score_request(images, samples, seed, model, version)
+        request = score_request(images, samples, seed, model, version, labels)
         return scored(await self._stub.Score(request, timeout=self.timeout, metadata=self._metadata))
 
     async def list_models(self) -> list[ModelInfo]:

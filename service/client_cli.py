@@ -69,6 +69,16 @@ def _pick(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "version": args.version}
 
 
+def _label_list(text: str) -> list[int]:
+    """--label: one class index for every item, or a comma list with one per item."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a class index or a comma list of them (7 or 1,4,7), got {text!r}"
+        ) from None
+
+
 def _sample(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.sample(
@@ -76,6 +86,7 @@ def _sample(args: argparse.Namespace) -> int:
             seed=args.seed,
             temperature=args.temperature,
             output_dtype=_image_dtype(args),
+            labels=args.label,
             **_pick(args),
         )
     _answered(result.model)
@@ -91,7 +102,12 @@ def _sample_stream(args: argparse.Namespace) -> int:
     written = 0
     with _client(args) as client:
         chunks = client.sample_stream(
-            args.n, seed=args.seed, temperature=args.temperature, output_dtype="uint8", **_pick(args)
+            args.n,
+            seed=args.seed,
+            temperature=args.temperature,
+            output_dtype="uint8",
+            labels=args.label,
+            **_pick(args),
         )
         for chunk in chunks:
             if not written:
@@ -108,7 +124,7 @@ def _encode(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         images = read_images(args.images, client.model_info(**_pick(args)).image_shape[0])
-        result = client.encode(images, samples=args.samples, seed=args.seed, **_pick(args))
+        result = client.encode(images, samples=args.samples, seed=args.seed, labels=args.label, **_pick(args))
     _answered(result.model)
     return _write(args, "", None, mu=result.mu, logvar=result.logvar, z=result.z)
 
@@ -118,7 +134,7 @@ def _decode(args: argparse.Namespace) -> int:
 
     latents = read_latents(args.latents)
     with _client(args) as client:
-        result = client.decode(latents, output_dtype=_image_dtype(args), **_pick(args))
+        result = client.decode(latents, output_dtype=_image_dtype(args), labels=args.label, **_pick(args))
     _answered(result.model)
     return _write(args, "decoded", result.images)
 
@@ -128,7 +144,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         images = read_images(args.images, client.model_info(**_pick(args)).image_shape[0])
-        result = client.reconstruct(images, output_dtype=_image_dtype(args), **_pick(args))
+        result = client.reconstruct(images, output_dtype=_image_dtype(args), labels=args.label, **_pick(args))
     _answered(result.model)
     return _write(args, "reconstruction", result.images, error=result.error)
 
@@ -145,6 +161,7 @@ def _interpolate(args: argparse.Namespace) -> int:
             steps=args.steps,
             method=args.method,
             output_dtype=_image_dtype(args),
+            label=args.label,
             **_pick(args),
         )
     _answered(result.model)
@@ -167,7 +184,9 @@ def _score(args: argparse.Namespace) -> int:
             for path, images in zip(args.images, per_file, strict=True)
             for i in range(len(images))
         ]
-        result = client.score(np.concatenate(per_file), samples=args.k, seed=args.seed, **_pick(args))
+        result = client.score(
+            np.concatenate(per_file), samples=args.k, seed=args.seed, labels=args.label, **_pick(args)
+        )
     _answered(result.model)
     rows = [
         {"file": name, "log_likelihood": float(ll), "elbo": float(elbo), "kl": float(kl), "error": float(err)}
@@ -196,9 +215,10 @@ def _list_models(args: argparse.Namespace) -> int:
     for info in models:
         shape = "x".join(map(str, info.image_shape))
         default = "  (default)" if info.is_default else ""
+        classes = f", {len(info.classes)} classes" if info.classes else ""
         print(
             f"{info.name}/{info.version}{default}  latent_dim {info.latent_dim}, images {shape}, "
-            f"{info.likelihood}, {info.provider}"
+            f"{info.likelihood}, {info.provider}{classes}"
         )
     return 0
 
@@ -223,6 +243,15 @@ def register(commands: Any) -> None:
     which = argparse.ArgumentParser(add_help=False, parents=[connection])
     which.add_argument("--model", default="", help="model name (default: the server's default)")
     which.add_argument("--version", type=int, default=0, help="model version (default: the newest)")
+    # A conditional model's class per item; `vae client info` lists the classes.
+    labelled = argparse.ArgumentParser(add_help=False)
+    labelled.add_argument(
+        "--label",
+        type=_label_list,
+        default=None,
+        metavar="N[,N...]",
+        help="conditional models: class index for every item, or a comma list, one per item",
+    )
     common = argparse.ArgumentParser(add_help=False, parents=[which])
     common.add_argument("--out", type=Path, default=Path("out"), help="output directory")
     common.add_argument("--npy", action="store_true", help="write images as one .npy instead of PNGs")
@@ -238,15 +267,16 @@ def register(commands: Any) -> None:
     ).add_subparsers(dest="rpc", required=True, metavar="RPC")
     sample = client.add_parser(
         "sample",
-        parents=[common, prior],
+        parents=[common, prior, labelled],
         help="images from the prior",
-        epilog="example:\n  vae client sample --n 16 --seed 7 --out samples/",
+        epilog="examples:\n  vae client sample --n 16 --seed 7 --out samples/\n"
+        "  vae client sample --model mnist-cvae --label 7 --n 16",
     )
     sample.set_defaults(handler=_sample)
 
     stream = client.add_parser(
         "sample-stream",
-        parents=[which, prior],
+        parents=[which, prior, labelled],
         help="images from the prior, streamed: PNGs written as they arrive",
         epilog="example:\n  vae client sample-stream --n 10000 --seed 7 --out stream/",
     )
@@ -255,7 +285,7 @@ def register(commands: Any) -> None:
 
     encode = client.add_parser(
         "encode",
-        parents=[common],
+        parents=[common, labelled],
         help="images -> mu.npy, logvar.npy (z.npy)",
         epilog="example:\n  vae client encode samples/sample_0000.png samples/sample_0001.png --out codes/",
     )
@@ -266,7 +296,7 @@ def register(commands: Any) -> None:
 
     decode = client.add_parser(
         "decode",
-        parents=[common],
+        parents=[common, labelled],
         help="latents (.npy, [n, D]) -> images",
         epilog="example:\n  vae client decode codes/mu.npy --out decoded/",
     )
@@ -275,7 +305,7 @@ def register(commands: Any) -> None:
 
     reconstruct = client.add_parser(
         "reconstruct",
-        parents=[common],
+        parents=[common, labelled],
         help="images -> reconstructions, error.npy",
         epilog="example:\n  vae client reconstruct samples/sample_0000.png --out reconstructed/",
     )
@@ -294,11 +324,14 @@ def register(commands: Any) -> None:
     interpolate.add_argument(
         "--method", choices=["linear", "spherical"], default="linear", help="straight line or slerp"
     )
+    interpolate.add_argument(
+        "--label", type=int, default=None, metavar="N", help="conditional models: the class of the whole path"
+    )
     interpolate.set_defaults(handler=_interpolate)
 
     score = client.add_parser(
         "score",
-        parents=[which],
+        parents=[which, labelled],
         help="images -> log-likelihood, ELBO and reconstruction error per image (nats)",
         epilog="example:\n  vae client score digits/*.png --k 256 --seed 0 --json",
     )
@@ -319,7 +352,7 @@ def register(commands: Any) -> None:
     info = client.add_parser(
         "info",
         parents=[which],
-        help="one model version's shapes, provider and limits, as JSON",
+        help="one model version's shapes, classes, provider and limits, as JSON",
         epilog="example:\n  vae client info --model mnist --version 1",
     )
     info.set_defaults(handler=_info)

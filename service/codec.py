@@ -6,8 +6,11 @@ each failure is an InvalidArgument whose message names the field and what was wr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from repository.manifest import Manifest
 from service.errors import InvalidArgument
 from service.wire import FLOAT32, NUMPY, UINT8, array, dtype_name, put
 from vae.v1 import vae_pb2 as pb
@@ -59,6 +62,48 @@ def latents(tensor: pb.Tensor, latent_dim: int, max_items: int, what: str = "lat
             raise InvalidArgument(f"{what}: item {item} holds a NaN or infinite value")
         raise InvalidArgument(f"{what}: values must lie within ±{LATENT_LIMIT:g}; item {item} does not")
     return values
+
+
+def labels(
+    values: Sequence[int], manifest: Manifest, items: int, *, single: bool = False
+) -> np.ndarray | None:
+    """A conditional model's class index per item, int64 [items]; None for an unconditional model.
+
+    One label stands for every item; `single` (Interpolate: one class for the whole path) takes
+    exactly one. An unconditional model takes none, and pays for no more than this length check.
+    """
+    if not manifest.classes:
+        if values:
+            raise InvalidArgument(
+                f"labels: model {manifest.name!r} is unconditional (it has no classes): send no labels"
+            )
+        return None
+    wanted = "exactly one, the class of the whole path" if single else "one per item or one for all"
+    if not values:
+        raise InvalidArgument(f"labels: {_conditional(manifest)}: pass labels, {wanted}")
+    if len(values) != 1 and (single or len(values) != items):
+        got = f"got {len(values)} labels"
+        if not single:
+            got += f" for {items} item" if items == 1 else f" for {items} items"
+        raise InvalidArgument(f"labels: {got}; {_conditional(manifest)}: pass labels, {wanted}")
+    given = np.array(values, dtype=np.int64)
+    if given.max() >= len(manifest.classes):
+        item = int(np.argmax(given >= len(manifest.classes)))
+        raise InvalidArgument(
+            f"labels: label {given[item]} (position {item}) is out of range; {_conditional(manifest)}"
+        )
+    return np.full(items, given[0]) if len(given) == 1 else given
+
+
+def _conditional(manifest: Manifest) -> str:
+    """'model 'x' is conditional on 10 classes (0..9)', naming the classes when they are not just 0..n-1."""
+    classes = manifest.classes
+    span = f"0..{len(classes) - 1}"
+    if list(classes) != [str(i) for i in range(len(classes))]:
+        # Class names come from model.json, unbounded: keep the status message short.
+        names = ", ".join(classes)
+        span += f": {names if len(names) <= 200 else names[:200] + '…'}"
+    return f"model {manifest.name!r} is conditional on {len(classes)} classes ({span})"
 
 
 def count(value: int, what: str, low: int, high: int) -> int:

@@ -30,10 +30,10 @@ from repository.manifest import (
 )
 from repository.placement import Placement
 from repository.runtime import Graph
-from repository.scoring import ScoringUnsupported, likelihood_of
+from repository.scoring import ScoringUnsupported, feeds, likelihood_of
 from repository.verify import verify_version
 from service.batcher import Batcher, bucket_sizes
-from service.batching import BatchObserver, BatchTracer, RunBatch
+from service.batching import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
 from service.config import ServiceConfig
 from service.metrics import Metrics
 from service.registry import FileSignature, LoadedModel, Registry, Scoring
@@ -62,9 +62,14 @@ def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tupl
     return manifest, graphs[0], graphs[1]
 
 
+def _inputs(name: str, items: Items) -> dict[str, np.ndarray]:
+    """A batch as a graph's inputs: a conditional model's labels go to its second input."""
+    return feeds(name, items.values, items.labels) if isinstance(items, Labelled) else {name: items}
+
+
 def _encoder_batch(graph: Graph) -> RunBatch:
-    def run(images: np.ndarray) -> tuple[np.ndarray, ...]:
-        out = graph.run({IMAGES: images}, (MU, LOGVAR))
+    def run(images: Items) -> tuple[np.ndarray, ...]:
+        out = graph.run(_inputs(IMAGES, images), (MU, LOGVAR))
         return out[MU], out[LOGVAR]
 
     return run
@@ -73,8 +78,8 @@ def _encoder_batch(graph: Graph) -> RunBatch:
 def _decoder_batch(graph: Graph, output: str) -> RunBatch:
     """Latents -> the one decoder output asked for; the others are never copied back."""
 
-    def run(latents: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (graph.run({LATENTS: latents}, (output,))[output],)
+    def run(latents: Items) -> tuple[np.ndarray, ...]:
+        return (graph.run(_inputs(LATENTS, latents), (output,))[output],)
 
     return run
 
@@ -130,8 +135,9 @@ async def load_model(
         files=files,
     )
     sizes = bucket_sizes(config.max_batch_items)
-    await model.encoder.warm_up(np.zeros((1, *manifest.image_shape), np.float32), sizes)
-    await model.decoder.warm_up(np.zeros((1, manifest.latent_dim), np.float32), sizes)
+    y = np.zeros(1, np.int64) if manifest.conditional else None  # class 0: any class costs the same
+    await model.encoder.warm_up(labelled(np.zeros((1, *manifest.image_shape), np.float32), y), sizes)
+    await model.decoder.warm_up(labelled(np.zeros((1, manifest.latent_dim), np.float32), y), sizes)
     log.info("loaded %s on %s, warmed batch sizes %s", label, model.provider, sizes)
     return model
 

@@ -30,7 +30,7 @@ class Scoring:
     """
 
     likelihood: Likelihood
-    decoder: Batcher  # latents [n, D] -> (likelihood.output [n, C, H, W],)
+    decoder: Batcher  # latents [n, D] (Labelled when conditional) -> (likelihood.output [n, C, H, W],)
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +39,7 @@ class LoadedModel:
 
     manifest: Manifest
     provider: str
+    # A conditional model's batchers take Labelled items: the arrays below and a class per item.
     encoder: Batcher  # images [n, C, H, W] -> (mu [n, D], logvar [n, D])
     decoder: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -13,6 +14,14 @@ ImageDType = Literal["float32", "uint8"]
 Method = Literal["linear", "spherical"]
 _OUTPUT_DTYPES = {"float32": pb.DTYPE_FLOAT32, "uint8": pb.DTYPE_UINT8}
 _METHODS = {"linear": pb.INTERPOLATION_METHOD_LINEAR, "spherical": pb.INTERPOLATION_METHOD_SPHERICAL}
+# A conditional model's class indices: one per item, or one int for every item; None for an
+# unconditional model.
+Labels = int | Sequence[int] | np.ndarray | None
+
+
+def _labels(labels: Labels) -> list[int] | None:
+    # Python ints as they are: protobuf itself refuses floats and values outside uint32.
+    return None if labels is None else np.atleast_1d(labels).tolist()
 
 
 def images_tensor(images: np.ndarray) -> pb.Tensor:
@@ -26,25 +35,36 @@ def model_ref(model: str, version: int) -> pb.ModelRef:
 
 
 def encode_request(
-    images: np.ndarray, samples: int, seed: int | None, model: str, version: int
+    images: np.ndarray, samples: int, seed: int | None, model: str, version: int, labels: Labels = None
 ) -> pb.EncodeRequest:
     return pb.EncodeRequest(
-        model=model_ref(model, version), images=images_tensor(images), samples=samples, seed=seed
+        model=model_ref(model, version),
+        images=images_tensor(images),
+        samples=samples,
+        seed=seed,
+        labels=_labels(labels),
     )
 
 
 def decode_request(
-    latents: np.ndarray, output_dtype: ImageDType, model: str, version: int
+    latents: np.ndarray, output_dtype: ImageDType, model: str, version: int, labels: Labels = None
 ) -> pb.DecodeRequest:
     return pb.DecodeRequest(
         model=model_ref(model, version),
         latents=wire.tensor(np.asarray(latents, dtype=np.float32)),
         output_dtype=_OUTPUT_DTYPES[output_dtype],
+        labels=_labels(labels),
     )
 
 
 def sample_request(
-    n: int, seed: int | None, temperature: float | None, output_dtype: ImageDType, model: str, version: int
+    n: int,
+    seed: int | None,
+    temperature: float | None,
+    output_dtype: ImageDType,
+    model: str,
+    version: int,
+    labels: Labels = None,
 ) -> pb.SampleRequest:
     return pb.SampleRequest(
         model=model_ref(model, version),
@@ -52,24 +72,30 @@ def sample_request(
         seed=seed,
         temperature=temperature,
         output_dtype=_OUTPUT_DTYPES[output_dtype],
+        labels=_labels(labels),
     )
 
 
 def reconstruct_request(
-    images: np.ndarray, output_dtype: ImageDType, model: str, version: int
+    images: np.ndarray, output_dtype: ImageDType, model: str, version: int, labels: Labels = None
 ) -> pb.ReconstructRequest:
     return pb.ReconstructRequest(
         model=model_ref(model, version),
         images=images_tensor(images),
         output_dtype=_OUTPUT_DTYPES[output_dtype],
+        labels=_labels(labels),
     )
 
 
 def score_request(
-    images: np.ndarray, samples: int, seed: int | None, model: str, version: int
+    images: np.ndarray, samples: int, seed: int | None, model: str, version: int, labels: Labels = None
 ) -> pb.ScoreRequest:
     return pb.ScoreRequest(
-        model=model_ref(model, version), images=images_tensor(images), samples=samples, seed=seed
+        model=model_ref(model, version),
+        images=images_tensor(images),
+        samples=samples,
+        seed=seed,
+        labels=_labels(labels),
     )
 
 
@@ -81,14 +107,16 @@ def interpolate_request(
     output_dtype: ImageDType,
     model: str,
     version: int,
+    label: int | None = None,
 ) -> pb.InterpolateRequest:
-    """Endpoints of rank 1 are latents [D]; of rank 3 images [C, H, W]."""
+    """Endpoints of rank 1 are latents [D]; of rank 3 images [C, H, W]. `label`: the path's class."""
     ends = np.stack([np.asarray(start), np.asarray(end)])
     request = pb.InterpolateRequest(
         model=model_ref(model, version),
         steps=steps,
         method=_METHODS[method],
         output_dtype=_OUTPUT_DTYPES[output_dtype],
+        labels=_labels(label),
     )
     if ends.ndim == 2:
         request.latents.CopyFrom(wire.tensor(ends.astype(np.float32)))

@@ -65,6 +65,7 @@ class ModelInfo:
     created: str
     max_batch_items: int
     max_request_items: int
+    classes: tuple[str, ...]  # a conditional model's class names, label i is classes[i]; else empty
 
 
 def _model(ref: pb.ModelRef) -> tuple[str, int]:
@@ -119,4 +120,5 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         created=info.created,
         max_batch_items=info.max_batch_items,
         max_request_items=info.max_request_items,
+        classes=tuple(info.classes),
     )

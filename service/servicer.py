@@ -2,7 +2,8 @@
 
 Each method is request -> checked arrays -> batcher(s) -> response; service/calls.py wraps it with
 parsing, admission, status mapping, metrics and trailers. Responses are built in place: each array
-is copied once, into the message.
+is copied once, into the message. A conditional model's items go to its batchers Labelled, each with
+its class, which the batcher keeps with its item through any batch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from repository.scoring import Scorer, ScoringUnsupported, draws
 from service import codec, latents, wire
 from service.batcher import Batcher
+from service.batching import Items, labelled
 from service.calls import Call, Calls, Handler, StreamHandler
 from service.config import ServiceConfig
 from service.errors import FailedPrecondition, InvalidArgument
@@ -62,9 +64,10 @@ class VaeServicer:
     async def _encode(self, request: pb.EncodeRequest, call: Call) -> pb.EncodeResponse:
         model = self._registry.resolve(request.model)
         images = codec.images(request.images, model.image_shape, self._config.max_request_items)
+        y = codec.labels(request.labels, model.manifest, len(images))
         k = codec.count(request.samples, "samples", 0, self._config.max_posterior_samples)
         self._check_size(len(images) * (2 + k) * model.latent_dim * 4)
-        mu, logvar = await call.run(model.encoder, images)
+        mu, logvar = await call.run(model.encoder, labelled(images, y))
         call.items = len(images)
         response = pb.EncodeResponse(model=model.ref)
         wire.put(response.mu, mu)
@@ -77,9 +80,10 @@ class VaeServicer:
     async def _decode(self, request: pb.DecodeRequest, call: Call) -> pb.DecodeResponse:
         model = self._registry.resolve(request.model)
         z = codec.latents(request.latents, model.latent_dim, self._config.max_request_items)
+        y = codec.labels(request.labels, model.manifest, len(z))
         dtype = codec.output_dtype(request.output_dtype)
         self._check_size(self._image_bytes(model, len(z), dtype))
-        (pixels,) = await call.run(model.decoder, z)
+        (pixels,) = await call.run(model.decoder, labelled(z, y))
         call.items = len(z)
         response = pb.DecodeResponse(model=model.ref)
         codec.put_images(response.images, pixels, dtype)
@@ -88,16 +92,18 @@ class VaeServicer:
     async def _sample(self, request: pb.SampleRequest, call: Call) -> pb.SampleResponse:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_request_items)
+        y = codec.labels(request.labels, model.manifest, n)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
         self._check_size(self._image_bytes(model, n, dtype) + n * model.latent_dim * 4)
         z = latents.prior(latents.stream(_seed(request), self._rng), n, model.latent_dim, temperature)
-        (pixels,) = await call.run(model.decoder, z)
+        (pixels,) = await call.run(model.decoder, labelled(z, y))
         call.items = n
         return _generated(pb.SampleResponse(model=model.ref), pixels, dtype, z)
 
     async def _sample_stream(self, request: pb.SampleRequest, call: Call) -> AsyncIterator[pb.SampleResponse]:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_stream_items)
+        y = codec.labels(request.labels, model.manifest, n)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
         per_item = self._image_bytes(model, 1, dtype) + model.latent_dim * 4
         # Full batches, unless that many items would not fit in one message.
@@ -105,10 +111,10 @@ class VaeServicer:
         rng = latents.stream(_seed(request), self._rng)
 
         # Drawing chunk after chunk from one generator gives the same numbers as Sample's single draw.
-        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def chunks() -> Iterator[tuple[np.ndarray, Items]]:
             for start in range(0, n, chunk):
                 z = latents.prior(rng, min(chunk, n - start), model.latent_dim, temperature)
-                yield z, z
+                yield z, labelled(z, None if y is None else y[start : start + len(z)])
 
         # Two chunks in flight: the next one computes while the previous one is sent.
         async with aclosing(_pipelined(call, model.decoder, chunks(), depth=2)) as decoded:
@@ -119,10 +125,11 @@ class VaeServicer:
     async def _reconstruct(self, request: pb.ReconstructRequest, call: Call) -> pb.ReconstructResponse:
         model = self._registry.resolve(request.model)
         images = codec.images(request.images, model.image_shape, self._config.max_request_items)
+        y = codec.labels(request.labels, model.manifest, len(images))
         dtype = codec.output_dtype(request.output_dtype)
         self._check_size(self._image_bytes(model, len(images), dtype) + len(images) * 4)
-        mu, _ = await call.run(model.encoder, images)
-        (pixels,) = await call.run(model.decoder, mu)
+        mu, _ = await call.run(model.encoder, labelled(images, y))
+        (pixels,) = await call.run(model.decoder, labelled(mu, y))
         call.items = len(images)
         response = pb.ReconstructResponse(model=model.ref)
         codec.put_images(response.images, pixels, dtype)
@@ -138,11 +145,15 @@ class VaeServicer:
                 "method must be INTERPOLATION_METHOD_LINEAR or INTERPOLATION_METHOD_SPHERICAL, "
                 f"got {request.method}"
             )
+        # One class for the whole path: [steps] copies of it, the first two for the endpoints.
+        y = codec.labels(request.labels, model.manifest, steps, single=True)
         self._check_size(self._image_bytes(model, steps, dtype) + steps * model.latent_dim * 4)
         which = request.WhichOneof("endpoints")
         if which == "images":
             images = codec.images(request.images, model.image_shape, self._config.max_request_items)
-            ends, _ = await call.run(model.encoder, _pair(images, "images"))
+            ends, _ = await call.run(
+                model.encoder, labelled(_pair(images, "images"), None if y is None else y[:2])
+            )
         elif which == "latents":
             ends = _pair(
                 codec.latents(request.latents, model.latent_dim, self._config.max_request_items), "latents"
@@ -151,22 +162,23 @@ class VaeServicer:
             raise InvalidArgument("endpoints: set images [2, C, H, W] or latents [2, D]")
         spherical = request.method == pb.INTERPOLATION_METHOD_SPHERICAL
         path = latents.interpolate(ends[0], ends[1], steps, spherical)
-        (pixels,) = await call.run(model.decoder, path)
+        (pixels,) = await call.run(model.decoder, labelled(path, y))
         call.items = steps
         return _generated(pb.InterpolateResponse(model=model.ref), pixels, dtype, path)
 
     async def _score(self, request: pb.ScoreRequest, call: Call) -> pb.ScoreResponse:
         model = self._registry.resolve(request.model)
         images = codec.images(request.images, model.image_shape, self._config.max_request_items)
+        y = codec.labels(request.labels, model.manifest, len(images))
         k = codec.count(request.samples, "samples", 1, self._config.max_score_samples)
         scoring = model.scoring
         if isinstance(scoring, ScoringUnsupported):
             raise FailedPrecondition(str(scoring))
         # Drawn before any batch: the request's own stream, shared by all its images.
         eps = draws(latents.stream(_seed(request), self._rng), k, model.latent_dim)
-        mu, logvar = await call.run(model.encoder, images)
-        scorer = Scorer(scoring.likelihood, images, mu, logvar, eps)
-        reconstruction = asyncio.ensure_future(call.run(model.decoder, mu))
+        mu, logvar = await call.run(model.encoder, labelled(images, y))
+        scorer = Scorer(scoring.likelihood, images, mu, logvar, eps, y)
+        reconstruction = asyncio.ensure_future(call.run(model.decoder, labelled(mu, y)))
         try:
             await self._decode_chunks(call, scoring.decoder, scorer)
             (pixels,) = await reconstruction
@@ -188,7 +200,8 @@ class VaeServicer:
         """Every decoder item of `scorer`, in chunks of one batch at most, a bounded number queued."""
         size = decoder.max_batch_items
         depth = max(1, min(SCORE_CHUNKS_IN_FLIGHT, self._config.max_queue_items // size))
-        async with aclosing(_pipelined(call, decoder, scorer.chunks(size), depth)) as decoded:
+        chunks = ((start, labelled(z, y)) for start, z, y in scorer.chunks(size))
+        async with aclosing(_pipelined(call, decoder, chunks, depth)) as decoded:
             async for start, (outputs,) in decoded:
                 scorer.add(start, outputs)
 
@@ -215,6 +228,7 @@ class VaeServicer:
             created=manifest.created,
             max_batch_items=model.decoder.max_batch_items,
             max_request_items=self._config.max_request_items,
+            classes=manifest.classes,
         )
 
     @staticmethod
@@ -234,7 +248,7 @@ Key = TypeVar("Key")
 
 
 async def _pipelined(
-    call: Call, batcher: Batcher, chunks: Iterable[tuple[Key, np.ndarray]], depth: int
+    call: Call, batcher: Batcher, chunks: Iterable[tuple[Key, Items]], depth: int
 ) -> AsyncGenerator[tuple[Key, tuple[np.ndarray, ...]], None]:
     """Each chunk's outputs, in order, with up to `depth` chunks queued in the batcher at once.
 

@@ -32,13 +32,18 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> None:
 # --- a tiny exported model, for export and service tests -----------------------------------------
 
 TINY_MODEL_NAME = "tiny"
+TINY_CVAE_NAME = "tiny-cvae"
+TINY_CVAE_CLASSES = ("a", "b", "c")
 
 
-def export_tiny_version(repo: Path, version: int, seed: int = 0, *, fp16: bool = False) -> Path:
+def export_tiny_version(
+    repo: Path, version: int, seed: int = 0, *, fp16: bool = False, classes: tuple[str, ...] = ()
+) -> Path:
     """Export a seeded, untrained tiny conv VAE (1x28x28, latent 8, Bernoulli) as repo/tiny/VERSION.
 
     Goes through a real checkpoint and the real `vae export` path. Different seeds give different
-    weights, so a new version visibly changes the outputs (hot-reload tests). Returns the version dir.
+    weights, so a new version visibly changes the outputs (hot-reload tests). With classes, the VAE is
+    conditional on them and goes to repo/tiny-cvae/VERSION. Returns the version dir.
     """
     import tempfile
 
@@ -49,7 +54,9 @@ def export_tiny_version(repo: Path, version: int, seed: int = 0, *, fp16: bool =
     from training.config import ModelConfig, TrainConfig
     from training.model import VAE
 
-    config = ModelConfig(architecture="conv", image_shape=(1, 28, 28), latent_dim=8, widths=(8, 16, 32))
+    config = ModelConfig(
+        architecture="conv", image_shape=(1, 28, 28), latent_dim=8, widths=(8, 16, 32), classes=classes
+    )
     with torch.random.fork_rng():  # seed the weights without moving the RNG of other tests
         torch.manual_seed(seed)
         model = VAE(config)
@@ -65,7 +72,8 @@ def export_tiny_version(repo: Path, version: int, seed: int = 0, *, fp16: bool =
             train_seconds=0.0,
         )
         ckpt.save(Path(run) / ckpt.LAST, checkpoint)
-        return export_run(Path(run), repo, TINY_MODEL_NAME, version=version, fp16=fp16)
+        name = TINY_CVAE_NAME if classes else TINY_MODEL_NAME
+        return export_run(Path(run), repo, name, version=version, fp16=fp16)
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +91,11 @@ def tiny_model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_exporter() -> Callable[..., Path]:
     """export_tiny_version, for tests that add versions: exporter(repo, version, seed) -> version dir."""
     return export_tiny_version
+
+
+@pytest.fixture(scope="session")
+def tiny_cvae_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding tiny-cvae/1, conditional on TINY_CVAE_CLASSES; copy it to change it."""
+    repo = tmp_path_factory.mktemp("cvae_repo")
+    export_tiny_version(repo, 1, seed=0, classes=TINY_CVAE_CLASSES)
+    return repo

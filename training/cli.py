@@ -147,6 +147,26 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _judge(args: argparse.Namespace) -> int:
+    from training.judge import judge_conditional_samples, load_judge, save_judge, train_judge
+
+    if args.judge.is_file():
+        judge = load_judge(args.judge)
+    else:
+        judge = train_judge(epochs=args.judge_epochs, data_dir=args.data_dir)
+        args.judge.parent.mkdir(parents=True, exist_ok=True)
+        save_judge(judge, args.judge)
+        print(f"trained the judge: {judge.test_accuracy:.2%} on the MNIST test set; saved {args.judge}")
+    report = judge_conditional_samples(
+        args.version, judge, per_class=args.per_class, temperatures=tuple(args.temperature), seed=args.seed
+    )
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def register(commands: Any) -> None:
     data_dir = argparse.ArgumentParser(add_help=False)
     data_dir.add_argument(
@@ -223,3 +243,22 @@ def register(commands: Any) -> None:
     sample.add_argument("--out", type=Path, default=None, help="default: RUN/pictures")
     sample.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws")
     sample.set_defaults(handler=_sample)
+
+    judge = commands.add_parser(
+        "judge",
+        parents=[data_dir],
+        help="how often a held-out MNIST classifier sees the requested class in conditional samples",
+        description=(
+            "Samples every class of a conditional version's decoder and classifies them with a CNN "
+            "trained on MNIST's training split (trained and saved to --judge first if that file is missing)."
+        ),
+        epilog="example:\n  vae judge models/mnist-cvae/1 --judge runs/judge.pt --temperature 1 0.8",
+    )
+    judge.add_argument("version", type=Path, help="a conditional model's version directory")
+    judge.add_argument("--judge", type=Path, default=Path("runs/judge.pt"), help="the classifier's file")
+    judge.add_argument("--judge-epochs", type=int, default=5, help="epochs, when the judge must be trained")
+    judge.add_argument("--per-class", type=int, default=1000, help="samples of each class")
+    judge.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="prior temperature(s)")
+    judge.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    judge.add_argument("--out", type=Path, default=None, help="also write the report to this JSON file")
+    judge.set_defaults(handler=_judge)

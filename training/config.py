@@ -25,6 +25,12 @@ class ModelConfig:
     # Gaussian likelihood only: learn one log-std per pixel, or keep it fixed at this value.
     gaussian_learned_scale: bool = True
     gaussian_log_scale: float = -2.0
+    # Class names of a conditional VAE (label i is classes[i]); empty: unconditional.
+    classes: tuple[str, ...] = ()
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.classes)
 
     def __post_init__(self) -> None:
         if self.architecture not in ("conv", "mlp"):
@@ -43,6 +49,11 @@ class ModelConfig:
                 raise ValueError(f"the conv model needs 3 widths (half, quarter, hidden), got {self.widths}")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be positive, got {self.widths}")
+        if self.classes and self.architecture != "conv":
+            raise ValueError("a conditional model (classes) needs architecture = 'conv'")
+        distinct = set(self.classes)
+        if self.classes and (len(distinct) != len(self.classes) or len(distinct) < 2 or "" in distinct):
+            raise ValueError(f"classes must be two or more distinct, non-empty names: {list(self.classes)}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, LOGVAR, MU
 from training import checkpoint as ckpt
 from training.config import (
     ModelConfig,
@@ -26,8 +27,8 @@ from training.config import (
 )
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
 from training.losses import gaussian_kl, log_likelihood, log_normal, log_standard_normal
-from training.model import VAE
-from training.train import pick_device
+from training.model import VAE, repeat_labels
+from training.train import class_labels, pick_device
 
 EVAL_NOISE_SEED = 12345
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -52,12 +53,17 @@ class ExportedModel:
         self.encoder = Graph(version_dir / "encoder.onnx", intra_op_threads=threads)
         self.decoder = Graph(version_dir / "decoder.onnx", intra_op_threads=threads)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.encoder.run({"x": x.contiguous().numpy()})
-        return torch.from_numpy(out["mu"]), torch.from_numpy(out["logvar"])
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.encoder.run({IMAGES: x.contiguous().numpy(), **_label_feed(y)}, (MU, LOGVAR))
+        return torch.from_numpy(out[MU]), torch.from_numpy(out[LOGVAR])
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.decoder.run({"z": z.contiguous().numpy()}, ["logits"])["logits"])
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.decoder.run({LATENTS: z.contiguous().numpy(), **_label_feed(y)}, (LOGITS,))
+        return torch.from_numpy(out[LOGITS])
+
+
+def _label_feed(y: torch.Tensor | None) -> dict[str, Any]:
+    return {} if y is None else {LABELS: y.contiguous().numpy()}
 
 
 Evaluable = VAE | ExportedModel
@@ -78,23 +84,23 @@ def _keep_large_blocks_out_of_the_heap() -> None:
     libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
 
-def negative_elbo(model: Evaluable, x: torch.Tensor) -> torch.Tensor:
-    """Single-sample reconstruction term plus the analytic KL, one value per image."""
-    mu, logvar = model.encode(x)
-    decoded = model.decode(VAE.reparameterize(mu, logvar))
+def negative_elbo(model: Evaluable, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Single-sample reconstruction term plus the analytic KL, one value per image (y: labels, if any)."""
+    mu, logvar = model.encode(x, y)
+    decoded = model.decode(VAE.reparameterize(mu, logvar), y)
     return -log_likelihood(model, decoded, x) + gaussian_kl(mu, logvar).sum(1)
 
 
 @torch.no_grad()
 def importance_weighted_nll(
-    model: Evaluable, x: torch.Tensor, k: int, batch_decodes: int = 5000
+    model: Evaluable, x: torch.Tensor, k: int, batch_decodes: int = 5000, y: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """-log p(x) estimated with k importance samples per image, one value per image.
+    """-log p(x) (-log p(x | y) for a conditional model) with k importance samples, one value per image.
 
     Samples are drawn in chunks and folded into a running log-sum-exp, so memory is bounded by
     batch_decodes decoder evaluations whatever k is.
     """
-    mu, logvar = model.encode(x)
+    mu, logvar = model.encode(x, y)
     std = torch.exp(0.5 * logvar)
     images = x.shape[0]
     chunk = max(1, batch_decodes // images)
@@ -103,7 +109,7 @@ def importance_weighted_nll(
     while done < k:
         s = min(chunk, k - done)
         z = mu + torch.randn((s, *mu.shape), device=x.device, dtype=x.dtype) * std  # (s, B, D)
-        decoded = model.decode(z.reshape(s * images, -1))
+        decoded = model.decode(z.reshape(s * images, -1), repeat_labels(y, s))
         x_rep = x.expand(s, *x.shape).reshape(s * images, *x.shape[1:])
         log_px_z = log_likelihood(model, decoded, x_rep).reshape(s, images)
         log_w = log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar)
@@ -141,6 +147,9 @@ def evaluate_run(
 
     binarized = trains_on_binary(model_config, train_config)
     x_all = torch.from_numpy(model_inputs(test_uint8, binarized, EVAL_BINARIZATION_SEED)).to(device)
+    y_all = None
+    if model_config.conditional:
+        y_all = class_labels(splits.test_y[first_image:][: subset or None], model_config).to(device)
     torch.manual_seed(EVAL_NOISE_SEED)
     started = time.perf_counter()
 
@@ -148,8 +157,9 @@ def evaluate_run(
     with torch.no_grad():
         for start in range(0, len(x_all), 1000):
             x = x_all[start : start + 1000]
-            elbo_sum += float(negative_elbo(model, x).sum())
-            mu, logvar = model.encode(x)
+            y = None if y_all is None else y_all[start : start + 1000]
+            elbo_sum += float(negative_elbo(model, x, y).sum())
+            mu, logvar = model.encode(x, y)
             mus.append(mu)
             kl_sum += gaussian_kl(mu, logvar).sum(0)
     mu_all = torch.cat(mus)
@@ -165,7 +175,8 @@ def evaluate_run(
         bar = tqdm(total=len(x_all), desc=f"IW-NLL k={k}", unit="img", dynamic_ncols=True)
     for start in range(0, len(x_all), images_per_pass):
         x = x_all[start : start + images_per_pass]
-        nll_values.append(importance_weighted_nll(model, x, k, batch_decodes))
+        y = None if y_all is None else y_all[start : start + images_per_pass]
+        nll_values.append(importance_weighted_nll(model, x, k, batch_decodes, y))
         if bar is not None:
             bar.update(len(x))
             done = torch.cat(nll_values)
@@ -184,6 +195,7 @@ def evaluate_run(
         "iw_nll": float(nll.mean()),
         "iw_nll_stderr": float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0,
         "iw_k": k,
+        "conditioned_on": "the true label" if y_all is not None else None,
         "active_units": int((unit_variance > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_dim": model_config.latent_dim,
         "kl_per_dim": [round(float(v), 4) for v in kl_per_dim],

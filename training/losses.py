@@ -60,6 +60,7 @@ def elbo_loss(
     x: torch.Tensor,
     net: nn.Module | None = None,
     *,
+    y: torch.Tensor | None = None,
     beta: float = 1.0,
     free_bits: float = 0.0,
     sum_over_batch: bool = False,
@@ -68,8 +69,9 @@ def elbo_loss(
 
     Free bits keep at least that many nats per latent dimension out of the gradient (Kingma et
     al. 2016). net runs the forward pass: a DistributedDataParallel wrapper of model, or model.
+    y: the labels of a conditional model.
     """
-    decoded, mu, logvar, _ = (net or model)(x)
+    decoded, mu, logvar, _ = (net or model)(x, 1, y)
     recon = -log_likelihood(model, decoded, x)
     kl_dims = gaussian_kl(mu, logvar)
     kl = kl_dims.sum(1)
@@ -82,17 +84,21 @@ def elbo_loss(
     return LossTerms(loss, (recon + kl).mean().detach(), recon.mean().detach(), kl.mean().detach())
 
 
-def log_importance_weights(model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None) -> torch.Tensor:
-    """log p(x, z_i) - log q(z_i | x) for k posterior samples per image: shape (k, B)."""
-    decoded, mu, logvar, z = (net or model)(x, k)
+def log_importance_weights(
+    model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log p(x, z_i | y) - log q(z_i | x, y) for k posterior samples per image: shape (k, B)."""
+    decoded, mu, logvar, z = (net or model)(x, k, y)
     x_rep = x.expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
     log_px_z = log_likelihood(model, decoded, x_rep).reshape(k, x.shape[0])
     return log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar)
 
 
-def iwae_loss(model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None) -> LossTerms:
+def iwae_loss(
+    model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None, y: torch.Tensor | None = None
+) -> LossTerms:
     """The importance-weighted bound with k samples, averaged over the batch."""
-    log_w = log_importance_weights(model, x, k, net)
+    log_w = log_importance_weights(model, x, k, net, y)
     bound = torch.logsumexp(log_w, 0) - math.log(k)
     loss = -bound.mean()
     zero = torch.zeros((), device=x.device)

@@ -4,6 +4,10 @@ Kingma & Welling 2013 (arXiv:1312.6114). The conv variant keeps the convolutions
 resolution, with a pre-activation residual block (He et al. 2016) and a dense bottleneck, because
 decoder FLOPs set the cost of a k=5000 importance-weighted evaluation; the MLP variant is the
 pytorch/examples model.
+
+A conditional VAE (Sohn et al. 2015) takes a class label in both halves, q(z|x, y) and p(x|z, y): a
+learned embedding of the label is added to the first dense layer's output on each side, which is a
+one-hot input to that layer without the one-hot.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class ResidualBlock(nn.Module):
         return x + residual
 
 
-def _conv_encoder(config: ModelConfig) -> nn.Module:
+def _conv_encoder(config: ModelConfig) -> nn.Sequential:
     channels, height, width = config.image_shape
     w_half, w_quarter, hidden = config.widths
     return nn.Sequential(
@@ -48,7 +52,7 @@ def _conv_encoder(config: ModelConfig) -> nn.Module:
     )
 
 
-def _conv_decoder(config: ModelConfig) -> nn.Module:
+def _conv_decoder(config: ModelConfig) -> nn.Sequential:
     channels, height, width = config.image_shape
     w_half, w_quarter, hidden = config.widths
     return nn.Sequential(
@@ -75,8 +79,12 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# The conv encoder's dense layer to the hidden width, counted from its end: where the label joins.
+_ENCODER_DENSE = -3
+
+
 class VAE(nn.Module):
-    """Gaussian posterior, standard normal prior, Bernoulli or Gaussian likelihood."""
+    """Gaussian posterior, standard normal prior, Bernoulli or Gaussian likelihood; maybe conditional."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -97,10 +105,25 @@ class VAE(nn.Module):
                 self.log_scale = nn.Parameter(log_scale)
             else:
                 self.register_buffer("log_scale", log_scale)
+        if config.conditional:
+            self.encoder_label = nn.Embedding(len(config.classes), config.widths[-1])
+            self.decoder_label = nn.Embedding(len(config.classes), config.widths[-1])
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x in [0, 1], (B, C, H, W) -> posterior mean and log-variance, (B, D) each."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+    def _check_labels(self, y: torch.Tensor | None) -> None:
+        if self.config.conditional and y is None:
+            raise ValueError(f"this model is conditional on {len(self.config.classes)} classes; pass labels")
+        if not self.config.conditional and y is not None:
+            raise ValueError("this model is unconditional; it takes no labels")
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x in [0, 1], (B, C, H, W), and labels (B,) if conditional -> posterior mean and log-variance."""
+        self._check_labels(y)
+        if y is None:
+            out = self.encoder(x)
+        else:
+            hidden = self.encoder[_ENCODER_DENSE](self.encoder[:_ENCODER_DENSE](x)) + self.encoder_label(y)
+            out = self.encoder[_ENCODER_DENSE + 1 :](hidden)
+        mu, logvar = out.chunk(2, dim=1)
         return mu, logvar
 
     @staticmethod
@@ -110,27 +133,33 @@ class VAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + eps * torch.exp(0.5 * logvar)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli: logits. Gaussian: the mean, squashed into [0, 1]."""
-        out = self.decoder(z)
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Bernoulli: logits. Gaussian: the mean, squashed into [0, 1]. Labels (B,) if conditional."""
+        self._check_labels(y)
+        out = self.decoder(z) if y is None else self.decoder[1:](self.decoder[0](z) + self.decoder_label(y))
         return torch.sigmoid(out) if self.config.likelihood == "gaussian" else out
 
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel means in [0, 1] for either likelihood: what pictures and the service show."""
-        out = self.decode(z)
+        out = self.decode(z, y)
         return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out
 
     def forward(
-        self, x: torch.Tensor, samples: int = 1
+        self, x: torch.Tensor, samples: int = 1, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode, draw `samples` latents per image, decode them all.
+        """Encode, draw `samples` latents per image, decode them all (with the labels y, if conditional).
 
         Returns decoded (samples * B, ...), mu and logvar (B, D), and z (samples, B, D). Training
         goes through forward so that DistributedDataParallel sees every pass.
         """
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x, y)
         z = self.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
-        return self.decode(z.reshape(-1, mu.shape[1])), mu, logvar, z
+        return self.decode(z.reshape(-1, mu.shape[1]), repeat_labels(y, samples)), mu, logvar, z
+
+
+def repeat_labels(y: torch.Tensor | None, samples: int) -> torch.Tensor | None:
+    """Labels for latents laid out sample-major, (samples * B,), as forward and the IW bound draw them."""
+    return None if y is None else y.repeat(samples)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -39,8 +39,18 @@ def _scaled(image: Image.Image, factor: int = 3) -> Image.Image:
 
 
 @torch.no_grad()
-def _decode(model: VAE, z: torch.Tensor) -> np.ndarray:
-    return model.decode_mean(z).numpy()
+def _decode(model: VAE, z: torch.Tensor, y: torch.Tensor | None = None) -> np.ndarray:
+    return model.decode_mean(z, y).numpy()
+
+
+def class_grid(model: VAE, z: torch.Tensor) -> np.ndarray:
+    """Every latent of z decoded under every class: one row per class, one latent per column.
+
+    A column shares its z, so what stays the same down a column is the style the latent holds.
+    """
+    classes = len(model.config.classes)
+    rows = torch.arange(classes).repeat_interleave(len(z))
+    return _decode(model, z.repeat(classes, 1), rows)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -68,46 +78,62 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray, size: int = 600) -> Image
 def write_pictures(
     run: Path, out: Path | None = None, *, data_dir: Path | None = None, seed: int = 0
 ) -> list[Path]:
-    """Write samples.png, reconstructions.png, interpolation.png (+ 2-D maps) into out."""
+    """Write samples.png, reconstructions.png, interpolation.png (+ 2-D maps) into out.
+
+    A conditional model's samples.png is class_grid's: a row per class, a shared latent per column.
+    Its reconstructions take each image's own label; its interpolation joins two images of one class.
+    """
     state = ckpt.load(run)
     model = state.build_model()
     out = out or (run if run.is_dir() else run.parent) / "pictures"
     out.mkdir(parents=True, exist_ok=True)
     test = load_dataset(state.train_config.dataset, data_dir)
     x = torch.from_numpy(test.test_x[:2000]).float() / 255.0
+    labels = torch.from_numpy(test.test_y[:2000]) if state.model_config.conditional else None
     generator = torch.Generator().manual_seed(seed)
     latent = state.model_config.latent_dim
     written = []
 
-    samples = _decode(model, torch.randn((64, latent), generator=generator))
     written.append(out / "samples.png")
-    _scaled(tile(samples, 8)).save(written[-1])
+    if labels is None:
+        _scaled(tile(_decode(model, torch.randn((64, latent), generator=generator)), 8)).save(written[-1])
+    else:
+        columns = 10
+        _scaled(tile(class_grid(model, torch.randn((columns, latent), generator=generator)), columns)).save(
+            written[-1]
+        )
 
+    first = None if labels is None else labels[:16]
     with torch.no_grad():
-        mu, _ = model.encode(x[:16])
-    pairs = np.stack([x[:16].numpy(), _decode(model, mu)], 1).reshape(32, *x.shape[1:])
+        mu, _ = model.encode(x[:16], first)
+    pairs = np.stack([x[:16].numpy(), _decode(model, mu, first)], 1).reshape(32, *x.shape[1:])
     written.append(out / "reconstructions.png")
     _scaled(tile(pairs, 8)).save(written[-1])  # each original sits left of its reconstruction
 
-    with torch.no_grad():
-        ends, _ = model.encode(x[:2])
+    pair, path_labels = x[:2], None
     steps = torch.linspace(0, 1, 10)
+    if labels is not None:
+        same_class = torch.nonzero(labels == labels[0]).flatten()[:2]
+        pair, path_labels = x[same_class], labels[same_class[0]].repeat(len(steps))
+    with torch.no_grad():
+        ends, _ = model.encode(pair, None if path_labels is None else path_labels[:2])
     rows = [
-        x[:1].numpy(),
-        _decode(model, ends[0] + steps[:, None] * (ends[1] - ends[0])),
-        x[1:2].numpy(),
-        x[:1].numpy(),
-        _decode(model, slerp(ends[0], ends[1], steps)),
-        x[1:2].numpy(),
+        pair[:1].numpy(),
+        _decode(model, ends[0] + steps[:, None] * (ends[1] - ends[0]), path_labels),
+        pair[1:2].numpy(),
+        pair[:1].numpy(),
+        _decode(model, slerp(ends[0], ends[1], steps), path_labels),
+        pair[1:2].numpy(),
     ]
     written.append(out / "interpolation.png")  # top: linear, bottom: spherical
     _scaled(tile(np.concatenate(rows), 12)).save(written[-1])
 
     if latent == 2:
         with torch.no_grad():
-            mu_all, _ = model.encode(x)
+            mu_all, _ = model.encode(x, labels)
         written.append(out / "latent_space.png")
         latent_scatter(mu_all.numpy(), test.test_y[:2000]).save(written[-1])
+    if latent == 2 and labels is None:  # a conditional model's map would need one per class
         # Decode a grid of prior quantiles, as in Kingma & Welling 2013, figure 4.
         quantiles = torch.special.ndtri(torch.linspace(0.05, 0.95, 20))
         grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1).reshape(-1, 2)

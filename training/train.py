@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -75,12 +76,26 @@ def kl_weight(config: TrainConfig, epoch_progress: float) -> float:
     return config.beta * min(1.0, epoch_progress / config.kl_warmup_epochs)
 
 
+def class_labels(labels: np.ndarray, model_config: ModelConfig) -> torch.Tensor:
+    """A split's labels as class indices for a conditional model; refuses unlabelled or unknown ones."""
+    classes = len(model_config.classes)
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        raise ValueError(
+            f"a conditional model needs every image labelled 0..{classes - 1}; "
+            f"{int(bad.sum())} of {len(labels)} are not (first: {int(labels[bad][0])})"
+        )
+    return torch.from_numpy(labels.astype(np.int64))
+
+
 def to_unit_float(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.float().div_(255.0)
 
 
 @torch.no_grad()
-def validation_nelbo(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> float:
+def validation_nelbo(
+    model: VAE, images: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000
+) -> float:
     """Mean single-sample negative ELBO on fixed inputs with fixed noise (comparable per epoch)."""
     model.eval()
     state = torch.get_rng_state()
@@ -88,7 +103,8 @@ def validation_nelbo(model: VAE, images: torch.Tensor, batch_size: int = 1000) -
     total = 0.0
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
-        total += float(elbo_loss(model, x).nelbo) * len(x)
+        y = None if labels is None else labels[start : start + batch_size]
+        total += float(elbo_loss(model, x, y=y).nelbo) * len(x)
     torch.set_rng_state(state)
     model.train()
     return total / len(images)
@@ -147,6 +163,10 @@ def train(
     binarized = trains_on_binary(model_config, config)
     val_x = model_inputs(splits.val_x[: config.val_subset or None], binarized, VALIDATION_SEED)
     val_images = torch.from_numpy(val_x).to(device)
+    train_labels = val_labels = None
+    if model_config.conditional:
+        train_labels = class_labels(splits.train_y[: config.train_subset or None], model_config).to(device)
+        val_labels = class_labels(splits.val_y[: config.val_subset or None], model_config).to(device)
 
     torch.manual_seed(config.seed)
     model = VAE(model_config).to(device)
@@ -196,19 +216,21 @@ def train(
         for batch_index in bar if bar is not None else batches:
             index = shard[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
             x = to_unit_float(train_images[index])
+            y = None if train_labels is None else train_labels[index]
             if binarized:
                 x = torch.bernoulli(x)
             lr = learning_rate(config, step / total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if config.objective == "iwae":
-                terms = iwae_loss(model, x, config.iw_samples, net)
+                terms = iwae_loss(model, x, config.iw_samples, net, y)
             else:
                 weight = kl_weight(config, epoch + batch_index / steps_per_epoch)
                 terms = elbo_loss(
                     model,
                     x,
                     net,
+                    y=y,
                     beta=weight,
                     free_bits=config.free_bits,
                     sum_over_batch=config.reduction == "sum",
@@ -228,7 +250,7 @@ def train(
         elapsed += time.perf_counter() - epoch_start
 
         if logger is not None:
-            val = validation_nelbo(model, val_images)
+            val = validation_nelbo(model, val_images, val_labels)
             record = {
                 "epoch": epoch + 1,
                 "step": step,

@@ -106,6 +106,24 @@ function outputDtype(name) {
 }
 
 /**
+ * A conditional model's labels as the request field takes them: one class index for every item, or
+ * an array (or typed array) with one per item. protobufjs would turn 1.5 into 1 and -1 into
+ * 4294967295 without a word, so anything but non-negative integers is refused here.
+ */
+function labelList(labels) {
+  const list = typeof labels === 'number' ? [labels] : Array.from(labels);
+  if (!list.every((label) => Number.isInteger(label) && label >= 0 && label < 2 ** 32)) {
+    throw new TypeError(`labels must be class indices (integers from 0), got ${JSON.stringify(labels)}`);
+  }
+  return list;
+}
+
+/** The request with `labels` set when given (conditional models only). */
+function withLabels(request, labels) {
+  return labels === undefined ? request : { ...request, labels: labelList(labels) };
+}
+
+/**
  * Promise-based client. Options: credentials (grpc.credentials.createSsl(...) for TLS; plaintext by
  * default), token (sent as `authorization: Bearer <token>`), timeoutSeconds (each call's deadline),
  * maxMessageBytes (both directions), model ({name, version}; empty: the server's default, newest).
@@ -145,8 +163,11 @@ class VaeClient {
     });
   }
 
-  /** n images from the prior: {model, images [n, C, H, W], latents [n, D]}. */
-  async sample(n, { seed, temperature, outputDtype: dtype = 'float32' } = {}) {
+  /**
+   * n images from the prior: {model, images [n, C, H, W], latents [n, D]}. A conditional model takes
+   * `labels` (here and in encode and decode): one class index for all, or an array with one per item.
+   */
+  async sample(n, { seed, temperature, outputDtype: dtype = 'float32', labels } = {}) {
     const request = { n, output_dtype: outputDtype(dtype) };
     if (seed !== undefined) {
       request.seed = String(seed); // uint64: a string keeps seeds above 2**53 exact
@@ -154,22 +175,21 @@ class VaeClient {
     if (temperature !== undefined) {
       request.temperature = temperature;
     }
-    const response = await this.call('Sample', request);
+    const response = await this.call('Sample', withLabels(request, labels));
     return { model: response.model, images: fromTensor(response.images), latents: fromTensor(response.latents) };
   }
 
   /** Images {values in [0, 1], shape [n, C, H, W]} -> {model, mu, logvar} ([n, D] each). */
-  async encode(images) {
-    const response = await this.call('Encode', { images: float32Tensor(images.values, images.shape) });
+  async encode(images, { labels } = {}) {
+    const request = { images: float32Tensor(images.values, images.shape) };
+    const response = await this.call('Encode', withLabels(request, labels));
     return { model: response.model, mu: fromTensor(response.mu), logvar: fromTensor(response.logvar) };
   }
 
   /** Latents {values, shape [n, D]} -> {model, images [n, C, H, W]}. */
-  async decode(latents, { outputDtype: dtype = 'float32' } = {}) {
-    const response = await this.call('Decode', {
-      latents: float32Tensor(latents.values, latents.shape),
-      output_dtype: outputDtype(dtype),
-    });
+  async decode(latents, { outputDtype: dtype = 'float32', labels } = {}) {
+    const request = { latents: float32Tensor(latents.values, latents.shape), output_dtype: outputDtype(dtype) };
+    const response = await this.call('Decode', withLabels(request, labels));
     return { model: response.model, images: fromTensor(response.images) };
   }
 
@@ -187,5 +207,6 @@ module.exports = {
   float32Tensor,
   float32ToBytes,
   fromTensor,
+  labelList,
   loadService,
 };

@@ -2,8 +2,9 @@
 
 Every case starts from a valid request for the served model and breaks exactly one thing, drawn at
 random: a tensor's dtype, shape, byte length or values, a count, an enum, the model reference, the
-size of the message, or the protobuf encoding itself. Knowing which thing broke is what lets the
-test check that the server's message names it, not merely that some error came back.
+size of the message, labels sent to the (unconditional) model under test, or the protobuf encoding
+itself. Knowing which thing broke is what lets the test check that the server's message names it,
+not merely that some error came back.
 """
 
 from __future__ import annotations
@@ -93,13 +94,15 @@ BAD_TEMPERATURES = st.one_of(st.floats(max_value=-1e-30), st.floats(min_value=10
 TENSOR_FAULTS = st.sampled_from(
     ["missing", "dtype", "dims", "bytes", "huge_dims", "shape", "batch", "nonfinite", "range"]
 )
-ENCODE_FAULTS = st.sampled_from(["tensor", "model", "samples", "response_size"])
-DECODE_FAULTS = st.sampled_from(["tensor", "model", "output_dtype", "response_size"])
-SAMPLE_FAULTS = st.sampled_from(["model", "n", "temperature", "output_dtype", "response_size"])
-STREAM_FAULTS = st.sampled_from(["model", "n", "temperature", "output_dtype"])
-RECONSTRUCT_FAULTS = st.sampled_from(["tensor", "model", "output_dtype"])
-SCORE_FAULTS = st.sampled_from(["tensor", "model", "samples"])
-INTERPOLATE_FAULTS = st.sampled_from(["tensor", "endpoints", "model", "steps", "method", "output_dtype"])
+ENCODE_FAULTS = st.sampled_from(["tensor", "model", "samples", "labels", "response_size"])
+DECODE_FAULTS = st.sampled_from(["tensor", "model", "output_dtype", "labels", "response_size"])
+SAMPLE_FAULTS = st.sampled_from(["model", "n", "temperature", "output_dtype", "labels", "response_size"])
+STREAM_FAULTS = st.sampled_from(["model", "n", "temperature", "output_dtype", "labels"])
+RECONSTRUCT_FAULTS = st.sampled_from(["tensor", "model", "output_dtype", "labels"])
+SCORE_FAULTS = st.sampled_from(["tensor", "model", "samples", "labels"])
+INTERPOLATE_FAULTS = st.sampled_from(
+    ["tensor", "endpoints", "model", "steps", "method", "output_dtype", "labels"]
+)
 
 
 def _rng(draw: st.DrawFn) -> np.random.Generator:
@@ -244,6 +247,13 @@ def _tensor_case(
     return Case(method, request, INVALID, pattern, f"{field}/{fault}")
 
 
+def _labels_case(rng: np.random.Generator, limits: Limits, method: str, request: Message) -> Case:
+    """`request` with class labels, which the unconditional model under test takes none of."""
+    request.labels.extend(rng.integers(0, 10, rng.integers(1, 5)).tolist())
+    pattern = rf"^labels: model '{re.escape(limits.model)}' is unconditional \(it has no classes\)"
+    return Case(method, request, INVALID, pattern, "labels")
+
+
 def _images_over_message_limit(limits: Limits) -> int:
     """The fewest float32 images whose response is over the server's message limit."""
     return limits.max_message_bytes // (4 * math.prod(limits.image_shape)) + 1
@@ -261,6 +271,8 @@ def encode_case(draw: st.DrawFn, limits: Limits) -> Case:
         request.samples = draw(st.integers(limits.max_posterior_samples + 1, UINT32_MAX))
         pattern = rf"^samples must be in 0\.\.{limits.max_posterior_samples}, got {request.samples}$"
         return Case("Encode", request, INVALID, pattern, "samples")
+    if kind == "labels":
+        return _labels_case(rng, limits, "Encode", request)
     # As many posterior samples as allowed, for enough images that mu, logvar and z exceed the limit.
     k = limits.max_posterior_samples
     n = limits.max_message_bytes // ((2 + k) * limits.latent_dim * 4) + 1
@@ -288,11 +300,14 @@ def decode_case(draw: st.DrawFn, limits: Limits) -> Case:
         return Case(
             "Decode", request, INVALID, r"^output_dtype must be DTYPE_FLOAT32 or DTYPE_UINT8", "output_dtype"
         )
+    if kind == "labels":
+        return _labels_case(rng, limits, "Decode", request)
     request.latents.CopyFrom(_tensor(_valid_latents(rng, limits, _images_over_message_limit(limits))))
     return Case("Decode", request, INVALID, r"^the response would be \d+ bytes", "response size")
 
 
 def sample_case(draw: st.DrawFn, limits: Limits, method: str = "Sample") -> Case:
+    rng = _rng(draw)
     stream = method == "SampleStream"
     request = pb.SampleRequest(model=_ref(limits), n=draw(st.integers(1, 4)))
     kind = draw(STREAM_FAULTS if stream else SAMPLE_FAULTS)  # a stream is chunked: no size limit
@@ -308,6 +323,8 @@ def sample_case(draw: st.DrawFn, limits: Limits, method: str = "Sample") -> Case
     if kind == "output_dtype":
         request.output_dtype = draw(BAD_ENUMS)
         return Case(method, request, INVALID, r"^output_dtype must be", "output_dtype")
+    if kind == "labels":
+        return _labels_case(rng, limits, method, request)
     request.n = _images_over_message_limit(limits)
     return Case(method, request, INVALID, r"^the response would be \d+ bytes", "response size")
 
@@ -320,6 +337,8 @@ def reconstruct_case(draw: st.DrawFn, limits: Limits) -> Case:
         return _tensor_case(draw, rng, limits, "Reconstruct", request, "images", False)
     if kind == "model":
         return _model_case(draw, limits, "Reconstruct", request)
+    if kind == "labels":
+        return _labels_case(rng, limits, "Reconstruct", request)
     request.output_dtype = draw(BAD_ENUMS)
     return Case("Reconstruct", request, INVALID, r"^output_dtype must be", "output_dtype")
 
@@ -354,6 +373,8 @@ def interpolate_case(draw: st.DrawFn, limits: Limits) -> Case:
         return Case(
             "Interpolate", request, INVALID, r"^method must be INTERPOLATION_METHOD_LINEAR or", "method"
         )
+    if kind == "labels":
+        return _labels_case(rng, limits, "Interpolate", request)
     request.output_dtype = draw(BAD_ENUMS)
     return Case("Interpolate", request, INVALID, r"^output_dtype must be", "output_dtype")
 
@@ -366,6 +387,8 @@ def score_case(draw: st.DrawFn, limits: Limits) -> Case:
         return _tensor_case(draw, rng, limits, "Score", request, "images", False)
     if kind == "model":
         return _model_case(draw, limits, "Score", request)
+    if kind == "labels":
+        return _labels_case(rng, limits, "Score", request)
     request.samples = draw(st.just(0) | st.integers(limits.max_score_samples + 1, UINT32_MAX))
     pattern = rf"^samples must be in 1\.\.{limits.max_score_samples}, got {request.samples}$"
     return Case("Score", request, INVALID, pattern, "samples")

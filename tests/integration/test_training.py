@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +18,7 @@ from export.onnx_export import export_run
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig
 from training.data import default_data_dir, load_mnist, model_inputs, prepare_mnist
-from training.evaluate import evaluate_run
+from training.evaluate import evaluate_run, importance_weighted_nll
 from training.model import VAE
 from training.pictures import write_pictures
 from training.train import VALIDATION_SEED, train, validation_nelbo
@@ -126,6 +128,41 @@ def test_exported_graphs_evaluate_like_the_checkpoint(tmp_path: Path, data_dir: 
     assert in_onnxruntime["active_units"] == in_torch["active_units"]
     with pytest.raises(ValueError, match="--out"):
         evaluate_run(version, **options)  # the model repository is never written to
+
+
+def test_conditional_training_evaluation_pictures_and_export(tmp_path: Path, data_dir: Path) -> None:
+    digits = tuple(str(d) for d in range(10))
+    model = dataclasses.replace(SMALL_MODEL, classes=digits)
+    first_epoch = TrainConfig(**{**SMALL_TRAINING.__dict__, "epochs": 1})
+    run = train(model, first_epoch, tmp_path / "run", data_dir=data_dir, progress=False)
+    assert ckpt.load(run).model_config.classes == digits
+    version = export_run(run, tmp_path / "models", "small-cvae")
+    options = {"k": 16, "subset": 24, "data_dir": data_dir, "progress": False, "batch_decodes": 256}
+    in_torch = evaluate_run(run, **options)
+    in_onnxruntime = evaluate_run(version, out=tmp_path / "onnx-eval.json", **options)
+    assert in_torch["conditioned_on"] == in_onnxruntime["conditioned_on"] == "the true label"
+    assert in_onnxruntime["iw_nll"] == pytest.approx(in_torch["iw_nll"], abs=1e-3)
+    # Conditioning on a wrong label must cost likelihood: p(x | y) is what the model learned.
+    splits = load_mnist(data_dir)
+    x = torch.from_numpy(model_inputs(splits.test_x[:24], True, 1))
+    y = torch.from_numpy(splits.test_y[:24])
+    trained = ckpt.load(run).build_model()
+    with torch.no_grad():
+        right = float(importance_weighted_nll(trained, x, 16, y=y).mean())
+        wrong = float(importance_weighted_nll(trained, x, 16, y=(y + 5) % 10).mean())
+    assert right < wrong
+    paths = write_pictures(run, tmp_path / "pictures", data_dir=data_dir)
+    with Image.open(paths[0]) as grid:  # one row per class, ten shared latents across
+        assert grid.size == (3 * (10 * 29 + 1),) * 2
+
+
+def test_training_a_conditional_model_refuses_unlabelled_images(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "unlabelled.npy", images)
+    model = dataclasses.replace(SMALL_MODEL, classes=("a", "b"))
+    config = TrainConfig(epochs=1, dataset=str(tmp_path / "unlabelled.npy"))
+    with pytest.raises(ValueError, match=r"needs every image labelled 0\.\.1"):
+        train(model, config, tmp_path / "run", progress=False)
 
 
 def test_cli_reports_bad_overrides(tmp_path: Path) -> None:

@@ -120,6 +120,17 @@ def test_client_tls_errors_name_the_flag_and_the_file(
     assert f"--tls-ca {tmp_path / 'missing-ca.pem'}: No such file or directory" in err
 
 
+def test_client_label_is_one_class_or_a_comma_list(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["client", "sample", "--label", "7"]).label == [7]
+    assert parser.parse_args(["client", "score", "x.png", "y.png", "--label", "1,4"]).label == [1, 4]
+    assert parser.parse_args(["client", "encode", "x.png"]).label is None
+    assert parser.parse_args(["client", "interpolate", "a.png", "b.png", "--label", "3"]).label == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["client", "decode", "z.npy", "--label", "7,x"])
+    assert "expected a class index or a comma list of them (7 or 1,4,7), got '7,x'" in capsys.readouterr().err
+
+
 def test_eval_warns_how_long_it_will_take(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # No run there: the command fails after the warning, before evaluating anything.
     assert main(["eval", str(tmp_path / "none"), "--k", "5000"]) == 2

@@ -64,3 +64,46 @@ def test_channel_options_carry_the_limit_and_the_retry_policy() -> None:
 
 def test_server_and_clients_default_to_the_same_message_limit() -> None:
     assert ServiceConfig().max_message_bytes == channel.DEFAULT_MAX_MESSAGE_BYTES
+
+
+def test_labels_travel_one_for_all_or_one_per_item() -> None:
+    assert list(requests.sample_request(4, 1, None, "float32", "cvae", 0, labels=7).labels) == [7]
+    per_item = np.array([3, 0, 9], np.uint8)  # MNIST's own label dtype
+    assert list(requests.decode_request(np.zeros((3, 2)), "float32", "", 0, labels=per_item).labels) == [
+        3,
+        0,
+        9,
+    ]
+    image = np.zeros((1, 1, 4, 4), np.float32)
+    assert list(requests.encode_request(image, 0, None, "", 0, labels=[2]).labels) == [2]
+    assert list(requests.reconstruct_request(image, "uint8", "", 0, labels=1).labels) == [1]
+    assert list(requests.score_request(image, 8, 0, "", 0, labels=[4]).labels) == [4]
+    path = requests.interpolate_request(np.zeros(3), np.ones(3), 4, "linear", "float32", "", 0, label=5)
+    assert list(path.labels) == [5]
+    # protobuf refuses what no class index can be, before anything is sent.
+    with pytest.raises(ValueError, match="out of range"):
+        requests.sample_request(1, None, None, "float32", "", 0, labels=-1)
+    with pytest.raises(TypeError):
+        requests.sample_request(1, None, None, "float32", "", 0, labels=[1.5])
+
+
+def test_requests_without_labels_are_the_bytes_they_were_before_labels() -> None:
+    # An unconditional model's requests must not change on the wire.
+    sample = requests.sample_request(5, 3, 0.5, "uint8", "mnist", 1)
+    assert (
+        sample.SerializeToString()
+        == pb.SampleRequest(
+            model=pb.ModelRef(name="mnist", version=1),
+            n=5,
+            seed=3,
+            temperature=0.5,
+            output_dtype=pb.DTYPE_UINT8,
+        ).SerializeToString()
+    )
+    assert not sample.labels
+
+
+def test_model_info_reads_the_classes() -> None:
+    message = pb.ModelInfo(name="mnist-cvae", version=1, classes=[str(i) for i in range(10)])
+    assert results.model_info(message).classes == tuple("0123456789")
+    assert results.model_info(pb.ModelInfo(name="mnist", version=1)).classes == ()

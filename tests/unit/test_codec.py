@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from repository.manifest import Manifest
 from service import codec, wire
 from service.errors import InvalidArgument
 from vae.v1 import vae_pb2 as pb
@@ -137,3 +138,115 @@ def test_uint8_images_round_to_the_nearest_level() -> None:
     codec.put_images(message, pixels, pb.DTYPE_UINT8)
     assert message.dtype == pb.DTYPE_UINT8
     assert list(wire.to_numpy(message, "images")) == [0, 128, 255, 255, 0]
+
+
+def _manifest(classes: tuple[str, ...], name: str = "cvae") -> Manifest:
+    """Only name and classes are read by codec.labels."""
+    return Manifest(
+        name=name,
+        version=1,
+        created="2025-01-02T03:04:05Z",
+        latent_dim=LATENT,
+        image_shape=IMAGE,
+        likelihood="bernoulli",
+        opset=18,
+        pairing_id="0" * 32,
+        graphs={},
+        fp16=None,
+        parity_max_abs_diff={},
+        parity_batch_sizes=(1,),
+        eval=None,
+        training={},
+        classes=classes,
+    )
+
+
+ABC = _manifest(("a", "b", "c"))
+DIGITS = _manifest(tuple(map(str, range(10))), name="mnist-cvae")
+
+
+def test_labels_are_one_per_item_or_one_for_all() -> None:
+    per_item = codec.labels([2, 0, 1], ABC, 3)
+    assert per_item is not None and per_item.dtype == np.int64 and per_item.tolist() == [2, 0, 1]
+    one = codec.labels([1], ABC, 4)
+    assert one is not None and one.dtype == np.int64 and one.tolist() == [1, 1, 1, 1]
+    path = codec.labels([2], ABC, 5, single=True)
+    assert path is not None and path.tolist() == [2] * 5
+    assert codec.labels([], _manifest(()), 3) is None  # unconditional: no array at all
+
+
+@pytest.mark.parametrize(
+    ("values", "manifest", "items", "single", "expected"),
+    [
+        (
+            [],
+            DIGITS,
+            16,
+            False,
+            "labels: model 'mnist-cvae' is conditional on 10 classes (0..9): pass labels, "
+            "one per item or one for all",
+        ),
+        (
+            [0, 1],
+            ABC,
+            3,
+            False,
+            "labels: got 2 labels for 3 items; model 'cvae' is conditional on 3 classes (0..2: a, b, c): "
+            "pass labels, one per item or one for all",
+        ),
+        (
+            [0, 1],
+            ABC,
+            1,
+            False,
+            "labels: got 2 labels for 1 item; model 'cvae' is conditional on 3 classes (0..2: a, b, c): "
+            "pass labels, one per item or one for all",
+        ),
+        (
+            [1, 3, 4],
+            ABC,
+            3,
+            False,
+            "labels: label 3 (position 1) is out of range; model 'cvae' is conditional on 3 classes "
+            "(0..2: a, b, c)",
+        ),
+        (
+            [],
+            ABC,
+            4,
+            True,
+            "labels: model 'cvae' is conditional on 3 classes (0..2: a, b, c): pass labels, exactly one, "
+            "the class of the whole path",
+        ),
+        (
+            [0, 0],
+            ABC,
+            2,
+            True,
+            "labels: got 2 labels; model 'cvae' is conditional on 3 classes (0..2: a, b, c): pass labels, "
+            "exactly one, the class of the whole path",
+        ),
+        (
+            [0],
+            _manifest((), name="mnist"),
+            1,
+            False,
+            "labels: model 'mnist' is unconditional (it has no classes): send no labels",
+        ),
+    ],
+)
+def test_wrong_labels_name_the_model_and_its_classes(
+    values: list[int], manifest: Manifest, items: int, single: bool, expected: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        codec.labels(values, manifest, items, single=single)
+    assert str(caught.value) == expected
+
+
+def test_many_long_class_names_are_clipped_in_messages() -> None:
+    many = _manifest(tuple(f"class-{i:03d}" for i in range(100)))
+    with pytest.raises(InvalidArgument) as caught:
+        codec.labels([100], many, 1)
+    message = str(caught.value)
+    assert message.startswith("labels: label 100 (position 0) is out of range; model 'cvae' is conditional")
+    assert "(0..99: class-000, class-001" in message and message.endswith("…)") and len(message) < 320

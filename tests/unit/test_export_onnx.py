@@ -34,15 +34,17 @@ def _assert_matches_pytorch(model: VAE, version: Path, batch: int = 5) -> None:
     config = model.config
     x = torch.rand(batch, *config.image_shape)
     z = torch.randn(batch, config.latent_dim)
-    encoded = Graph(version / "encoder.onnx").run({"x": x.numpy()})
-    decoded = Graph(version / "decoder.onnx").run({"z": z.numpy()})
+    y = torch.randint(len(config.classes), (batch,)) if config.conditional else None
+    labels = {} if y is None else {"y": y.numpy()}
+    encoded = Graph(version / "encoder.onnx").run({"x": x.numpy(), **labels})
+    decoded = Graph(version / "decoder.onnx").run({"z": z.numpy(), **labels})
     with torch.no_grad():
-        mu, logvar = model.encode(x)
+        mu, logvar = model.encode(x, y)
         np.testing.assert_allclose(encoded["mu"], mu.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(encoded["logvar"], logvar.numpy(), atol=1e-4, rtol=0)
-        np.testing.assert_allclose(decoded["probs"], model.decode_mean(z).numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(decoded["probs"], model.decode_mean(z, y).numpy(), atol=1e-4, rtol=0)
         if config.likelihood == "bernoulli":
-            np.testing.assert_allclose(decoded["logits"], model.decode(z).numpy(), atol=1e-4, rtol=1e-5)
+            np.testing.assert_allclose(decoded["logits"], model.decode(z, y).numpy(), atol=1e-4, rtol=1e-5)
         else:
             assert set(decoded) == {"probs"}
 
@@ -86,8 +88,9 @@ def test_tiny_conv_export_follows_the_contract(tiny_model_repo: Path) -> None:
         ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=4, widths=(32, 16)),
         # A 2-D latent, and the Gaussian likelihood, whose decoder has no logits output.
         ModelConfig(image_shape=(1, 8, 8), latent_dim=2, widths=(4, 8, 16), likelihood="gaussian"),
+        ModelConfig(image_shape=(1, 8, 8), latent_dim=4, widths=(4, 8, 16), classes=("a", "b", "c", "d")),
     ],
-    ids=["conv-bernoulli", "mlp-bernoulli", "conv-gaussian-2d"],
+    ids=["conv-bernoulli", "mlp-bernoulli", "conv-gaussian-2d", "conv-conditional"],
 )
 def test_export_matches_pytorch(config: ModelConfig, tmp_path: Path) -> None:
     model = _model(config)
@@ -95,6 +98,25 @@ def test_export_matches_pytorch(config: ModelConfig, tmp_path: Path) -> None:
     assert version == tmp_path / "toy" / "1"
     _assert_matches_pytorch(model, version)
     assert verify_version(version).ok
+
+
+def test_conditional_export_declares_its_classes(tiny_cvae_repo: Path) -> None:
+    version = tiny_cvae_repo / "tiny-cvae" / "1"
+    manifest = read_manifest(version)
+    assert manifest.classes == ("a", "b", "c")
+    for role in ("encoder", "decoder"):
+        proto = onnx.load(version / f"{role}.onnx")
+        assert json.loads({p.key: p.value for p in proto.metadata_props}["vae.classes"]) == ["a", "b", "c"]
+        (label,) = [value for value in proto.graph.input if value.name == "y"]
+        assert label.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert [d.dim_param for d in label.type.tensor_type.shape.dim] == ["batch"]
+    # One batch may mix labels, at any size: the label axis is the batch axis.
+    decoder = Graph(version / "decoder.onnx")
+    z = np.zeros((9, 8), np.float32)
+    probs = decoder.run({"z": z, "y": np.arange(9, dtype=np.int64) % 3})["probs"]
+    assert probs.shape == (9, 1, 28, 28)
+    np.testing.assert_array_equal(probs[0], probs[3])
+    assert not np.array_equal(probs[0], probs[1])
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64, 513])
@@ -179,8 +201,8 @@ def test_export_never_reuses_the_number_of_a_deleted_version(tmp_path: Path) -> 
 class _DriftingVAE(VAE):
     """A model whose exported encoder differs from its eager one, as a mis-traced op would."""
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = super().encode(x)
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = super().encode(x, y)
         if torch.compiler.is_exporting():
             mu = mu + 1e-3
         return mu, logvar

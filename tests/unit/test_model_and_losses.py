@@ -52,11 +52,40 @@ def test_shapes_and_dtypes(config: ModelConfig) -> None:
         ({"architecture": "rnn"}, "architecture"),
         ({"likelihood": "poisson"}, "likelihood"),
         ({"widths": (8, 16)}, "3 widths"),
+        ({"classes": ("a",)}, "two or more"),
+        ({"classes": ("a", "a")}, "distinct"),
+        ({"classes": ("a", "b"), "architecture": "mlp", "widths": (8,)}, "conditional"),
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ModelConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def test_conditional_model_uses_its_labels_in_both_halves() -> None:
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(widths=(8, 16, 32), latent_dim=4, classes=("a", "b", "c"))).eval()
+    x, z = torch.rand(2, 1, 28, 28), torch.randn(2, 4)
+    ones, twos = torch.tensor([1, 1]), torch.tensor([2, 2])
+    assert not torch.allclose(model.encode(x, ones)[0], model.encode(x, twos)[0])
+    assert not torch.allclose(model.decode(z, ones), model.decode(z, twos))
+    # Each item follows its own label: a mixed batch decodes as its items decoded alone.
+    mixed = model.decode(z, torch.tensor([1, 2]))
+    assert torch.allclose(mixed[0], model.decode(z[:1], ones[:1])[0], atol=1e-6)
+    assert torch.allclose(mixed[1], model.decode(z[1:], twos[:1])[0], atol=1e-6)
+    # forward lays k samples out sample-major; each row must be decoded under its image's label.
+    torch.manual_seed(1)
+    decoded, _, _, latents = model(x, 3, torch.tensor([0, 2]))
+    expected = model.decode(latents.reshape(6, 4), torch.tensor([0, 2, 0, 2, 0, 2]))
+    assert torch.allclose(decoded, expected, atol=1e-6)
+    assert torch.isfinite(elbo_loss(model, x, y=ones).loss) and torch.isfinite(
+        iwae_loss(model, x, 4, y=ones).loss
+    )
+    with pytest.raises(ValueError, match="pass labels"):
+        model.decode(z)
+    with pytest.raises(ValueError, match="unconditional"):
+        VAE(ModelConfig(widths=(8, 16, 32), latent_dim=4)).decode(z, ones)
 
 
 def test_analytic_kl_matches_monte_carlo() -> None:
@@ -93,10 +122,10 @@ class LinearGaussianVAE(VAE):
             self.decoder[0].weight.copy_(weight)
             self.decoder[0].bias.copy_(bias)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(z)  # linear mean, no squashing: the closed form needs it
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # The exact posterior's mean with a deliberately too-wide diagonal variance, so that
         # small k is visibly biased and only large k closes the gap.
         w = self.weight

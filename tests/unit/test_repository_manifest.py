@@ -97,6 +97,24 @@ def test_score_reference_is_optional_and_round_trips(tmp_path: Path) -> None:
     assert read_manifest(tmp_path).score_reference == reference
 
 
+def test_classes_are_optional_and_round_trip(tmp_path: Path) -> None:
+    assert "classes" not in _manifest().to_json()  # an unconditional model.json reads as before
+    assert not _manifest().conditional
+    manifest = _manifest(classes=("cat", "dog"))
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest and read_manifest(tmp_path).conditional
+
+
+def test_conditional_contract_adds_the_label_input_to_both_graphs() -> None:
+    contract = graph_contract(2, (1, 4, 4), "bernoulli", conditional=True)
+    for role, first in (("encoder", "x"), ("decoder", "z")):
+        inputs, _ = contract[role]
+        assert [(t.name, t.dtype, t.shape) for t in inputs] == [
+            (first, "float32", inputs[0].shape),
+            ("y", "int64", ("batch",)),
+        ]
+
+
 def test_gaussian_decoder_contract_has_no_logits() -> None:
     _, outputs = graph_contract(2, (3, 4, 4), "gaussian")["decoder"]
     assert [(t.name, t.shape) for t in outputs] == [("probs", ("batch", 3, 4, 4))]
@@ -134,6 +152,9 @@ _DELETE = object()
         ("graphs.encoder.inputs.0.shape", ["batch", -1], "'graphs.encoder.inputs[0].shape' must hold"),
         ("parity.batch_sizes", [1, "7"], "'parity.batch_sizes' must list positive integers"),
         ("eval", [1, 2], "eval must be an object or null"),
+        ("classes", ["only"], "'classes' must list at least two distinct"),
+        ("classes", ["a", "a"], "'classes' must list at least two distinct"),
+        ("classes", "ab", "field 'classes' must be list"),
         ("score_reference", {"k": 64, "quantiles": {}}, "missing field 'score_reference.median'"),
         (
             "score_reference",

@@ -41,6 +41,26 @@ def test_exported_version_passes_every_check(version: Path) -> None:
     report.raise_for_failures()  # does not raise
 
 
+def test_conditional_version_passes_every_check_and_its_classes_are_checked(
+    tiny_cvae_repo: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(tiny_cvae_repo, tmp_path / "models")
+    version = tmp_path / "models" / "tiny-cvae" / "1"
+    report = verify_version(version)
+    assert report.ok, report.failures
+    assert [c.name for c in report.checks] == [*ALL_CHECKS, "classes"]
+    # A manifest that forgets its classes no longer matches its graphs' contract or metadata.
+    _edit_manifest(version, lambda data: data.pop("classes"))
+    failures = _failures(version)
+    assert "no classes require x float32" in failures["contract"]
+    assert "metadata vae.classes" not in failures.get("pairing", "")
+    # Naming more classes than the graphs embed is caught when they run.
+    _edit_manifest(version, lambda data: data.update(classes=["a", "b", "c", "d"]))
+    failures = _failures(version)
+    assert 'metadata vae.classes is \'["a", "b", "c"]\'' in failures["pairing"]
+    assert "onnxruntime failed" in failures["classes"]
+
+
 def test_tampered_file_is_caught_before_it_is_loaded(version: Path) -> None:
     data = bytearray((version / "decoder.onnx").read_bytes())
     data[-1] ^= 0xFF
@@ -86,7 +106,9 @@ def test_wrong_shape_in_manifest_is_caught(version: Path) -> None:
         "decoder.onnx outputs are probs float32['batch', 1, 28, 28], logits float32['batch', 1, 28, 28] "
         "but model.json says probs float32['batch', 1, 28, 27], logits float32['batch', 1, 28, 28]"
     )
-    assert "image_shape [1, 28, 28] and likelihood 'bernoulli' require probs" in failures["contract"]
+    assert (
+        "image_shape [1, 28, 28], likelihood 'bernoulli' and no classes require probs" in failures["contract"]
+    )
     assert "end-to-end" not in [c.name for c in report.checks]  # mis-shaped graphs are not run
 
 

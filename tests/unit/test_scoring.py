@@ -72,14 +72,14 @@ def test_log_prior_is_the_standard_normal_density() -> None:
     np.testing.assert_allclose(log_prior(z), expected.numpy(), rtol=1e-12)
 
 
-def _scorer(n: int, k: int) -> tuple[Scorer, np.ndarray]:
+def _scorer(n: int, k: int, labels: np.ndarray | None = None) -> tuple[Scorer, np.ndarray]:
     rng = np.random.default_rng(1)
     images = (rng.random((n, *IMAGE)) < 0.5).astype(np.float32)
     mu = rng.standard_normal((n, D)).astype(np.float32)
     logvar = rng.normal(-1, 0.3, (n, D)).astype(np.float32)
     eps = rng.standard_normal((k, D)).astype(np.float32)
     weights = rng.standard_normal((D, math.prod(IMAGE))).astype(np.float32)
-    return Scorer(Likelihood("bernoulli", LOGITS), images, mu, logvar, eps), weights
+    return Scorer(Likelihood("bernoulli", LOGITS), images, mu, logvar, eps, labels), weights
 
 
 def _decode(z: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_results_do_not_depend_on_chunk_size_or_the_order_chunks_come_back() -> 
     for size, backwards in ((1, False), (7, True), (1000, False)):
         scorer, weights = _scorer(5, 9)
         chunks = list(scorer.chunks(size))
-        for start, z in reversed(chunks) if backwards else chunks:
+        for start, z, _ in reversed(chunks) if backwards else chunks:
             scorer.add(start, _decode(z, weights))
         results.append(scorer.result())
     for other in results[1:]:
@@ -105,7 +105,7 @@ def test_the_elbo_uses_the_analytic_kl_and_an_unfinished_job_has_no_result() -> 
     with pytest.raises(RuntimeError, match="before every decoder item"):
         scorer.result()
     log_px = []
-    for start, z in scorer.chunks(2):
+    for start, z, _ in scorer.chunks(2):
         scorer.add(start, _decode(z, weights))
         log_px.append(
             scorer.likelihood.log_prob(
@@ -115,3 +115,14 @@ def test_the_elbo_uses_the_analytic_kl_and_an_unfinished_job_has_no_result() -> 
     scores = scorer.result()
     expected = np.concatenate(log_px).reshape(3, 4).mean(axis=1) - scores.kl
     np.testing.assert_allclose(scores.elbo, expected, rtol=1e-6)
+
+
+def test_each_decoder_item_carries_the_label_of_its_image_across_chunks() -> None:
+    scorer, _ = _scorer(3, 4, labels=np.array([2, 0, 1], np.uint8))  # MNIST's labels are uint8
+    chunks = list(scorer.chunks(5))  # 12 items in chunks of 5, 5 and 2, each across two images
+    labels = np.concatenate([y for _, _, y in chunks if y is not None])
+    assert labels.dtype == np.int64  # what the graphs' int64 input takes
+    assert labels.tolist() == [2] * 4 + [0] * 4 + [1] * 4
+    assert [y for _, _, y in _scorer(3, 4)[0].chunks(5)] == [None, None, None]
+    with pytest.raises(ValueError, match="2 labels for 3 images: give one label per image"):
+        _scorer(3, 4, labels=np.array([0, 1]))

@@ -123,6 +123,7 @@ class EncodeRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     samples: _builtins.int
     """Posterior samples z per image (0 = none)."""
     seed: _builtins.int
@@ -133,6 +134,12 @@ class EncodeRequest(_message.Message):
     def images(self) -> Global___Tensor:
         """[batch, C, H, W], float32 in [0, 1] or uint8."""
 
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A conditional model's class indices (ModelInfo.classes): one per image, or one for all of them.
+        Required by a conditional model, refused by an unconditional one.
+        """
+
     def __init__(
         self,
         *,
@@ -140,10 +147,11 @@ class EncodeRequest(_message.Message):
         images: Global___Tensor | None = ...,
         samples: _builtins.int = ...,
         seed: _builtins.int | None = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "labels", b"labels", "model", b"model", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -198,6 +206,7 @@ class DecodeRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     LATENTS_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     output_dtype: Global___DType.ValueType
     """Element type of the returned images: FLOAT32 (default) or UINT8."""
     @_builtins.property
@@ -206,16 +215,23 @@ class DecodeRequest(_message.Message):
     def latents(self) -> Global___Tensor:
         """[batch, D] float32."""
 
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A conditional model's class indices (ModelInfo.classes): one per latent, or one for all of them.
+        Required by a conditional model, refused by an unconditional one.
+        """
+
     def __init__(
         self,
         *,
         model: Global___ModelRef | None = ...,
         latents: Global___Tensor | None = ...,
         output_dtype: Global___DType.ValueType = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latents", b"latents", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latents", b"latents", "model", b"model", "output_dtype", b"output_dtype"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "latents", b"latents", "model", b"model", "output_dtype", b"output_dtype"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,6 +272,7 @@ class SampleRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     n: _builtins.int
     """Number of images."""
     seed: _builtins.int
@@ -267,6 +284,12 @@ class SampleRequest(_message.Message):
     output_dtype: Global___DType.ValueType
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A conditional model's class indices (ModelInfo.classes): one per image, or one for all of them.
+        Required by a conditional model, refused by an unconditional one.
+        """
+
     def __init__(
         self,
         *,
@@ -275,10 +298,11 @@ class SampleRequest(_message.Message):
         seed: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
         output_dtype: Global___DType.ValueType = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "model", b"model", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "model", b"model", "n", b"n", "output_dtype", b"output_dtype", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "labels", b"labels", "model", b"model", "n", b"n", "output_dtype", b"output_dtype", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -330,6 +354,7 @@ class ReconstructRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     output_dtype: Global___DType.ValueType
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
@@ -337,16 +362,23 @@ class ReconstructRequest(_message.Message):
     def images(self) -> Global___Tensor:
         """[batch, C, H, W], float32 in [0, 1] or uint8."""
 
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A conditional model's class indices (ModelInfo.classes): one per image, or one for all of them.
+        Required by a conditional model, refused by an unconditional one.
+        """
+
     def __init__(
         self,
         *,
         model: Global___ModelRef | None = ...,
         images: Global___Tensor | None = ...,
         output_dtype: Global___DType.ValueType = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model", b"model", "output_dtype", b"output_dtype"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "labels", b"labels", "model", b"model", "output_dtype", b"output_dtype"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,6 +426,7 @@ class InterpolateRequest(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
     """Points along the path, both endpoints included (at least 2)."""
     method: Global___InterpolationMethod.ValueType
@@ -408,6 +441,13 @@ class InterpolateRequest(_message.Message):
     def latents(self) -> Global___Tensor:
         """[2, D] float32."""
 
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A conditional model's class index (ModelInfo.classes): exactly one. Image endpoints are encoded
+        and the whole path is decoded under that class. Required by a conditional model, refused by an
+        unconditional one.
+        """
+
     def __init__(
         self,
         *,
@@ -417,10 +457,11 @@ class InterpolateRequest(_message.Message):
         steps: _builtins.int = ...,
         method: Global___InterpolationMethod.ValueType = ...,
         output_dtype: Global___DType.ValueType = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "images", b"images", "latents", b"latents", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "images", b"images", "latents", b"latents", "method", b"method", "model", b"model", "output_dtype", b"output_dtype", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "images", b"images", "labels", b"labels", "latents", b"latents", "method", b"method", "model", b"model", "output_dtype", b"output_dtype", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_endpoints: _TypeAlias = _typing.Literal["images", "latents"]  # noqa: Y015
     _WhichOneofArgType_endpoints: _TypeAlias = _typing.Literal["endpoints", b"endpoints"]  # noqa: Y015
@@ -468,6 +509,7 @@ class ScoreRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     samples: _builtins.int
     """Importance samples k per image, at least 1 (1 gives the ELBO)."""
     seed: _builtins.int
@@ -478,6 +520,13 @@ class ScoreRequest(_message.Message):
     def images(self) -> Global___Tensor:
         """[batch, C, H, W], float32 in [0, 1] or uint8."""
 
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A conditional model's class indices (ModelInfo.classes): one per image, or one for all of them;
+        each image is encoded, and its k draws decoded, under its own label. Required by a conditional
+        model, refused by an unconditional one.
+        """
+
     def __init__(
         self,
         *,
@@ -485,10 +534,11 @@ class ScoreRequest(_message.Message):
         images: Global___Tensor | None = ...,
         samples: _builtins.int = ...,
         seed: _builtins.int | None = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "labels", b"labels", "model", b"model", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -611,6 +661,7 @@ class ModelInfo(_message.Message):
     CREATED_FIELD_NUMBER: _builtins.int
     MAX_BATCH_ITEMS_FIELD_NUMBER: _builtins.int
     MAX_REQUEST_ITEMS_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     is_default: _builtins.bool
@@ -636,6 +687,10 @@ class ModelInfo(_message.Message):
     def image_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """[C, H, W]."""
 
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A conditional model's class names: label i is classes[i]. Empty for an unconditional model."""
+
     def __init__(
         self,
         *,
@@ -651,10 +706,11 @@ class ModelInfo(_message.Message):
         created: _builtins.str = ...,
         max_batch_items: _builtins.int = ...,
         max_request_items: _builtins.int = ...,
+        classes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "image_shape", b"image_shape", "is_default", b"is_default", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "provider", b"provider", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created", b"created", "image_shape", b"image_shape", "is_default", b"is_default", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "provider", b"provider", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

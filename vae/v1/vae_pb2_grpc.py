@@ -28,6 +28,7 @@ if _version_not_supported:
 class VaeServiceStub:
     """Encode, decode, sample, reconstruct and interpolate with a VAE's two graphs.
     Every request may name a model and version; both empty means the newest version of the default model.
+    A conditional model (ModelInfo.classes not empty) takes the class of each item in `labels`.
     """
 
     def __init__(self, channel):
@@ -86,6 +87,7 @@ class VaeServiceStub:
 class VaeServiceServicer:
     """Encode, decode, sample, reconstruct and interpolate with a VAE's two graphs.
     Every request may name a model and version; both empty means the newest version of the default model.
+    A conditional model (ModelInfo.classes not empty) takes the class of each item in `labels`.
     """
 
     def Encode(self, request, context):
@@ -210,6 +212,7 @@ def add_VaeServiceServicer_to_server(servicer, server):
 class VaeService:
     """Encode, decode, sample, reconstruct and interpolate with a VAE's two graphs.
     Every request may name a model and version; both empty means the newest version of the default model.
+    A conditional model (ModelInfo.classes not empty) takes the class of each item in `labels`.
     """
 
     @staticmethod

@@ -31,6 +31,7 @@ GRPC_VERSION: str
 class VaeServiceStub:
     """Encode, decode, sample, reconstruct and interpolate with a VAE's two graphs.
     Every request may name a model and version; both empty means the newest version of the default model.
+    A conditional model (ModelInfo.classes not empty) takes the class of each item in `labels`.
     """
 
     @_typing.overload
@@ -60,6 +61,7 @@ class VaeServiceStub:
 class VaeServiceAsyncStub(VaeServiceStub):
     """Encode, decode, sample, reconstruct and interpolate with a VAE's two graphs.
     Every request may name a model and version; both empty means the newest version of the default model.
+    A conditional model (ModelInfo.classes not empty) takes the class of each item in `labels`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -85,6 +87,7 @@ class VaeServiceAsyncStub(VaeServiceStub):
 class VaeServiceServicer(metaclass=_abc_1.ABCMeta):
     """Encode, decode, sample, reconstruct and interpolate with a VAE's two graphs.
     Every request may name a model and version; both empty means the newest version of the default model.
+    A conditional model (ModelInfo.classes not empty) takes the class of each item in `labels`.
     """
 
     @_abc_1.abstractmethod

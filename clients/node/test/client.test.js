@@ -14,6 +14,7 @@ const {
   float32Tensor,
   float32ToBytes,
   fromTensor,
+  labelList,
   loadService,
 } = require('..');
 
@@ -47,6 +48,20 @@ describe('float32 helpers', () => {
   it('read int64 shapes that arrive as strings', () => {
     const tensor = { shape: ['2', '1'], dtype: 'DTYPE_FLOAT32', data: float32ToBytes([0.5, 1]) };
     assert.deepEqual(fromTensor(tensor).shape, [2, 1]);
+  });
+});
+
+describe('labels', () => {
+  it('take one class index for all items, or one per item', () => {
+    assert.deepEqual(labelList(7), [7]);
+    assert.deepEqual(labelList([0, 2, 1]), [0, 2, 1]);
+    assert.deepEqual(labelList(Uint8Array.of(3, 0)), [3, 0]);
+  });
+
+  it('refuse what protobufjs would silently turn into another class', () => {
+    for (const bad of [-1, 1.5, ['7'], 2 ** 32]) {
+      assert.throws(() => labelList(bad), TypeError);
+    }
   });
 });
 
@@ -87,6 +102,12 @@ describe('against a server', { skip: !target && 'VAE_TARGET is not set' }, () =>
     await rpcError(client.decode(latents), grpc.status.INVALID_ARGUMENT);
     // proto-loader drops a field name it does not know: the server sees no latents at all.
     await rpcError(client.call('Decode', { latent: float32Tensor([0], [1, 1]) }), grpc.status.INVALID_ARGUMENT);
+    // The tiny model is unconditional: labels reach the server, which refuses them.
+    await assert.rejects(client.sample(1, { labels: 1 }), (error) => {
+      assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+      assert.match(error.details, /^labels: model 'tiny' is unconditional/);
+      return true;
+    });
   });
 
   it('refuses a misspelt output dtype, which proto3 would turn into 0 (float32)', async () => {
