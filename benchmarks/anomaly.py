@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks.inprocess import load_graphs
 from repository.manifest import IMAGES, LATENTS, LOGVAR, MU, PROBS, read_manifest
+from repository.prior import load_prior
 from repository.scoring import Scorer, decode_all, draws, likelihood_of
 from service.client import VaeClient
 from service.config import ServiceConfig
@@ -99,6 +100,7 @@ class InProcess:
 
     def __init__(self, version_dir: Path) -> None:
         self.manifest = read_manifest(version_dir)
+        self.prior = load_prior(version_dir, self.manifest)
         graphs = load_graphs(version_dir)
         self.encoder, self.decoder = graphs["encoder"], graphs["decoder"]
 
@@ -106,7 +108,7 @@ class InProcess:
         """Log-likelihood, ELBO and reconstruction error per image, as Score computes them."""
         eps = draws(np.random.Generator(np.random.PCG64(seed)), k, self.manifest.latent_dim)
         encoded = self.encoder.run({IMAGES: images}, (MU, LOGVAR))
-        scorer = Scorer(likelihood_of(self.manifest), images, encoded[MU], encoded[LOGVAR], eps)
+        scorer = Scorer(likelihood_of(self.manifest), self.prior, images, encoded[MU], encoded[LOGVAR], eps)
         scores = decode_all(self.decoder, scorer)
         reconstruction = self.decoder.run({LATENTS: encoded[MU]}, (PROBS,))[PROBS]
         error = reconstruction_error(images, reconstruction)

@@ -30,14 +30,17 @@ from repository.manifest import (
     IMAGES,
     LABELS,
     LATENTS,
+    PRIOR_KIND,
     Fp16Entry,
     GraphEntry,
     Manifest,
+    PriorEntry,
     file_sha256,
     graph_contract,
     graph_metadata,
     write_manifest,
 )
+from repository.prior import PRIOR_FILE, load_prior, read_mixture, save_prior
 from repository.runtime import Graph
 from repository.scoring import ScoringUnsupported, score_reference
 from repository.verify import (
@@ -203,6 +206,7 @@ def export_model(
                 file=file, sha256=file_sha256(staged / file), inputs=inputs, outputs=outputs
             )
         parity = _check_parity(model, staged)
+        prior = _write_prior(model, staged)
         manifest = Manifest(
             name=name,
             version=version,
@@ -219,6 +223,7 @@ def export_model(
             eval=evaluation,
             training=training,
             classes=config.classes,
+            prior=prior,
         )
         if fp16:
             manifest = _add_fp16(staged, manifest)
@@ -329,6 +334,46 @@ def _check_parity(model: VAE, staged: Path) -> dict[str, float]:
     return worst
 
 
+def _write_prior(model: VAE, staged: Path) -> PriorEntry | None:
+    """A learned prior as the mixture it is now, in PRIOR_FILE; None (nothing written) for N(0, I).
+
+    A VampPrior's components are the encoder's posteriors at its pseudo-inputs, computed here once.
+    The file's log p(z) must match PyTorch's on probe latents from N(0, I) and from the prior itself.
+    """
+    config = model.config
+    with torch.no_grad():
+        components = model.prior_components()
+        if components is None:
+            return None
+        means, logvars, log_weights = (c.numpy() for c in components)
+        save_prior(staged / PRIOR_FILE, means, logvars, log_weights)
+        entry = PriorEntry(
+            kind=PRIOR_KIND,
+            trained_as=config.prior,
+            components=config.prior_components,
+            file=PRIOR_FILE,
+            sha256=file_sha256(staged / PRIOR_FILE),
+        )
+        prior = read_mixture(staged / PRIOR_FILE, config.prior_components, config.latent_dim)
+        z = np.concatenate(
+            [
+                probe_latents(config.latent_dim, 64),
+                prior.sample(np.random.default_rng(SCORE_REFERENCE_SEED), 64, 1.0),
+            ]
+        )
+        expected = model.log_prior(torch.from_numpy(z)).numpy()
+    # log p(z) reaches hundreds of nats far from the prior, where float32 resolves ~1e-5: scaled.
+    (difference,) = compare_outputs(
+        {"log_prior": expected}, {"log_prior": prior.log_prob(z)}, PARITY_TOLERANCE, scaled={"log_prior"}
+    )
+    if not difference.ok:
+        raise ExportError(
+            f"parity failed for {PRIOR_FILE}: its log p(z) {difference.describe('PyTorch')}; "
+            "nothing was written"
+        )
+    return entry
+
+
 def _add_score_reference(staged: Path, manifest: Manifest, score: ScoreImages) -> Manifest:
     """The test set's Score quantiles, the baseline of the drift alert (docs/anomaly.md)."""
     try:
@@ -336,6 +381,7 @@ def _add_score_reference(staged: Path, manifest: Manifest, score: ScoreImages) -
             Graph(staged / manifest.graphs["encoder"].file),
             Graph(staged / manifest.graphs["decoder"].file),
             manifest,
+            load_prior(staged, manifest),
             score.images,
             k=score.k,
             seed=SCORE_REFERENCE_SEED,

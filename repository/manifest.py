@@ -27,6 +27,9 @@ LATENTS, PROBS, LOGITS = "z", "probs", "logits"
 # A conditional model's class index, int64 [batch], a second input of both graphs.
 LABELS = "y"
 LABEL_DTYPE = "int64"
+# A learned prior is exported as a mixture of diagonal Gaussians, whichever prior training learned.
+PRIOR_KIND = "mixture"
+PRIORS_TRAINED = ("mixture", "vamp")
 # Names become directory names and Prometheus label values; keep them plain.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -76,6 +79,29 @@ class Fp16Entry:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PriorEntry:
+    """A learned prior, exported as a mixture of diagonal Gaussians in one hashed file (repository/prior.py).
+
+    trained_as: what training learned ("mixture" or "vamp"); kind: what the file holds, always "mixture".
+    """
+
+    kind: str
+    trained_as: str
+    components: int
+    file: str
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "trained_as": self.trained_as,
+            "components": self.components,
+            "file": self.file,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """The contents of model.json (format_version 1); see docs/export.md for each field."""
 
@@ -99,16 +125,20 @@ class Manifest:
     # A conditional model's class names (label i is classes[i]); empty for an unconditional model,
     # whose model.json omits the field, so versions exported before it stay valid.
     classes: tuple[str, ...] = ()
+    # A learned prior; None is N(0, I), and model.json omits the field, so earlier versions stay valid.
+    prior: PriorEntry | None = None
 
     @property
     def conditional(self) -> bool:
         return bool(self.classes)
 
     def files(self) -> dict[str, str]:
-        """Every file the manifest covers, mapped to its expected sha256."""
-        entries: list[GraphEntry | Fp16Entry] = [self.graphs[g] for g in GRAPHS]
+        """Every file the manifest covers (graphs and prior), mapped to its expected sha256."""
+        entries: list[GraphEntry | Fp16Entry | PriorEntry] = [self.graphs[g] for g in GRAPHS]
         if self.fp16 is not None:
             entries += [self.fp16[g] for g in GRAPHS]
+        if self.prior is not None:
+            entries.append(self.prior)
         return {entry.file: entry.sha256 for entry in entries}
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +162,7 @@ class Manifest:
             "training": dict(self.training),
             **({} if self.score_reference is None else {"score_reference": dict(self.score_reference)}),
             **({"classes": list(self.classes)} if self.classes else {}),
+            **({} if self.prior is None else {"prior": self.prior.to_json()}),
         }
 
 
@@ -258,6 +289,7 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
         training=root.get("training", dict),
         score_reference=None if data.get("score_reference") is None else _score_reference(root),
         classes=_classes(root) if "classes" in data else (),
+        prior=_prior_entry(root.child("prior")) if "prior" in data else None,
     )
 
 
@@ -268,6 +300,22 @@ def _classes(root: _Fields) -> tuple[str, ...]:
             f"{root.source}: field 'classes' must list at least two distinct, non-empty names, got {names}"
         )
     return tuple(names)
+
+
+def _prior_entry(fields: _Fields) -> PriorEntry:
+    kind, trained_as = fields.get("kind", str), fields.get("trained_as", str)
+    if kind != PRIOR_KIND or trained_as not in PRIORS_TRAINED:
+        raise ManifestError(
+            f"{fields.source}: prior must have kind {PRIOR_KIND!r} and trained_as one of {PRIORS_TRAINED}, "
+            f"got {kind!r} and {trained_as!r}"
+        )
+    return PriorEntry(
+        kind=kind,
+        trained_as=trained_as,
+        components=fields.positive_int("components"),
+        file=_file_name(fields),
+        sha256=_sha256_field(fields),
+    )
 
 
 def _score_reference(root: _Fields) -> Mapping[str, Any]:

@@ -1,8 +1,9 @@
 """Per-image log-likelihood in numpy around the two graphs: importance sampling (Burda et al. 2015).
 
-log p(x) >= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i = mu + eps_i * sigma ~ q(z|x). The k draws
-eps_i are shared by every image of a request, so an image's score depends only on the image, k and
-the draws: scoring images one at a time or together gives the same numbers. The decoder items (k per
+log p(x) >= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i = mu + eps_i * sigma ~ q(z|x), with the
+model's own prior p(z) (repository/prior.py). The k draws eps_i are shared by every image of a
+request, so an image's score depends only on the image, k and the draws: scoring images one at a
+time or together gives the same numbers. The decoder items (k per
 image) can be computed in any chunks and any order; `Scorer.add` files each chunk's weights by item
 index and `Scorer.result` reduces each image's k weights in a fixed order, so chunking never shows.
 A conditional model's image is scored under its label: the encoder is fed it with the image, and the
@@ -20,6 +21,7 @@ import numpy as np
 
 from repository.errors import VaeError
 from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest
+from repository.prior import Prior
 from repository.runtime import Graph
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -61,17 +63,6 @@ def likelihood_of(manifest: Manifest) -> Likelihood:
     return Likelihood("gaussian", PROBS, float(model.get("gaussian_log_scale", 0.0)))
 
 
-def log_prior(z: np.ndarray) -> np.ndarray:
-    """log p(z) summed over the last axis: N(0, I), the prior every model has today."""
-    return np.asarray(-0.5 * np.sum(LOG_2PI + z * z, axis=-1))
-
-
-def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per row, analytic (Kingma & Welling 2013, app. B): float64."""
-    m, lv = mu.astype(np.float64), logvar.astype(np.float64)
-    return np.asarray(0.5 * np.sum(m * m + np.exp(lv) - 1.0 - lv, axis=1))
-
-
 def feeds(name: str, values: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
     """A graph's inputs: `values` as input `name`, and a conditional model's labels as LABELS."""
     return {name: values} if labels is None else {name: values, LABELS: labels}
@@ -86,9 +77,11 @@ def draws(rng: np.random.Generator, k: int, latent_dim: int) -> np.ndarray:
 class Scores:
     """Per image, float32 nats: the importance-weighted bound, the ELBO and the KL.
 
-    The ELBO is mean_i log p(x|z_i) - KL with the analytic KL (Kingma & Welling's lower-variance
-    estimator, the one `vae eval` reports); the bound's k = 1 case, log p(x|z) p(z) / q(z|x), has the
-    same expectation but samples the KL too.
+    The ELBO is mean_i log p(x|z_i) - KL. Under N(0, I) the KL is analytic (Kingma & Welling's
+    lower-variance estimator, the one `vae eval` reports); the bound's k = 1 case, log p(x|z) p(z) /
+    q(z|x), has the same expectation but samples the KL too. Under a learned (mixture) prior the KL has
+    no closed form: it is the Monte Carlo estimate over the same k draws, mean_i [log q(z_i|x) -
+    log p(z_i)], so the ELBO is mean_i of the log-weights.
     """
 
     log_likelihood: np.ndarray
@@ -100,12 +93,13 @@ class Scorer:
     """The decoder items of one scoring job, k per image (image-major), and their log-weights.
 
     `labels`, a conditional model's class of each image (None for an unconditional model), go with
-    every decoder item of their image.
+    every decoder item of their image. `prior` is the model's p(z) (repository/prior.py).
     """
 
     def __init__(
         self,
         likelihood: Likelihood,
+        prior: Prior,
         images: np.ndarray,
         mu: np.ndarray,
         logvar: np.ndarray,
@@ -113,6 +107,7 @@ class Scorer:
         labels: np.ndarray | None = None,
     ) -> None:
         self.likelihood = likelihood
+        self.prior = prior
         self.images, self.mu, self.eps = images, mu, eps
         self.labels = _labels(labels, len(images))
         self.sigma = np.exp(np.float32(0.5) * logvar)
@@ -145,7 +140,7 @@ class Scorer:
         log_q = -0.5 * np.sum(LOG_2PI + self.logvar[image].astype(np.float64) + eps * eps, axis=1)
         log_px = self.likelihood.log_prob(decoded, self.images[image])
         self._log_px[start : start + len(decoded)] = log_px
-        self._log_w[start : start + len(decoded)] = log_px + log_prior(z) - log_q
+        self._log_w[start : start + len(decoded)] = log_px + self.prior.log_prob(z) - log_q
 
     def result(self) -> Scores:
         log_w = self._log_w.reshape(len(self.images), self.k)
@@ -154,8 +149,11 @@ class Scorer:
         top = log_w.max(axis=1)
         # log-sum-exp per image, shifted by its largest weight so that no exp overflows.
         lse = top + np.log(np.sum(np.exp(log_w - top[:, None]), axis=1))
-        kl = kl_divergence(self.mu, self.logvar)
-        elbo = self._log_px.reshape(log_w.shape).mean(axis=1) - kl
+        log_px = self._log_px.reshape(log_w.shape)
+        kl = self.prior.analytic_kl(self.mu, self.logvar)
+        if kl is None:
+            kl = np.mean(log_px - log_w, axis=1)  # log q(z_i|x) - log p(z_i), averaged over the draws
+        elbo = log_px.mean(axis=1) - kl
         return Scores(
             log_likelihood=(lse - math.log(self.k)).astype(np.float32),
             elbo=elbo.astype(np.float32),
@@ -167,6 +165,7 @@ def score_in_process(
     encoder: Graph,
     decoder: Graph,
     likelihood: Likelihood,
+    prior: Prior,
     images: np.ndarray,
     eps: np.ndarray,
     chunk: int = 256,
@@ -179,7 +178,7 @@ def score_in_process(
     """
     y = _labels(labels, len(images))
     encoded = encoder.run(feeds(IMAGES, images, y), (MU, LOGVAR))
-    return decode_all(decoder, Scorer(likelihood, images, encoded[MU], encoded[LOGVAR], eps, y), chunk)
+    return decode_all(decoder, Scorer(likelihood, prior, images, encoded[MU], encoded[LOGVAR], eps, y), chunk)
 
 
 def decode_all(decoder: Graph, scorer: Scorer, chunk: int = 256) -> Scores:
@@ -206,6 +205,7 @@ def score_reference(
     encoder: Graph,
     decoder: Graph,
     manifest: Manifest,
+    prior: Prior,
     images: np.ndarray,
     *,
     k: int,
@@ -217,7 +217,8 @@ def score_reference(
     """Quantiles of the log-likelihood Score gives `images` with k draws from PCG64(seed), for model.json.
 
     Scored `group` images at a time (same numbers: the draws are shared), so memory stays bounded.
-    `labels`: a conditional model's class of each image, which each image is scored under.
+    `labels`: a conditional model's class of each image, which each image is scored under; `prior`:
+    the version's p(z) (repository.prior.load_prior).
     """
     likelihood = likelihood_of(manifest)
     eps = draws(np.random.Generator(np.random.PCG64(seed)), k, manifest.latent_dim)
@@ -227,6 +228,7 @@ def score_reference(
                 encoder,
                 decoder,
                 likelihood,
+                prior,
                 images[i : i + group],
                 eps,
                 labels=None if labels is None else labels[i : i + group],

@@ -28,6 +28,7 @@ from repository.manifest import (
     graph_metadata,
     read_manifest,
 )
+from repository.prior import PriorError, load_prior
 from repository.runtime import Graph, TensorSpec
 
 # Half precision keeps ~3 significant digits and overflows past 65504. The bound is 1% of an
@@ -168,9 +169,13 @@ def verify_version(path: Path, *, intra_op_threads: int = 1) -> VerifyReport:
     if not hashes_ok:
         return VerifyReport(path, manifest, tuple(checks))  # never run files we cannot vouch for
 
+    if manifest.prior is not None:
+        check("prior", _prior_problems(path, manifest), f"a mixture of {manifest.prior.components} Gaussians")
+
+    variants = _variants(manifest)
     graphs: dict[str, Graph] = {}
     load_problems = []
-    for name in manifest.files():
+    for name in dict.fromkeys(file for _, file in variants):
         try:
             graphs[name] = Graph(path / name, intra_op_threads=intra_op_threads)
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
@@ -178,7 +183,6 @@ def verify_version(path: Path, *, intra_op_threads: int = 1) -> VerifyReport:
     if not check("load", load_problems, f"{len(graphs)} graphs load in onnxruntime"):
         return VerifyReport(path, manifest, tuple(checks))
 
-    variants = _variants(manifest)
     spec_problems = [p for role, file in variants for p in _spec_problems(graphs[file], file, manifest, role)]
     check("shapes", spec_problems, "graph inputs and outputs match model.json")
     pairing_problems = [
@@ -198,6 +202,14 @@ def verify_version(path: Path, *, intra_op_threads: int = 1) -> VerifyReport:
         problems = _guarded(lambda: _fp16_problems(graphs, manifest))
         check("fp16", problems, f"half-precision graphs within {FP16_TOLERANCE} of float32")
     return VerifyReport(path, manifest, tuple(checks))
+
+
+def _prior_problems(path: Path, manifest: Manifest) -> list[str]:
+    try:
+        load_prior(path, manifest)
+    except PriorError as exc:
+        return [str(exc)]
+    return []
 
 
 def _guarded(find_problems: Callable[[], list[str]]) -> list[str]:

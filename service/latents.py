@@ -1,8 +1,9 @@
-"""Latent-space arithmetic done in numpy around the graphs: prior and posterior draws, interpolation paths.
+"""Latent-space arithmetic in numpy around the graphs: request streams, posterior draws, interpolation.
 
 Random draws come from a per-request stream, numpy's PCG64 seeded with the request's seed, so a
 seeded request gets the same numbers whatever else the server is doing; a client can reproduce
-them with `np.random.Generator(np.random.PCG64(seed)).standard_normal(shape, dtype=np.float32)`.
+them with `np.random.Generator(np.random.PCG64(seed)).standard_normal(shape, dtype=np.float32)`
+(prior draws: repository/prior.py says how each prior uses the stream).
 """
 
 from __future__ import annotations
@@ -13,14 +14,6 @@ import numpy as np
 def stream(seed: int | None, fallback: np.random.Generator) -> np.random.Generator:
     """The request's own generator when it has a seed; the server's shared one otherwise."""
     return fallback if seed is None else np.random.Generator(np.random.PCG64(seed))
-
-
-def prior(rng: np.random.Generator, n: int, latent_dim: int, temperature: float) -> np.ndarray:
-    """n draws from N(0, temperature^2 I): temperature scales the prior's standard deviation."""
-    z = rng.standard_normal((n, latent_dim), dtype=np.float32)
-    if temperature != 1.0:
-        z *= np.float32(temperature)
-    return z
 
 
 def posterior(rng: np.random.Generator, mu: np.ndarray, logvar: np.ndarray, k: int) -> np.ndarray:

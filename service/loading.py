@@ -29,6 +29,7 @@ from repository.manifest import (
     read_manifest,
 )
 from repository.placement import Placement
+from repository.prior import Prior, load_prior
 from repository.runtime import Graph
 from repository.scoring import ScoringUnsupported, feeds, likelihood_of
 from repository.verify import verify_version
@@ -42,8 +43,10 @@ from vae.v1 import vae_pb2 as pb
 log = logging.getLogger(__name__)
 
 
-def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tuple[Manifest, Graph, Graph]:
-    """Verify a version directory, then load its two graphs for serving (blocking: call in a thread)."""
+def open_graphs(
+    path: Path, config: ServiceConfig, placement: Placement
+) -> tuple[Manifest, Prior, Graph, Graph]:
+    """Verify a version directory, then load its prior and two graphs (blocking: call in a thread)."""
     report = verify_version(path, intra_op_threads=config.intra_op_threads)
     report.raise_for_failures()
     if report.manifest is None:  # raise_for_failures covers it; this narrows the type
@@ -59,7 +62,7 @@ def open_graphs(path: Path, config: ServiceConfig, placement: Placement) -> tupl
         )
         for role in GRAPHS
     ]
-    return manifest, graphs[0], graphs[1]
+    return manifest, load_prior(path, manifest), graphs[0], graphs[1]
 
 
 def _inputs(name: str, items: Items) -> dict[str, np.ndarray]:
@@ -107,7 +110,7 @@ async def load_model(
     `files`: the directory's signature taken before verifying, so a change after it is seen at the
     next look.
     """
-    manifest, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
+    manifest, prior, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
     label = f"{manifest.name}/{manifest.version}"
 
     def batcher(run_batch: RunBatch, graph: str, name: str = "") -> Batcher:
@@ -131,6 +134,7 @@ async def load_model(
         # Not warmed separately: it runs the decoder's session, whose batch sizes are warmed below.
         # Its batches count in the decoder's series: they run the same graph.
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
+        prior=prior,
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
         files=files,
     )

@@ -10,6 +10,7 @@ from repository.manifest import (
     NAME_PATTERN,
     Manifest,
 )
+from repository.prior import Prior
 from repository.scoring import Likelihood, ScoringUnsupported
 from service.batcher import Batcher
 from service.errors import InvalidArgument, NotFound, Unavailable
@@ -43,6 +44,7 @@ class LoadedModel:
     encoder: Batcher  # images [n, C, H, W] -> (mu [n, D], logvar [n, D])
     decoder: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
+    prior: Prior  # p(z): what Sample draws from and Score's log p(z)
     ref: pb.ModelRef  # built once, copied into every response
     files: FileSignature  # the version directory's files when it was loaded
 

@@ -66,6 +66,7 @@ class ModelInfo:
     max_batch_items: int
     max_request_items: int
     classes: tuple[str, ...]  # a conditional model's class names, label i is classes[i]; else empty
+    prior: str  # "normal", "mixture" or "vamp"; "" from a server older than learned priors
 
 
 def _model(ref: pb.ModelRef) -> tuple[str, int]:
@@ -121,4 +122,5 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         max_batch_items=info.max_batch_items,
         max_request_items=info.max_request_items,
         classes=tuple(info.classes),
+        prior=info.prior,
     )

@@ -95,7 +95,7 @@ class VaeServicer:
         y = codec.labels(request.labels, model.manifest, n)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
         self._check_size(self._image_bytes(model, n, dtype) + n * model.latent_dim * 4)
-        z = latents.prior(latents.stream(_seed(request), self._rng), n, model.latent_dim, temperature)
+        z = model.prior.sample(latents.stream(_seed(request), self._rng), n, temperature)
         (pixels,) = await call.run(model.decoder, labelled(z, y))
         call.items = n
         return _generated(pb.SampleResponse(model=model.ref), pixels, dtype, z)
@@ -113,7 +113,7 @@ class VaeServicer:
         # Drawing chunk after chunk from one generator gives the same numbers as Sample's single draw.
         def chunks() -> Iterator[tuple[np.ndarray, Items]]:
             for start in range(0, n, chunk):
-                z = latents.prior(rng, min(chunk, n - start), model.latent_dim, temperature)
+                z = model.prior.sample(rng, min(chunk, n - start), temperature)
                 yield z, labelled(z, None if y is None else y[start : start + len(z)])
 
         # Two chunks in flight: the next one computes while the previous one is sent.
@@ -177,7 +177,7 @@ class VaeServicer:
         # Drawn before any batch: the request's own stream, shared by all its images.
         eps = draws(latents.stream(_seed(request), self._rng), k, model.latent_dim)
         mu, logvar = await call.run(model.encoder, labelled(images, y))
-        scorer = Scorer(scoring.likelihood, images, mu, logvar, eps, y)
+        scorer = Scorer(scoring.likelihood, model.prior, images, mu, logvar, eps, y)
         reconstruction = asyncio.ensure_future(call.run(model.decoder, labelled(mu, y)))
         try:
             await self._decode_chunks(call, scoring.decoder, scorer)
@@ -229,6 +229,7 @@ class VaeServicer:
             max_batch_items=model.decoder.max_batch_items,
             max_request_items=self._config.max_request_items,
             classes=manifest.classes,
+            prior="normal" if manifest.prior is None else manifest.prior.trained_as,
         )
 
     @staticmethod

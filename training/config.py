@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 Architecture = Literal["conv", "mlp"]
 Likelihood = Literal["bernoulli", "gaussian"]
+PriorKind = Literal["normal", "mixture", "vamp"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +28,10 @@ class ModelConfig:
     gaussian_log_scale: float = -2.0
     # Class names of a conditional VAE (label i is classes[i]); empty: unconditional.
     classes: tuple[str, ...] = ()
+    # p(z): N(0, I); a mixture of prior_components learned Gaussians; or the VampPrior, a uniform
+    # mixture of the posteriors at prior_components learned pseudo-inputs (Tomczak & Welling 2018).
+    prior: PriorKind = "normal"
+    prior_components: int = 0
 
     @property
     def conditional(self) -> bool:
@@ -54,6 +59,27 @@ class ModelConfig:
         distinct = set(self.classes)
         if self.classes and (len(distinct) != len(self.classes) or len(distinct) < 2 or "" in distinct):
             raise ValueError(f"classes must be two or more distinct, non-empty names: {list(self.classes)}")
+        self._check_prior()
+
+    def _check_prior(self) -> None:
+        if self.prior not in ("normal", "mixture", "vamp"):
+            raise ValueError(f"prior must be 'normal', 'mixture' or 'vamp', got {self.prior!r}")
+        if self.prior == "normal":
+            if self.prior_components != 0:
+                raise ValueError(
+                    f"prior_components is {self.prior_components} but the normal prior has none; "
+                    "set prior = 'mixture' or 'vamp', or prior_components = 0"
+                )
+            return
+        if self.prior_components < 1:
+            raise ValueError(
+                f"prior = {self.prior!r} needs prior_components >= 1, got {self.prior_components}"
+            )
+        if self.classes:
+            raise ValueError(
+                f"prior = {self.prior!r} needs an unconditional model: a learned prior of a conditional "
+                "model would have to depend on the label; remove classes or use prior = 'normal'"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, LOGVAR, MU
+from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, LOGVAR, MU, read_manifest
+from repository.prior import GaussianMixture, load_prior
 from training import checkpoint as ckpt
 from training.config import (
     ModelConfig,
@@ -26,8 +27,9 @@ from training.config import (
     trains_on_binary,
 )
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
-from training.losses import gaussian_kl, log_likelihood, log_normal, log_standard_normal
+from training.losses import gaussian_kl, log_likelihood
 from training.model import VAE, repeat_labels
+from training.priors import Components, log_normal, log_prior
 from training.train import class_labels, pick_device
 
 EVAL_NOISE_SEED = 12345
@@ -38,7 +40,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[u]) above 1e-2
 class ExportedModel:
     """An exported version's encoder and decoder graphs behind the VAE's encode/decode interface.
 
-    Only Bernoulli models: their decoder graph exports the logits the likelihood needs.
+    Only Bernoulli models: their decoder graph exports the logits the likelihood needs. A learned
+    prior is the mixture in the version's prior file, as the service reads it.
     """
 
     def __init__(self, version_dir: Path, config: ModelConfig, threads: int) -> None:
@@ -52,6 +55,14 @@ class ExportedModel:
         _keep_large_blocks_out_of_the_heap()
         self.encoder = Graph(version_dir / "encoder.onnx", intra_op_threads=threads)
         self.decoder = Graph(version_dir / "decoder.onnx", intra_op_threads=threads)
+        prior = load_prior(version_dir, read_manifest(version_dir))
+        self._components: Components | None = None
+        if isinstance(prior, GaussianMixture):
+            self._components = (
+                torch.from_numpy(prior.means),
+                torch.from_numpy(prior.logvars),
+                torch.from_numpy(prior.log_weights),
+            )
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.encoder.run({IMAGES: x.contiguous().numpy(), **_label_feed(y)}, (MU, LOGVAR))
@@ -60,6 +71,9 @@ class ExportedModel:
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         out = self.decoder.run({LATENTS: z.contiguous().numpy(), **_label_feed(y)}, (LOGITS,))
         return torch.from_numpy(out[LOGITS])
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return log_prior(z, self._components)
 
 
 def _label_feed(y: torch.Tensor | None) -> dict[str, Any]:
@@ -85,10 +99,19 @@ def _keep_large_blocks_out_of_the_heap() -> None:
 
 
 def negative_elbo(model: Evaluable, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Single-sample reconstruction term plus the analytic KL, one value per image (y: labels, if any)."""
+    """Single-sample reconstruction term plus the KL, one value per image (y: labels, if any).
+
+    The KL is analytic under N(0, I); under a learned prior, the estimate log q(z|x) - log p(z) at the
+    same z that was decoded (training/losses.py's ELBO).
+    """
     mu, logvar = model.encode(x, y)
-    decoded = model.decode(VAE.reparameterize(mu, logvar), y)
-    return -log_likelihood(model, decoded, x) + gaussian_kl(mu, logvar).sum(1)
+    z = VAE.reparameterize(mu, logvar)
+    decoded = model.decode(z, y)
+    if model.config.prior == "normal":
+        kl = gaussian_kl(mu, logvar).sum(1)
+    else:
+        kl = log_normal(z, mu, logvar) - model.log_prior(z)
+    return -log_likelihood(model, decoded, x) + kl
 
 
 @torch.no_grad()
@@ -112,7 +135,7 @@ def importance_weighted_nll(
         decoded = model.decode(z.reshape(s * images, -1), repeat_labels(y, s))
         x_rep = x.expand(s, *x.shape).reshape(s * images, *x.shape[1:])
         log_px_z = log_likelihood(model, decoded, x_rep).reshape(s, images)
-        log_w = log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar)
+        log_w = log_px_z + model.log_prior(z) - log_normal(z, mu, logvar)
         running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
         done += s
     return -(running - math.log(k))
@@ -164,7 +187,10 @@ def evaluate_run(
             kl_sum += gaussian_kl(mu, logvar).sum(0)
     mu_all = torch.cat(mus)
     unit_variance = mu_all.var(0)
-    kl_per_dim = kl_sum / len(x_all)
+    # KL(q || p) per dimension exists only for a factorised prior: N(0, I), not a mixture.
+    kl_per_dim: list[float] | str = [round(float(v), 4) for v in kl_sum / len(x_all)]
+    if model_config.prior != "normal":
+        kl_per_dim = f"not reported: the KL is not analytic under the {model_config.prior} prior"
 
     images_per_pass = max(1, min(100, batch_decodes // k))
     nll_values = []
@@ -198,7 +224,8 @@ def evaluate_run(
         "conditioned_on": "the true label" if y_all is not None else None,
         "active_units": int((unit_variance > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_dim": model_config.latent_dim,
-        "kl_per_dim": [round(float(v), 4) for v in kl_per_dim],
+        "prior": model_config.prior,
+        "kl_per_dim": kl_per_dim,
         **provenance,
         "eval_seconds": time.perf_counter() - started,
     }

@@ -1,7 +1,8 @@
 """The ELBO and the importance-weighted bound, in nats per image.
 
 KL(q(z|x) || N(0, I)) is analytic for a diagonal Gaussian posterior (Kingma & Welling 2013, app. B);
-the importance-weighted bound is Burda et al. 2015 (arXiv:1509.00519).
+under a learned prior it is not, and the ELBO takes the single-sample estimate log q(z|x) - log p(z).
+The importance-weighted bound is Burda et al. 2015 (arXiv:1509.00519), with the model's own log p(z).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.model import VAE
-
-LOG_2PI = math.log(2.0 * math.pi)
+from training.priors import LOG_2PI, log_normal
 
 
 def log_likelihood(model: VAE | Any, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -36,15 +36,6 @@ def log_likelihood(model: VAE | Any, decoded: torch.Tensor, x: torch.Tensor) -> 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension, shape of mu."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dimension."""
-    return (-0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar))).sum(-1)
-
-
-def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
-    return (-0.5 * (LOG_2PI + z.pow(2))).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -69,15 +60,25 @@ def elbo_loss(
 
     Free bits keep at least that many nats per latent dimension out of the gradient (Kingma et
     al. 2016). net runs the forward pass: a DistributedDataParallel wrapper of model, or model.
-    y: the labels of a conditional model.
+    y: the labels of a conditional model. Under a learned prior the KL is the single-sample estimate
+    log q(z|x) - log p(z) at the z that was decoded, and free bits (per analytic KL dimension) do not apply.
     """
-    decoded, mu, logvar, _ = (net or model)(x, 1, y)
+    if free_bits > 0 and model.prior is not None:
+        raise ValueError(
+            f"free_bits needs the analytic KL of the normal prior; this model's prior is "
+            f"{model.config.prior!r}: set free_bits = 0"
+        )
+    decoded, mu, logvar, z = (net or model)(x, 1, y)
     recon = -log_likelihood(model, decoded, x)
-    kl_dims = gaussian_kl(mu, logvar)
-    kl = kl_dims.sum(1)
-    if free_bits > 0:
+    if model.prior is not None:
+        kl = log_normal(z[0], mu, logvar) - model.log_prior(z[0])
+        kl_for_loss = kl.sum()
+    elif free_bits > 0:
+        kl_dims = gaussian_kl(mu, logvar)
+        kl = kl_dims.sum(1)
         kl_for_loss = torch.clamp(kl_dims.mean(0), min=free_bits).sum() * x.shape[0]
     else:
+        kl = gaussian_kl(mu, logvar).sum(1)
         kl_for_loss = kl.sum()
     total = recon.sum() + beta * kl_for_loss
     loss = total if sum_over_batch else total / x.shape[0]
@@ -91,7 +92,7 @@ def log_importance_weights(
     decoded, mu, logvar, z = (net or model)(x, k, y)
     x_rep = x.expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
     log_px_z = log_likelihood(model, decoded, x_rep).reshape(k, x.shape[0])
-    return log_px_z + log_standard_normal(z) - log_normal(z, mu, logvar)
+    return log_px_z + model.log_prior(z) - log_normal(z, mu, logvar)
 
 
 def iwae_loss(

@@ -8,6 +8,9 @@ pytorch/examples model.
 A conditional VAE (Sohn et al. 2015) takes a class label in both halves, q(z|x, y) and p(x|z, y): a
 learned embedding of the label is added to the first dense layer's output on each side, which is a
 one-hot input to that layer without the one-hot.
+
+The prior is N(0, I) unless the config asks for a learned one (training/priors.py); the normal prior
+has no parameters, so such a model's state_dict is what it always was.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from training.config import ModelConfig
+from training.priors import Components, MixturePrior, VampPrior, log_prior, sample_mixture
 
 
 class ResidualBlock(nn.Module):
@@ -84,7 +88,7 @@ _ENCODER_DENSE = -3
 
 
 class VAE(nn.Module):
-    """Gaussian posterior, standard normal prior, Bernoulli or Gaussian likelihood; maybe conditional."""
+    """Gaussian posterior, N(0, I) or a learned prior, Bernoulli or Gaussian likelihood; maybe conditional."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -108,6 +112,11 @@ class VAE(nn.Module):
         if config.conditional:
             self.encoder_label = nn.Embedding(len(config.classes), config.widths[-1])
             self.decoder_label = nn.Embedding(len(config.classes), config.widths[-1])
+        self.prior: MixturePrior | VampPrior | None = None
+        if config.prior == "mixture":
+            self.prior = MixturePrior(config.prior_components, config.latent_dim)
+        elif config.prior == "vamp":
+            self.prior = VampPrior(config.prior_components, config.image_shape)
 
     def _check_labels(self, y: torch.Tensor | None) -> None:
         if self.config.conditional and y is None:
@@ -143,6 +152,21 @@ class VAE(nn.Module):
         """Pixel means in [0, 1] for either likelihood: what pictures and the service show."""
         out = self.decode(z, y)
         return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out
+
+    def prior_components(self) -> Components | None:
+        """A learned prior as a mixture (means, logvars, log_weights); None for N(0, I)."""
+        return None if self.prior is None else self.prior.components(self.encode)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over the last dimension."""
+        return log_prior(z, self.prior_components())
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n latents (n, D) drawn from the prior."""
+        components = self.prior_components()
+        if components is None:
+            return torch.randn((n, self.config.latent_dim), generator=generator)
+        return sample_mixture(components, n, generator)
 
     def forward(
         self, x: torch.Tensor, samples: int = 1, y: torch.Tensor | None = None

@@ -96,7 +96,9 @@ def write_pictures(
 
     written.append(out / "samples.png")
     if labels is None:
-        _scaled(tile(_decode(model, torch.randn((64, latent), generator=generator)), 8)).save(written[-1])
+        with torch.no_grad():  # a VampPrior's components run the encoder
+            z = model.sample_prior(64, generator)
+        _scaled(tile(_decode(model, z), 8)).save(written[-1])
     else:
         columns = 10
         _scaled(tile(class_grid(model, torch.randn((columns, latent), generator=generator)), columns)).save(

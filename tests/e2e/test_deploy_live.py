@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.systems import free_port
 from repository.manifest import read_manifest, write_manifest
+from repository.prior import load_prior
 from repository.runtime import Graph
 from repository.scoring import score_reference
 from service.client import VaeClient
@@ -138,7 +139,15 @@ def with_score_reference(repo: Path, into: Path) -> Path:
     manifest = read_manifest(version)
     graphs = [Graph(version / manifest.graphs[role].file) for role in ("encoder", "decoder")]
     images = (np.random.default_rng(0).random((64, *manifest.image_shape)) < 0.2).astype(np.float32)
-    reference = score_reference(*graphs, manifest, images, k=4, seed=0, described="64 random binary images")
+    reference = score_reference(
+        *graphs,
+        manifest,
+        load_prior(version, manifest),
+        images,
+        k=4,
+        seed=0,
+        described="64 random binary images",
+    )
     write_manifest(version, dataclasses.replace(manifest, score_reference=reference))
     return into
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,11 +15,13 @@ import torch
 
 from export.onnx_export import OPSET, ExportError, ScoreImages, export_model, export_run
 from repository.errors import RepositoryError
-from repository.manifest import read_manifest
+from repository.manifest import PriorEntry, file_sha256, read_manifest
+from repository.prior import GaussianMixture, load_prior
 from repository.runtime import Graph
 from repository.verify import verify_version
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig, to_dict
+from training.evaluate import ExportedModel, importance_weighted_nll
 from training.model import VAE
 
 TRAINING = {"model": {}, "train": {}, "epochs": 0, "train_seconds": 0.0}
@@ -117,6 +120,94 @@ def test_conditional_export_declares_its_classes(tiny_cvae_repo: Path) -> None:
     assert probs.shape == (9, 1, 28, 28)
     np.testing.assert_array_equal(probs[0], probs[3])
     assert not np.array_equal(probs[0], probs[1])
+
+
+def test_a_standard_normal_export_has_no_prior(tiny_model_repo: Path) -> None:
+    version = tiny_model_repo / "tiny" / "1"
+    assert read_manifest(version).prior is None and not (version / "prior.npz").exists()
+
+
+def test_a_mixture_prior_is_exported_as_its_parameters(
+    tiny_mixture_repo: Path, tiny_model_builder: Callable[..., VAE]
+) -> None:
+    version = tiny_mixture_repo / "tiny-mixture" / "1"
+    manifest = read_manifest(version)
+    assert manifest.prior == PriorEntry(
+        kind="mixture",
+        trained_as="mixture",
+        components=3,
+        file="prior.npz",
+        sha256=file_sha256(version / "prior.npz"),
+    )
+    assert manifest.training["model"]["prior"] == "mixture"
+    prior = load_prior(version, manifest)
+    assert isinstance(prior, GaussianMixture)
+    model = tiny_model_builder(0, prior="mixture", prior_components=3)
+    np.testing.assert_array_equal(prior.means, model.prior.means.detach().numpy())
+    np.testing.assert_array_equal(prior.logvars, model.prior.logvars.detach().numpy())
+    np.testing.assert_allclose(
+        np.exp(prior.log_weights), torch.softmax(model.prior.logits, 0).detach(), rtol=1e-6
+    )
+
+
+def test_a_vamp_prior_is_exported_as_the_posteriors_at_its_pseudo_inputs(
+    tiny_vamp_repo: Path, tiny_model_builder: Callable[..., VAE]
+) -> None:
+    version = tiny_vamp_repo / "tiny-vamp" / "1"
+    manifest = read_manifest(version)
+    assert manifest.prior is not None and manifest.prior.trained_as == "vamp"
+    prior = load_prior(version, manifest)
+    assert isinstance(prior, GaussianMixture)
+    model = tiny_model_builder(0, prior="vamp", prior_components=3)
+    with torch.no_grad():
+        mu, logvar = model.encode(model.prior.pseudo_inputs())
+    np.testing.assert_allclose(prior.means, mu.numpy(), atol=1e-6)
+    np.testing.assert_allclose(prior.logvars, logvar.numpy(), atol=1e-6)
+    np.testing.assert_allclose(prior.log_weights, np.full(3, -math.log(3)), atol=1e-7)
+    # The same encoder through onnxruntime gives the same components: the file is the graphs' prior.
+    encoded = Graph(version / "encoder.onnx").run({"x": model.prior.pseudo_inputs().detach().numpy()})
+    np.testing.assert_allclose(prior.means, encoded["mu"], atol=1e-4)
+
+
+def test_evaluating_an_exported_learned_prior_matches_pytorch(
+    tiny_vamp_repo: Path, tiny_model_builder: Callable[..., VAE]
+) -> None:
+    version = tiny_vamp_repo / "tiny-vamp" / "1"
+    model = tiny_model_builder(0, prior="vamp", prior_components=3).eval()
+    exported = ExportedModel(version, model.config, threads=1)
+    z = torch.randn(16, 8) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(exported.log_prior(z), model.log_prior(z), atol=1e-4, rtol=1e-5)
+        x = (torch.rand(3, 1, 28, 28) < 0.3).float()
+        torch.manual_seed(7)
+        in_torch = importance_weighted_nll(model, x, 50)
+        torch.manual_seed(7)
+        in_onnxruntime = importance_weighted_nll(exported, x, 50)
+    torch.testing.assert_close(in_onnxruntime, in_torch, atol=1e-2, rtol=0)
+
+
+class _DriftingPriorVAE(VAE):
+    """A prior whose PyTorch log p(z) is off by 1e-3 from the mixture it exports."""
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return super().log_prior(z) + 1e-3
+
+
+def test_failed_prior_parity_writes_nothing(tmp_path: Path) -> None:
+    config = ModelConfig(
+        architecture="mlp",
+        image_shape=(1, 8, 8),
+        latent_dim=2,
+        widths=(8,),
+        prior="mixture",
+        prior_components=2,
+    )
+    torch.manual_seed(0)
+    with pytest.raises(
+        ExportError, match=r"parity failed for prior\.npz: its log p\(z\) differs from PyTorch"
+    ):
+        export_model(_DriftingPriorVAE(config).eval(), tmp_path, "toy", training=TRAINING)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64, 513])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from repository.prior import StandardNormal
 from service import latents
 
 
 def test_a_seeded_stream_reproduces_with_plain_numpy() -> None:
     shared = np.random.default_rng(1)
-    z = latents.prior(latents.stream(42, shared), 5, 4, temperature=0.5)
+    z = StandardNormal(4).sample(latents.stream(42, shared), 5, temperature=0.5)
     expected = np.random.Generator(np.random.PCG64(42)).standard_normal((5, 4), dtype=np.float32) * 0.5
     np.testing.assert_array_equal(z, expected)
     assert z.dtype == np.float32
@@ -21,7 +22,7 @@ def test_unseeded_draws_come_from_the_shared_generator() -> None:
 
 
 def test_temperature_zero_gives_the_prior_mean() -> None:
-    z = latents.prior(np.random.default_rng(0), 3, 4, temperature=0.0)
+    z = StandardNormal(4).sample(np.random.default_rng(0), 3, temperature=0.0)
     assert not z.any()
 
 

@@ -55,6 +55,11 @@ def test_shapes_and_dtypes(config: ModelConfig) -> None:
         ({"classes": ("a",)}, "two or more"),
         ({"classes": ("a", "a")}, "distinct"),
         ({"classes": ("a", "b"), "architecture": "mlp", "widths": (8,)}, "conditional"),
+        ({"prior": "gamma"}, "prior must be"),
+        ({"prior": "mixture"}, "prior_components >= 1"),
+        ({"prior": "vamp", "prior_components": -1}, "prior_components >= 1"),
+        ({"prior_components": 3}, "normal prior has none"),
+        ({"prior": "vamp", "prior_components": 2, "classes": ("a", "b")}, "unconditional"),
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object], message: str) -> None:

@@ -26,6 +26,7 @@ from repository.manifest import (
     Fp16Entry,
     GraphEntry,
     Manifest,
+    PriorEntry,
     file_sha256,
     graph_contract,
     parse_manifest,
@@ -103,6 +104,42 @@ def test_classes_are_optional_and_round_trip(tmp_path: Path) -> None:
     manifest = _manifest(classes=("cat", "dog"))
     write_manifest(tmp_path, manifest)
     assert read_manifest(tmp_path) == manifest and read_manifest(tmp_path).conditional
+
+
+PRIOR = PriorEntry(kind="mixture", trained_as="vamp", components=5, file="prior.npz", sha256="ef" * 32)
+
+
+def test_a_learned_prior_is_optional_round_trips_and_is_hashed(tmp_path: Path) -> None:
+    assert "prior" not in _manifest().to_json()  # a standard-normal model.json reads as before
+    assert _manifest().prior is None and "prior.npz" not in _manifest().files()
+    manifest = _manifest(prior=PRIOR)
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+    assert json.loads((tmp_path / "model.json").read_text())["prior"] == {
+        "kind": "mixture",
+        "trained_as": "vamp",
+        "components": 5,
+        "file": "prior.npz",
+        "sha256": "ef" * 32,
+    }
+    assert manifest.files()["prior.npz"] == "ef" * 32
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("kind", "vamp", "prior must have kind 'mixture'"),
+        ("trained_as", "flow", "trained_as one of"),
+        ("components", 0, "prior.components' must be positive"),
+        ("file", "../prior.npz", "plain file name"),
+        ("sha256", "xyz", "not a sha256"),
+    ],
+)
+def test_an_invalid_prior_is_rejected_naming_the_field(field: str, value: Any, message: str) -> None:
+    data = _manifest(prior=PRIOR).to_json()
+    data["prior"][field] = value
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(data)
 
 
 def test_conditional_contract_adds_the_label_input_to_both_graphs() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from repository.errors import VerificationError
@@ -59,6 +61,52 @@ def test_conditional_version_passes_every_check_and_its_classes_are_checked(
     failures = _failures(version)
     assert 'metadata vae.classes is \'["a", "b", "c"]\'' in failures["pairing"]
     assert "onnxruntime failed" in failures["classes"]
+
+
+@pytest.fixture
+def mixture_version(tiny_mixture_repo: Path, tmp_path: Path) -> Path:
+    """A private copy of tiny-mixture/1 that a test may damage."""
+    shutil.copytree(tiny_mixture_repo, tmp_path / "models")
+    return tmp_path / "models" / "tiny-mixture" / "1"
+
+
+def test_a_learned_prior_is_checked(mixture_version: Path) -> None:
+    report = verify_version(mixture_version)
+    assert report.ok, report.failures
+    assert [c.name for c in report.checks] == [*ALL_CHECKS[:3], "prior", *ALL_CHECKS[3:]]
+
+
+def test_a_tampered_prior_file_fails_its_hash(mixture_version: Path) -> None:
+    with np.load(mixture_version / "prior.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["means"][0, 0] += 1.0
+    np.savez(mixture_version / "prior.npz", **arrays)
+    failures = _failures(mixture_version)
+    assert list(failures) == ["hashes"] and failures["hashes"].startswith("prior.npz sha256 is ")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda a: a.update(log_weights=a["log_weights"] + np.float32(0.1)), "weights sum to 1.10517"),
+        (lambda a: a.update(means=a["means"][:, :4]), r"means is float32 \[3, 4\]"),
+        (lambda a: a["logvars"].__setitem__((1, 1), np.inf), "logvars has NaN or Inf"),
+    ],
+)
+def test_an_ill_formed_prior_file_fails_the_prior_check(
+    mixture_version: Path, damage: Callable[[dict[str, np.ndarray]], None], message: str
+) -> None:
+    with np.load(mixture_version / "prior.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    damage(arrays)
+    np.savez(mixture_version / "prior.npz", **arrays)
+    # Re-hashed, as someone who meant it would: the prior check is what catches it.
+    _edit_manifest(
+        mixture_version, lambda d: d["prior"].update(sha256=file_sha256(mixture_version / "prior.npz"))
+    )
+    failures = _failures(mixture_version)
+    assert list(failures) == ["prior"]
+    assert re.search(message, failures["prior"]), failures
 
 
 def test_tampered_file_is_caught_before_it_is_loaded(version: Path) -> None:

@@ -11,11 +11,13 @@ import torch
 from torch.nn import functional as F
 
 from repository.manifest import LOGITS, PROBS, Manifest
-from repository.scoring import Likelihood, Scorer, ScoringUnsupported, likelihood_of, log_prior
+from repository.prior import GaussianMixture, Prior, StandardNormal
+from repository.scoring import Likelihood, Scorer, ScoringUnsupported, likelihood_of
 from training.losses import log_likelihood
 
 RNG = np.random.default_rng(0)
 D, IMAGE = 3, (1, 4, 4)
+STANDARD = StandardNormal(D)
 
 
 def _manifest(likelihood: str, learned_scale: bool) -> Manifest:
@@ -69,17 +71,19 @@ def test_which_models_can_be_scored() -> None:
 def test_log_prior_is_the_standard_normal_density() -> None:
     z = RNG.standard_normal((6, D))
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(torch.from_numpy(z)).sum(-1)
-    np.testing.assert_allclose(log_prior(z), expected.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(StandardNormal(D).log_prob(z), expected.numpy(), rtol=1e-12)
 
 
-def _scorer(n: int, k: int, labels: np.ndarray | None = None) -> tuple[Scorer, np.ndarray]:
+def _scorer(
+    n: int, k: int, labels: np.ndarray | None = None, prior: Prior = STANDARD
+) -> tuple[Scorer, np.ndarray]:
     rng = np.random.default_rng(1)
     images = (rng.random((n, *IMAGE)) < 0.5).astype(np.float32)
     mu = rng.standard_normal((n, D)).astype(np.float32)
     logvar = rng.normal(-1, 0.3, (n, D)).astype(np.float32)
     eps = rng.standard_normal((k, D)).astype(np.float32)
     weights = rng.standard_normal((D, math.prod(IMAGE))).astype(np.float32)
-    return Scorer(Likelihood("bernoulli", LOGITS), images, mu, logvar, eps, labels), weights
+    return Scorer(Likelihood("bernoulli", LOGITS), prior, images, mu, logvar, eps, labels), weights
 
 
 def _decode(z: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -126,3 +130,30 @@ def test_each_decoder_item_carries_the_label_of_its_image_across_chunks() -> Non
     assert [y for _, _, y in _scorer(3, 4)[0].chunks(5)] == [None, None, None]
     with pytest.raises(ValueError, match="2 labels for 3 images: give one label per image"):
         _scorer(3, 4, labels=np.array([0, 1]))
+
+
+def test_under_a_mixture_prior_the_weights_use_its_log_prob_and_the_kl_is_estimated_from_the_draws() -> None:
+    rng = np.random.default_rng(2)
+    mixture = GaussianMixture(
+        rng.normal(0, 2, (4, D)).astype(np.float32),
+        rng.normal(0, 0.3, (4, D)).astype(np.float32),
+        np.log(np.array([0.1, 0.2, 0.3, 0.4])).astype(np.float32),
+    )
+    scorer, weights = _scorer(3, 5, prior=mixture)
+    log_w = []
+    for start, z, _ in scorer.chunks(4):
+        decoded = _decode(z, weights)
+        scorer.add(start, decoded)
+        item = np.arange(start, start + len(z))
+        mu, logvar = scorer.mu[item // 5].astype(np.float64), scorer.logvar[item // 5].astype(np.float64)
+        log_q = -0.5 * np.sum(np.log(2 * np.pi) + logvar + (z - mu) ** 2 / np.exp(logvar), axis=1)
+        log_px = scorer.likelihood.log_prob(decoded, scorer.images[item // 5])
+        log_w.append(log_px + mixture.log_prob(z) - log_q)
+    weights_by_image = np.concatenate(log_w).reshape(3, 5)
+    scores = scorer.result()
+    bound = np.log(np.mean(np.exp(weights_by_image), axis=1))
+    np.testing.assert_allclose(scores.log_likelihood, bound, rtol=1e-5)
+    # No closed form: the ELBO is the mean log-weight, the KL what is left of it after log p(x|z).
+    np.testing.assert_allclose(scores.elbo, weights_by_image.mean(axis=1), rtol=1e-5)
+    standard = _scorer(3, 5)[0]
+    assert not np.allclose(scores.kl, standard.prior.analytic_kl(standard.mu, standard.logvar))

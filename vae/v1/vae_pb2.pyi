@@ -662,6 +662,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_ITEMS_FIELD_NUMBER: _builtins.int
     MAX_REQUEST_ITEMS_FIELD_NUMBER: _builtins.int
     CLASSES_FIELD_NUMBER: _builtins.int
+    PRIOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     is_default: _builtins.bool
@@ -679,6 +680,10 @@ class ModelInfo(_message.Message):
     """Items per executed batch at most; larger requests are split."""
     max_request_items: _builtins.int
     """Items (images, latents, samples, steps) per unary request at most."""
+    prior: _builtins.str
+    """The prior p(z) that Sample draws from and Score uses: "normal" (N(0, I)), or the learned prior
+    the model was trained with, "mixture" or "vamp" (served as a mixture of Gaussians either way).
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Every loaded version of this model, ascending."""
@@ -707,10 +712,11 @@ class ModelInfo(_message.Message):
         max_batch_items: _builtins.int = ...,
         max_request_items: _builtins.int = ...,
         classes: _abc.Iterable[_builtins.str] | None = ...,
+        prior: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created", b"created", "image_shape", b"image_shape", "is_default", b"is_default", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "provider", b"provider", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created", b"created", "image_shape", b"image_shape", "is_default", b"is_default", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "prior", b"prior", "provider", b"provider", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

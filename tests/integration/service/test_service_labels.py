@@ -17,6 +17,7 @@ from helpers import vae
 from helpers.servers import RunningServer
 
 from repository.manifest import IMAGES, LABELS, LATENTS, MU, PROBS, read_manifest
+from repository.prior import StandardNormal
 from repository.runtime import Graph
 from repository.scoring import draws, likelihood_of, score_in_process
 from service.client import AsyncVaeClient, VaeClient
@@ -288,7 +289,9 @@ def test_score_with_labels_equals_repository_scoring_in_process(
     got = client.score(x, samples=10, seed=5, labels=labels, model=CVAE)
     eps = draws(np.random.Generator(np.random.PCG64(5)), 10, LATENT)
     likelihood = likelihood_of(read_manifest(tiny_cvae_repo / CVAE / "1"))
-    want = score_in_process(graphs["encoder"], graphs["decoder"], likelihood, x, eps, labels=labels)
+    want = score_in_process(
+        graphs["encoder"], graphs["decoder"], likelihood, StandardNormal(LATENT), x, eps, labels=labels
+    )
     for name in ("log_likelihood", "elbo", "kl"):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=0, atol=1e-4)
     # Each image scored alone under its label gets the same bits; under another label, other numbers.

@@ -17,6 +17,7 @@ from helpers.servers import RunningServer
 from PIL import Image
 
 from repository.manifest import read_manifest
+from repository.prior import StandardNormal
 from repository.runtime import Graph
 from repository.scoring import Scores, draws, likelihood_of, score_in_process
 from service.client import AsyncVaeClient, VaeClient
@@ -38,7 +39,12 @@ def in_process(repo: Path, images: np.ndarray, k: int, seed: int) -> Scores:
     eps = draws(np.random.Generator(np.random.PCG64(seed)), k, LATENT)
     likelihood = likelihood_of(read_manifest(version))
     return score_in_process(
-        Graph(version / "encoder.onnx"), Graph(version / "decoder.onnx"), likelihood, images, eps
+        Graph(version / "encoder.onnx"),
+        Graph(version / "decoder.onnx"),
+        likelihood,
+        StandardNormal(LATENT),
+        images,
+        eps,
     )
 
 
