@@ -250,13 +250,14 @@ def register(commands: Any) -> None:
         help="how often a held-out MNIST classifier sees the requested class in conditional samples",
         description=(
             "Samples every class of a conditional version's decoder and classifies them with a CNN "
-            "trained on MNIST's training split (trained and saved to --judge first if that file is missing)."
+            "trained on MNIST's 60,000 training images (trained and saved to --judge first if that file "
+            "is missing)."
         ),
         epilog="example:\n  vae judge models/mnist-cvae/1 --judge runs/judge.pt --temperature 1 0.8",
     )
     judge.add_argument("version", type=Path, help="a conditional model's version directory")
     judge.add_argument("--judge", type=Path, default=Path("runs/judge.pt"), help="the classifier's file")
-    judge.add_argument("--judge-epochs", type=int, default=5, help="epochs, when the judge must be trained")
+    judge.add_argument("--judge-epochs", type=int, default=8, help="epochs, when the judge must be trained")
     judge.add_argument("--per-class", type=int, default=1000, help="samples of each class")
     judge.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="prior temperature(s)")
     judge.add_argument("--seed", type=int, default=0, help="seed of the latents")
