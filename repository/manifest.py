@@ -27,6 +27,13 @@ LATENTS, PROBS, LOGITS = "z", "probs", "logits"
 # A conditional model's class index, int64 [batch], a second input of both graphs.
 LABELS = "y"
 LABEL_DTYPE = "int64"
+
+
+def feeds(name: str, values: Any, labels: Any | None) -> dict[str, Any]:
+    """A graph's inputs: `values` as input `name`, and a conditional model's labels as LABELS."""
+    return {name: values} if labels is None else {name: values, LABELS: labels}
+
+
 # A learned prior is exported as a mixture of diagonal Gaussians, whichever prior training learned.
 PRIOR_KIND = "mixture"
 PRIORS_TRAINED = ("mixture", "vamp")

@@ -20,11 +20,9 @@ from typing import Any
 import numpy as np
 
 from repository.errors import VaeError
-from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest
-from repository.prior import Prior
+from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest, feeds
+from repository.prior import LOG_2PI, Prior
 from repository.runtime import Graph
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 class ScoringUnsupported(VaeError, ValueError):
@@ -61,11 +59,6 @@ def likelihood_of(manifest: Manifest) -> Likelihood:
             "scale, which its exported graphs do not carry, so its likelihood cannot be computed"
         )
     return Likelihood("gaussian", PROBS, float(model.get("gaussian_log_scale", 0.0)))
-
-
-def feeds(name: str, values: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
-    """A graph's inputs: `values` as input `name`, and a conditional model's labels as LABELS."""
-    return {name: values} if labels is None else {name: values, LABELS: labels}
 
 
 def draws(rng: np.random.Generator, k: int, latent_dim: int) -> np.ndarray:

@@ -25,13 +25,14 @@ from repository.manifest import (
     MU,
     PROBS,
     Manifest,
+    feeds,
     file_sha256,
     read_manifest,
 )
 from repository.placement import Placement
 from repository.prior import Prior, load_prior
 from repository.runtime import Graph
-from repository.scoring import ScoringUnsupported, feeds, likelihood_of
+from repository.scoring import ScoringUnsupported, likelihood_of
 from repository.verify import verify_version
 from service.batcher import Batcher, bucket_sizes
 from service.batching import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, LOGVAR, MU, read_manifest
+from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, feeds, read_manifest
 from repository.prior import GaussianMixture, load_prior
 from training import checkpoint as ckpt
 from training.config import (
@@ -65,19 +65,19 @@ class ExportedModel:
             )
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.encoder.run({IMAGES: x.contiguous().numpy(), **_label_feed(y)}, (MU, LOGVAR))
+        out = self.encoder.run(feeds(IMAGES, x.contiguous().numpy(), _numpy(y)), (MU, LOGVAR))
         return torch.from_numpy(out[MU]), torch.from_numpy(out[LOGVAR])
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.decoder.run({LATENTS: z.contiguous().numpy(), **_label_feed(y)}, (LOGITS,))
+        out = self.decoder.run(feeds(LATENTS, z.contiguous().numpy(), _numpy(y)), (LOGITS,))
         return torch.from_numpy(out[LOGITS])
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return log_prior(z, self._components)
 
 
-def _label_feed(y: torch.Tensor | None) -> dict[str, Any]:
-    return {} if y is None else {LABELS: y.contiguous().numpy()}
+def _numpy(y: torch.Tensor | None) -> Any:
+    return None if y is None else y.contiguous().numpy()
 
 
 Evaluable = VAE | ExportedModel
