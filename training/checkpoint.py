@@ -21,6 +21,13 @@ BEST = "best.pt"
 LAST = "last.pt"
 
 
+SNAPSHOT_GLOB = "epoch-*.pt"  # kept every train.snapshot_every epochs
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"epoch-{epoch:03d}.pt"
+
+
 @dataclass
 class Checkpoint:
     model_config: ModelConfig

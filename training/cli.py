@@ -139,11 +139,38 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curve(args: argparse.Namespace) -> int:
+    from training.curve import CURVE_PNG, nll_curve
+
+    curve = nll_curve(
+        args.run,
+        k=args.k,
+        subset=args.subset,
+        data_dir=args.data_dir,
+        device_name=args.device,
+        progress=not args.no_progress,
+    )
+    for point in curve["snapshots"]:
+        print(
+            f"epoch {point['epoch']:4d}  {point['train_seconds'] / 60:7.1f} min  "
+            f"IW-NLL {point['iw_nll']:.2f} ± {point['iw_nll_stderr']:.2f}"
+        )
+    print(args.run / CURVE_PNG)
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from training.pictures import write_pictures
 
     for path in write_pictures(args.run, args.out, data_dir=args.data_dir, seed=args.seed):
         print(path)
+    return 0
+
+
+def _prior_samples(args: argparse.Namespace) -> int:
+    from training.pictures import prior_samples_side_by_side
+
+    print(prior_samples_side_by_side(args.versions, args.temperature, args.out, n=args.n, seed=args.seed))
     return 0
 
 
@@ -233,6 +260,21 @@ def register(commands: Any) -> None:
     evaluate.add_argument("--batch-decodes", type=int, default=5000, help="decodes per forward pass")
     evaluate.set_defaults(handler=_eval)
 
+    curve = commands.add_parser(
+        "curve",
+        parents=[data_dir],
+        help="IW-NLL of a run's epoch snapshots against training time",
+        description=(
+            "Evaluates every epoch-NNN.pt that `train.snapshot_every` kept, on a test subset at a small "
+            "k, and writes RUN/curve.json and RUN/curve.png (with the validation -ELBO of every epoch)."
+        ),
+        epilog="example:\n  vae curve runs/default --k 500 --subset 1000",
+    )
+    curve.add_argument("run", type=Path, help="run directory")
+    curve.add_argument("--k", type=int, default=500, help="importance samples per image")
+    curve.add_argument("--subset", type=int, default=1000, help="the first N test images (0 = all)")
+    curve.set_defaults(handler=_curve)
+
     sample = commands.add_parser(
         "sample",
         parents=[data_dir],
@@ -243,6 +285,27 @@ def register(commands: Any) -> None:
     sample.add_argument("--out", type=Path, default=None, help="default: RUN/pictures")
     sample.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws")
     sample.set_defaults(handler=_sample)
+
+    prior_samples = commands.add_parser(
+        "prior-samples",
+        help="one PNG of prior samples from exported versions side by side, at several temperatures",
+        description=(
+            "Samples each version's own prior and decodes with its decoder graph in onnxruntime, as the "
+            "service does: a cell is what `vae client sample --n N --seed SEED --temperature T` returns."
+        ),
+        epilog=(
+            "example:\n  vae prior-samples models/mnist/1 models/mnist/2 --temperature 1 0.8 "
+            "--out docs/pictures/prior-samples.png"
+        ),
+    )
+    prior_samples.add_argument("versions", type=Path, nargs="+", help="exported versions (models/NAME/N)")
+    prior_samples.add_argument(
+        "--temperature", type=float, nargs="+", default=[1.0, 0.8], help="prior temperatures"
+    )
+    prior_samples.add_argument("--n", type=int, default=64, help="samples per picture")
+    prior_samples.add_argument("--seed", type=int, default=0, help="the samples' seed")
+    prior_samples.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    prior_samples.set_defaults(handler=_prior_samples)
 
     judge = commands.add_parser(
         "judge",

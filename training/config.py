@@ -106,10 +106,13 @@ class TrainConfig:
     seed: int = 0
     train_subset: int = 0  # 0 = all training images
     val_subset: int = 0
+    snapshot_every: int = 0  # also keep epoch-NNN.pt every N epochs, for NLL-against-time curves; 0 = off
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
+        if self.snapshot_every < 0:
+            raise ValueError("snapshot_every must be 0 (off) or a number of epochs")
         if self.objective == "iwae" and self.iw_samples < 2:
             raise ValueError("objective 'iwae' needs iw_samples >= 2")
         if self.objective == "elbo" and self.iw_samples != 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,55 @@ def write_pictures(
         written.append(out / "manifold.png")
         _scaled(tile(_decode(model, grid), 20), 2).save(written[-1])
     return written
+
+
+def prior_samples(version: Path, n: int, temperature: float, seed: int) -> np.ndarray:
+    """n mean images [n, C, H, W] of an exported unconditional version, drawn as the service draws them.
+
+    Its own prior, seeded as `vae client sample --seed SEED` seeds, its decoder graph in onnxruntime:
+    a picture of them is what that request returns.
+    """
+    from repository.manifest import LATENTS, PROBS, read_manifest
+    from repository.prior import load_prior
+    from repository.runtime import Graph
+
+    manifest = read_manifest(version)
+    if manifest.classes:
+        raise ValueError(f"{version} is conditional: its samples are class grids (`vae sample` on its run)")
+    z = load_prior(version, manifest).sample(np.random.Generator(np.random.PCG64(seed)), n, temperature)
+    probs: np.ndarray = Graph(version / manifest.graphs["decoder"].file).run({LATENTS: z}, (PROBS,))[PROBS]
+    return probs
+
+
+def prior_samples_side_by_side(
+    versions: list[Path], temperatures: list[float], out: Path, *, n: int = 64, seed: int = 0
+) -> Path:
+    """One PNG: prior_samples of each exported version (rows) at each temperature (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+
+    from repository.manifest import read_manifest
+
+    fig, axes = plt.subplots(
+        len(versions),
+        len(temperatures),
+        figsize=(3.2 * len(temperatures), 3.4 * len(versions)),
+        squeeze=False,
+    )
+    for row, version in zip(axes, versions, strict=True):
+        manifest = read_manifest(version)
+        prior = manifest.prior.trained_as if manifest.prior is not None else "normal"
+        for ax, temperature in zip(row, temperatures, strict=True):
+            images = prior_samples(version, n, temperature, seed)
+            ax.imshow(tile(images, math.ceil(math.sqrt(n))), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(
+                f"{manifest.name} v{manifest.version}, {prior} prior, T = {temperature:g}", fontsize=9
+            )
+            ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -282,6 +282,8 @@ def train(
                 best = val
                 ckpt.save(run_dir / ckpt.BEST, state)
             ckpt.save(run_dir / ckpt.LAST, state)
+            if config.snapshot_every and (epoch + 1) % config.snapshot_every == 0:
+                ckpt.save(run_dir / ckpt.snapshot_name(epoch + 1), state)
     if logger is not None:
         logger.close()
     if dist_ctx.world_size > 1:

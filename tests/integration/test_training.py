@@ -17,6 +17,7 @@ from PIL import Image
 from export.onnx_export import export_run
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig
+from training.curve import nll_curve
 from training.data import default_data_dir, load_mnist, model_inputs, prepare_mnist
 from training.evaluate import evaluate_run, importance_weighted_nll
 from training.model import VAE
@@ -207,3 +208,26 @@ def test_cli_reports_bad_overrides(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "unknown key(s) ['nonsense'] in [train]" in result.stderr
+
+
+def test_snapshots_give_a_curve_of_nll_against_training_time(tmp_path: Path, data_dir: Path) -> None:
+    config = TrainConfig(**{**SMALL_TRAINING.__dict__, "snapshot_every": 1})
+    run = train(SMALL_MODEL, config, tmp_path / "run", data_dir=data_dir, progress=False)
+    assert sorted(p.name for p in run.glob(ckpt.SNAPSHOT_GLOB)) == ["epoch-001.pt", "epoch-002.pt"]
+    last, second = ckpt.load(run / ckpt.LAST), ckpt.load(run / "epoch-002.pt")
+    assert all(torch.equal(t, second.model_state[name]) for name, t in last.model_state.items())
+
+    curve = nll_curve(run, k=16, subset=24, data_dir=data_dir, progress=False)
+    assert json.loads((run / "curve.json").read_text()) == curve
+    points = curve["snapshots"]
+    assert [p["epoch"] for p in points] == [1, 2] and curve["test_images"] == 24
+    assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"]
+    assert all(p["iw_nll"] < p["negative_elbo"] for p in points)
+    # Each point is `vae eval` of its snapshot, and the run's own eval.json is left alone.
+    again = evaluate_run(run / "epoch-001.pt", k=16, subset=24, data_dir=data_dir, progress=False,
+                         out=tmp_path / "again.json")  # fmt: skip
+    assert again["iw_nll"] == points[0]["iw_nll"]
+    assert not (run / "eval.json").exists()
+    assert [v["val_nelbo"] for v in curve["validation"]] == [r["val_nelbo"] for r in _read_metrics(run)]
+    with Image.open(run / "curve.png") as picture:
+        assert picture.size[0] > 300 and len(picture.getcolors(maxcolors=1 << 20) or []) > 10

@@ -14,12 +14,14 @@ import grpc
 import numpy as np
 import pytest
 from helpers.servers import RunningServer
+from PIL import Image
 
 from repository.manifest import read_manifest
 from repository.prior import GaussianMixture, StandardNormal, load_prior
 from repository.runtime import Graph
 from repository.scoring import draws, likelihood_of, score_in_process
 from service.client import VaeClient
+from training.pictures import prior_samples, prior_samples_side_by_side
 
 MIXTURE, LATENT = "tiny-mixture", 8
 WEIGHTS = np.exp(np.arange(3.0)) / np.exp(np.arange(3.0)).sum()  # softmax([0, 1, 2])
@@ -135,3 +137,26 @@ def test_a_prior_file_that_changes_on_disk_stops_its_version_answering(
         VaeClient(server.target).sample(1, model=MIXTURE)
     # It was the only version of the only model: nothing is left to answer.
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("model", "temperature"), [(MIXTURE, 0.8), ("tiny", 1.0)])
+def test_prior_sample_pictures_are_what_the_service_samples(
+    client: VaeClient, repo: Path, model: str, temperature: float
+) -> None:
+    # docs/results.md's side-by-side pictures claim to show what `vae client sample --seed` returns.
+    pictured = prior_samples(repo / model / "1", 12, temperature, seed=5)
+    served = client.sample(12, seed=5, temperature=temperature, model=model).images
+    np.testing.assert_allclose(pictured, served, rtol=0, atol=1e-6)
+
+
+def test_side_by_side_prior_samples_of_two_versions(repo: Path, tiny_cvae_repo: Path, tmp_path: Path) -> None:
+    versions = [repo / "tiny" / "1", repo / MIXTURE / "1"]
+    sizes = []
+    for rows in (1, 2):
+        out = prior_samples_side_by_side(versions[:rows], [1.0, 0.8], tmp_path / f"{rows}.png", n=16)
+        with Image.open(out) as picture:
+            sizes.append(picture.size)
+            assert len(picture.getcolors(maxcolors=1 << 20) or []) > 50  # drawn digits, not a blank page
+    assert sizes[1][0] == sizes[0][0] and sizes[1][1] == pytest.approx(2 * sizes[0][1], abs=2)  # a row each
+    with pytest.raises(ValueError, match="conditional"):
+        prior_samples(tiny_cvae_repo / "tiny-cvae" / "1", 4, 1.0, seed=0)
