@@ -89,7 +89,9 @@ def _train(args: argparse.Namespace) -> int:
     from training.train import METRICS, TENSORBOARD, train
 
     recipe = _apply_overrides(load_recipe(_recipe_path(args.recipe)), args.set)
-    outputs = [ckpt.LAST, ckpt.BEST, METRICS, TENSORBOARD]
+    # Snapshots of an earlier run would sit on a new run's curve as if they were its own.
+    snapshots = sorted(p.name for p in args.run.glob(ckpt.SNAPSHOT_GLOB))
+    outputs = [ckpt.LAST, ckpt.BEST, METRICS, TENSORBOARD, *snapshots]
     _claim_run_dir(args.run, outputs, resume=args.resume, force=args.force)
     train(
         recipe.model,
@@ -175,7 +177,14 @@ def _prior_samples(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from training.judge import judge_conditional_samples, load_judge, save_judge, train_judge
+    from repository.manifest import read_manifest
+    from training.judge import (
+        judge_conditional_samples,
+        judge_prior_samples,
+        load_judge,
+        save_judge,
+        train_judge,
+    )
 
     if args.judge.is_file():
         judge = load_judge(args.judge)
@@ -184,9 +193,20 @@ def _judge(args: argparse.Namespace) -> int:
         args.judge.parent.mkdir(parents=True, exist_ok=True)
         save_judge(judge, args.judge)
         print(f"trained the judge: {judge.test_accuracy:.2%} on the MNIST test set; saved {args.judge}")
-    report = judge_conditional_samples(
-        args.version, judge, per_class=args.per_class, temperatures=tuple(args.temperature), seed=args.seed
-    )
+    temperatures = tuple(args.temperature)
+    if read_manifest(args.version).conditional:
+        report = judge_conditional_samples(
+            args.version, judge, per_class=args.per_class, temperatures=temperatures, seed=args.seed
+        )
+    else:
+        report = judge_prior_samples(
+            args.version,
+            judge,
+            samples=10 * args.per_class,
+            temperatures=temperatures,
+            seed=args.seed,
+            data_dir=args.data_dir,
+        )
     text = json.dumps(report, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")
@@ -268,10 +288,10 @@ def register(commands: Any) -> None:
             "Evaluates every epoch-NNN.pt that `train.snapshot_every` kept, on a test subset at a small "
             "k, and writes RUN/curve.json and RUN/curve.png (with the validation -ELBO of every epoch)."
         ),
-        epilog="example:\n  vae curve runs/default --k 500 --subset 1000",
+        epilog="example:\n  vae curve runs/default --k 100 --subset 1000",
     )
     curve.add_argument("run", type=Path, help="run directory")
-    curve.add_argument("--k", type=int, default=500, help="importance samples per image")
+    curve.add_argument("--k", type=int, default=100, help="importance samples per image")
     curve.add_argument("--subset", type=int, default=1000, help="the first N test images (0 = all)")
     curve.set_defaults(handler=_curve)
 
@@ -310,18 +330,24 @@ def register(commands: Any) -> None:
     judge = commands.add_parser(
         "judge",
         parents=[data_dir],
-        help="how often a held-out MNIST classifier sees the requested class in conditional samples",
+        help="a held-out MNIST classifier reads a version's samples: the class asked for, or which digits",
         description=(
-            "Samples every class of a conditional version's decoder and classifies them with a CNN "
-            "trained on MNIST's 60,000 training images (trained and saved to --judge first if that file "
-            "is missing)."
+            "Classifies a version's samples with a CNN trained on MNIST's 60,000 training images (trained "
+            "and saved to --judge first if that file is missing). A conditional version: how often each "
+            "class's samples are read as that class. An unconditional one: the digits its prior samples "
+            "are read as, and the share the judge is unsure of, beside the same for the test images."
         ),
-        epilog="example:\n  vae judge models/mnist-cvae/1 --judge runs/judge.pt --temperature 1 0.8",
+        epilog=(
+            "examples:\n  vae judge models/mnist-cvae/1 --judge runs/judge.pt --temperature 1 0.8\n"
+            "  vae judge models/mnist/2 --judge runs/judge.pt --temperature 1 0.8"
+        ),
     )
-    judge.add_argument("version", type=Path, help="a conditional model's version directory")
+    judge.add_argument("version", type=Path, help="an exported version's directory")
     judge.add_argument("--judge", type=Path, default=Path("runs/judge.pt"), help="the classifier's file")
     judge.add_argument("--judge-epochs", type=int, default=8, help="epochs, when the judge must be trained")
-    judge.add_argument("--per-class", type=int, default=1000, help="samples of each class")
+    judge.add_argument(
+        "--per-class", type=int, default=1000, help="samples of each class (unconditional: 10x this in all)"
+    )
     judge.add_argument("--temperature", type=float, nargs="+", default=[1.0], help="prior temperature(s)")
     judge.add_argument("--seed", type=int, default=0, help="seed of the latents")
     judge.add_argument("--out", type=Path, default=None, help="also write the report to this JSON file")

@@ -47,15 +47,19 @@ class Judge:
     model: nn.Module
     test_accuracy: float
 
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """The predicted digit of each image (N, 1, 28, 28) in [0, 1]."""
+        return self.predict(images)[0]
+
     @torch.no_grad()
-    def classify(self, images: np.ndarray, batch: int = 1000) -> np.ndarray:
-        """The predicted digit of each image (N, 1, 28, 28) in [0, 1]; copied, so read-only arrays do."""
+    def predict(self, images: np.ndarray, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's predicted digit and the judge's probability for it; copied, so read-only arrays do."""
         self.model.eval()
         found = [
-            self.model(torch.tensor(images[i : i + batch], dtype=torch.float32)).argmax(1)
+            torch.softmax(self.model(torch.tensor(images[i : i + batch], dtype=torch.float32)), 1).max(1)
             for i in range(0, len(images), batch)
         ]
-        return torch.cat(found).numpy()
+        return torch.cat([f.indices for f in found]).numpy(), torch.cat([f.values for f in found]).numpy()
 
 
 def train_judge(
@@ -152,6 +156,58 @@ def judge_conditional_samples(
             "per_class": {
                 name: float(hit[requested == index].mean()) for index, name in enumerate(manifest.classes)
             },
+            "seconds": time.perf_counter() - started,
+        }
+    return report
+
+
+UNSURE = 0.9  # the judge's probability for its own answer below which a sample counts as ambiguous
+
+
+def judge_prior_samples(
+    version_dir: Path,
+    judge: Judge,
+    *,
+    samples: int = 10_000,
+    temperatures: tuple[float, ...] = (1.0,),
+    seed: int = 0,
+    data_dir: Path | None = None,
+) -> dict[str, Any]:
+    """An unconditional version's prior samples through the judge: which digits, and how many ambiguous.
+
+    Beside the same figures for the MNIST test images: a prior with holes decodes more samples that
+    the judge cannot place, and a skewed one draws some digits more often than the data has them.
+    """
+    from training.pictures import prior_samples
+
+    def shares(images: np.ndarray) -> dict[str, Any]:
+        digits, confidence = judge.predict(images)
+        return {
+            "digit_shares": [round(float(c), 4) for c in np.bincount(digits, minlength=10) / len(digits)],
+            "unsure": float((confidence < UNSURE).mean()),
+        }
+
+    manifest = read_manifest(version_dir)
+    test = load_dataset("mnist", data_dir).test_x
+    report: dict[str, Any] = {
+        "model": f"{manifest.name}/{manifest.version}",
+        "judge_test_accuracy": judge.test_accuracy,
+        "unsure_means": f"the judge's probability for its answer is below {UNSURE}",
+        "samples": samples,
+        "seed": seed,
+        "mnist_test_images": shares(test.astype(np.float32) / 255.0),
+        "temperatures": {},
+    }
+    real = np.array(report["mnist_test_images"]["digit_shares"])
+    for temperature in temperatures:
+        started = time.perf_counter()
+        found = shares(prior_samples(version_dir, samples, temperature, seed))
+        report["temperatures"][f"{temperature:g}"] = {
+            **found,
+            # Total variation distance between the digits drawn and the test set's digit frequencies.
+            "distance_to_test_digits": round(
+                float(np.abs(np.array(found["digit_shares"]) - real).sum() / 2), 4
+            ),
             "seconds": time.perf_counter() - started,
         }
     return report

@@ -5,29 +5,44 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from repository.verify import verify_version
 
-BUNDLED = Path(__file__).resolve().parents[2] / "models" / "mnist" / "1"
+MNIST = Path(__file__).resolve().parents[2] / "models" / "mnist"
+VERSIONS = (MNIST / "1", MNIST / "2")  # version 1 (N(0, I)) stays loadable beside the default, 2
+BUNDLED = VERSIONS[-1]
 
 
-def test_bundled_model_verifies() -> None:
-    report = verify_version(BUNDLED)
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_bundled_versions_verify(version: Path) -> None:
+    report = verify_version(version)
     assert report.ok, report.failures
 
 
-def test_bundled_model_is_small_and_describes_its_training() -> None:
-    assert sum(f.stat().st_size for f in BUNDLED.iterdir()) < 20 * 1024 * 1024
-    manifest = json.loads((BUNDLED / "model.json").read_text())
-    assert (manifest["name"], manifest["version"], manifest["latent_dim"]) == ("mnist", 1, 32)
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_bundled_versions_are_small_and_describe_their_training(version: Path) -> None:
+    assert sum(f.stat().st_size for f in version.iterdir()) < 20 * 1024 * 1024
+    manifest = json.loads((version / "model.json").read_text())
+    assert (manifest["name"], manifest["version"], manifest["latent_dim"]) == ("mnist", int(version.name), 32)
     assert manifest["training"]["model"]["architecture"] == "conv"
     assert manifest["training"]["epochs"] == manifest["training"]["train"]["epochs"]
 
 
-def test_bundled_model_carries_its_reported_quality() -> None:
-    evaluation = json.loads((BUNDLED / "model.json").read_text())["eval"]
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_bundled_versions_carry_their_reported_quality(version: Path) -> None:
+    evaluation = json.loads((version / "model.json").read_text())["eval"]
     assert (evaluation["test_images"], evaluation["iw_k"]) == (10_000, 5000)
-    assert evaluation["iw_nll"] <= 86.0  # the target in docs/results.md
+    assert evaluation["iw_nll"] <= 86.0  # version 1's target in docs/results.md
     assert evaluation["iw_nll"] < evaluation["negative_elbo"]
+
+
+def test_the_default_version_has_the_learned_prior_and_the_better_likelihood() -> None:
+    old, new = (json.loads((v / "model.json").read_text()) for v in VERSIONS)
+    assert "prior" not in old  # N(0, I)
+    assert new["prior"]["trained_as"] == "vamp" and new["training"]["model"]["prior"] == "vamp"
+    assert new["eval"]["iw_nll"] < old["eval"]["iw_nll"] - 2 * new["eval"]["iw_nll_stderr"]
+    assert sorted(int(p.name) for p in MNIST.iterdir() if p.name.isdigit())[-1] == new["version"]
 
 
 CVAE = BUNDLED.parents[1] / "mnist-cvae" / "1"

@@ -22,7 +22,7 @@ from training.evaluate import evaluate_run
 from training.model import VAE
 
 REPO = Path(__file__).resolve().parents[2] / "models"
-BUNDLED = REPO / "mnist" / "1"
+BUNDLED = REPO / "mnist" / "2"  # the default version, which the server serves
 ELBO_IMAGES, IW_IMAGES, IW_K, SEED = 1000, 10, 1000, 7
 
 

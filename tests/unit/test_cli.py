@@ -158,6 +158,7 @@ def test_train_force_starts_over(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
     (tmp_path / "tensorboard").mkdir()
     (tmp_path / "best.pt").write_bytes(b"checkpoint")
+    (tmp_path / "epoch-010.pt").write_bytes(b"a snapshot of the old run")
     err = _error(["train", "--run", str(tmp_path), "--force", *NO_DATA], capsys)
     assert "/nonexistent-dataset" in err  # got as far as loading the data
     assert sorted(path.name for path in tmp_path.iterdir()) == []
