@@ -14,6 +14,7 @@ from typing import Any
 
 from training.checkpoint import SNAPSHOT_GLOB
 from training.evaluate import evaluate_run
+from training.pictures import pyplot
 
 CURVE_JSON = "curve.json"
 CURVE_PNG = "curve.png"
@@ -76,11 +77,7 @@ def _validation_curve(metrics: Path) -> list[dict[str, float]]:
 
 
 def draw_curve(curve: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a server
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     validation = curve["validation"]
     if validation:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,16 @@ def tile(images: np.ndarray, columns: int, pad: int = 1) -> Image.Image:
     if channels == 1:
         return Image.fromarray(pixels[0], mode="L")
     return Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files only (no display on a server); imported when first drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _scaled(image: Image.Image, factor: int = 3) -> Image.Image:
@@ -167,12 +178,9 @@ def prior_samples_side_by_side(
     versions: list[Path], temperatures: list[float], out: Path, *, n: int = 64, seed: int = 0
 ) -> Path:
     """One PNG: prior_samples of each exported version (rows) at each temperature (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on a server
-    import matplotlib.pyplot as plt
-
     from repository.manifest import read_manifest
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(
         len(versions),
