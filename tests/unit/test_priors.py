@@ -129,8 +129,14 @@ def test_a_learned_prior_trains() -> None:
 
 
 @pytest.mark.parametrize(("name", "prior"), [("mixture", "mixture"), ("vamp", "vamp")])
-def test_the_prior_recipes_are_the_default_network_with_a_learned_prior(name: str, prior: str) -> None:
-    default, recipe = load_recipe(RECIPES / "default.toml"), load_recipe(RECIPES / f"{name}.toml")
+def test_the_prior_recipes_are_version_1s_network_with_a_learned_prior(name: str, prior: str) -> None:
+    normal, recipe = load_recipe(RECIPES / "normal.toml"), load_recipe(RECIPES / f"{name}.toml")
     assert recipe.model.prior == prior and recipe.model.prior_components == 100
-    assert dataclasses.replace(recipe.model, prior="normal", prior_components=0) == default.model
-    assert recipe.train == default.train
+    assert dataclasses.replace(recipe.model, prior="normal", prior_components=0) == normal.model
+    assert recipe.train == normal.train
+
+
+def test_the_default_recipe_is_the_vamp_recipe_trained_longer_with_snapshots() -> None:
+    default, vamp = load_recipe(RECIPES / "default.toml"), load_recipe(RECIPES / "vamp.toml")
+    assert default.model == vamp.model
+    assert default.train == dataclasses.replace(vamp.train, epochs=60, snapshot_every=10)
