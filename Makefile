@@ -60,7 +60,7 @@ serve: $(SERVE_VENV)/.installed
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Reproduces the bundled default models/mnist/2 end to end (about 55 minutes of training, 1.5 hours of
+# Reproduces the bundled default models/mnist/2 end to end (about 55 minutes of training, 2 hours of
 # k=5000 evaluation through the checkpoint on 2 CPU cores; see docs/results.md) and replaces the
 # committed version 2. Version 1 (recipe normal.toml) stays as it is.
 RUN ?= runs/default

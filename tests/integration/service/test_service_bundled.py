@@ -93,10 +93,13 @@ def test_version_2_is_the_default_and_version_1_still_answers(
 
 
 def test_the_judge_reads_prior_samples_of_both_versions(judge: Judge) -> None:
-    for version in (1, 2):
-        report = judge_prior_samples(
+    reports = {
+        version: judge_prior_samples(
             BUNDLED / "mnist" / str(version), judge, samples=500, temperatures=(1.0, 0.8)
         )
+        for version in (1, 2)
+    }
+    for report in reports.values():
         real = report["mnist_test_images"]
         # The judge here is trained briefly (about 97%): it is unsure of a few percent of real digits.
         assert sum(real["digit_shares"]) == pytest.approx(1.0, abs=1e-3) and real["unsure"] < 0.2
@@ -107,4 +110,7 @@ def test_the_judge_reads_prior_samples_of_both_versions(judge: Judge) -> None:
             assert figures["distance_to_test_digits"] == pytest.approx(
                 np.abs(shares - real["digit_shares"]).sum() / 2, abs=1e-3
             )
-            assert figures["unsure"] > real["unsure"]  # its samples are harder to read than real digits
+    # docs/results.md: the standard normal prior's holes decode shapes the judge cannot place.
+    for temperature in ("1", "0.8"):
+        old, new = (reports[v]["temperatures"][temperature]["unsure"] for v in (1, 2))
+        assert old > new + 0.1, (temperature, old, new)
