@@ -15,6 +15,7 @@ from typing import Any
 from training.checkpoint import SNAPSHOT_GLOB
 from training.evaluate import evaluate_run
 from training.pictures import pyplot
+from training.train import METRICS
 
 CURVE_JSON = "curve.json"
 CURVE_PNG = "curve.png"
@@ -60,7 +61,7 @@ def nll_curve(
         "iw_k": k,
         "test_images": report["test_images"],
         "snapshots": points,
-        "validation": _validation_curve(run / "metrics.jsonl"),
+        "validation": _validation_curve(run / METRICS),
     }
     (run / CURVE_JSON).write_text(json.dumps(curve, indent=2) + "\n")
     draw_curve(curve, run / CURVE_PNG)
