@@ -1,4 +1,4 @@
-"""`vae export` and `vae verify`."""
+"""`vae export`, `vae recover` and `vae verify`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ def _export(args: argparse.Namespace) -> int:
         args.run, args.repo, args.name, version=args.version, fp16=args.fp16, score_k=args.score_k
     )
     print(f"exported {path}")
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from export.recover import recover_run
+
+    print(f"recovered {recover_run(args.version, args.run)}")
     return 0
 
 
@@ -50,6 +57,20 @@ def register(commands: Any) -> None:
         "(needs the run's dataset; 0: skip)",
     )
     export.set_defaults(handler=_export)
+
+    recover = commands.add_parser(
+        "recover",
+        help="rebuild a training checkpoint from an exported version, to fine-tune it",
+        description=(
+            "Reads the weights back out of a version's graphs (and its prior file) into RUN/last.pt, "
+            "after checking that the rebuilt model gives the graphs' outputs. A VampPrior comes back as "
+            "the mixture it was exported as. Fine-tune it with `vae train --set train.init=RUN`."
+        ),
+        epilog="example:\n  vae recover models/mnist/2 --run runs/mnist-2",
+    )
+    recover.add_argument("version", type=Path, help="an exported version, e.g. models/mnist/2")
+    recover.add_argument("--run", type=Path, required=True, help="new run directory to write last.pt into")
+    recover.set_defaults(handler=_recover)
 
     verify = commands.add_parser(
         "verify",

@@ -7,6 +7,10 @@ from torch import nn
 
 from training.model import VAE
 
+# torch.onnx names a graph's weights by their path in the traced module: the VAE's state_dict keys
+# under the `vae` attribute both graphs keep it in (`vae recover` reads them back).
+WEIGHTS_PREFIX = "vae."
+
 
 class EncoderGraph(nn.Module):
     """x float32 [batch, C, H, W] in [0, 1], and y int64 [batch] if conditional -> (mu, logvar) [batch, D]."""

@@ -205,7 +205,7 @@ def export_model(
             graphs[role] = GraphEntry(
                 file=file, sha256=file_sha256(staged / file), inputs=inputs, outputs=outputs
             )
-        parity = _check_parity(model, staged)
+        parity = check_parity(model, staged)
         prior = _write_prior(model, staged)
         manifest = Manifest(
             name=name,
@@ -299,11 +299,11 @@ def _name_batch_axis(proto: onnx.ModelProto) -> None:
         dims[0].dim_param = BATCH_AXIS
 
 
-def _check_parity(model: VAE, staged: Path) -> dict[str, float]:
+def check_parity(model: VAE, graphs_dir: Path) -> dict[str, float]:
     """onnxruntime against PyTorch at each parity batch size; max abs difference per graph."""
     config = model.config
-    encoder = Graph(staged / "encoder.onnx")
-    decoder = Graph(staged / "decoder.onnx")
+    encoder = Graph(graphs_dir / "encoder.onnx")
+    decoder = Graph(graphs_dir / "decoder.onnx")
     worst = dict.fromkeys(GRAPHS, 0.0)
     for batch in PARITY_BATCH_SIZES:
         x = probe_images(config.image_shape, batch, seed=batch)

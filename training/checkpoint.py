@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,31 @@ def load(path: Path) -> Checkpoint:
         best_val_nelbo=payload["best_val_nelbo"],
         train_seconds=payload["train_seconds"],
     )
+
+
+def initial_weights(source: Path, model_config: ModelConfig) -> tuple[dict[str, Any], float]:
+    """The weights of the run at source as a start for a model of model_config, and its train_seconds.
+
+    The networks must be the same. A VampPrior may start a mixture prior of as many components: the
+    mixture it is, the encoder's posteriors at its pseudo-inputs, which is also what export writes.
+    """
+    state = load(source)
+    if state.model_config == model_config:
+        return state.model_state, state.train_seconds
+    same_network = dataclasses.replace(
+        state.model_config, prior=model_config.prior, prior_components=model_config.prior_components
+    )
+    vamp_to_mixture = (state.model_config.prior, model_config.prior) == ("vamp", "mixture") and (
+        state.model_config.prior_components == model_config.prior_components
+    )
+    if same_network != model_config or not vamp_to_mixture:
+        raise ValueError(
+            f"train.init = {str(source)!r} holds another model ({state.model_config}); a run can start "
+            "from one of the same network and prior, or from a VampPrior of as many components when it "
+            "learns a mixture prior"
+        )
+    with torch.no_grad():
+        means, logvars, log_weights = state.build_model().prior_components()  # type: ignore[misc]
+    weights = {name: value for name, value in state.model_state.items() if not name.startswith("prior.")}
+    weights |= {"prior.means": means, "prior.logvars": logvars, "prior.logits": log_weights}
+    return weights, state.train_seconds

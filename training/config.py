@@ -107,6 +107,9 @@ class TrainConfig:
     train_subset: int = 0  # 0 = all training images
     val_subset: int = 0
     snapshot_every: int = 0  # also keep epoch-NNN.pt every N epochs, for NLL-against-time curves; 0 = off
+    # A run (directory or .pt) whose weights start this one, to fine-tune it; "" starts from scratch.
+    # The optimizer starts afresh; train_seconds goes on from that run's, so it counts the whole model.
+    init: str = ""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

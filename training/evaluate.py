@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ from training.train import class_labels, pick_device
 EVAL_NOISE_SEED = 12345
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[u]) above 1e-2
+# The IW-NLL's unit of work and of progress, at least: at k = 5000, about 10 s of one core.
+IMAGES_PER_TASK = 10
 
 
 class ExportedModel:
@@ -153,18 +157,24 @@ def evaluate_run(
     progress: bool = True,
     out: Path | None = None,
     threads: int = 0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Evaluate a run's best checkpoint, or an exported version (a folder with model.json).
 
-    Writes the report to `out`, by default RUN/eval.json (an exported version's folder is never
-    written to: it is what its manifest's hashes describe).
+    The IW-NLL runs over tasks of images, each with noise seeded by its first image, so the
+    figures do not depend on `workers`, the processes that share the `threads`. Writes the
+    report to `out`, by default RUN/eval.json (an exported version's folder is never written to: it is
+    what its manifest's hashes describe).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    model, model_config, train_config, provenance = _load(
-        run, device_name, threads or torch.get_num_threads()
-    )
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    total_threads = threads or torch.get_num_threads()
+    model, model_config, train_config, provenance = _load(run, device_name, total_threads)
     device = torch.device("cpu") if isinstance(model, ExportedModel) else pick_device(device_name)
+    if workers > 1 and device.type != "cpu":
+        raise ValueError(f"workers split the CPU's threads; evaluate on {device} with workers = 1")
     splits = load_dataset(train_config.dataset, data_dir)
     test_uint8 = splits.test_x[first_image:][: subset or None]
 
@@ -192,23 +202,40 @@ def evaluate_run(
     if model_config.prior != "normal":
         kl_per_dim = f"not reported: the KL is not analytic under the {model_config.prior} prior"
 
-    images_per_pass = max(1, min(100, batch_decodes // k))
-    nll_values = []
+    task_images = max(IMAGES_PER_TASK, _images_per_pass(k, batch_decodes))
+    chunks = range(0, len(x_all), task_images)
+    parts: dict[int, torch.Tensor] = {}
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(x_all), desc=f"IW-NLL k={k}", unit="img", dynamic_ncols=True)
-    for start in range(0, len(x_all), images_per_pass):
-        x = x_all[start : start + images_per_pass]
-        y = None if y_all is None else y_all[start : start + images_per_pass]
-        nll_values.append(importance_weighted_nll(model, x, k, batch_decodes, y))
+
+    def done(start: int, nll_part: torch.Tensor) -> None:
+        parts[start] = nll_part
         if bar is not None:
-            bar.update(len(x))
-            done = torch.cat(nll_values)
-            bar.set_postfix(nll=f"{float(done.mean()):.2f}")
+            bar.update(len(nll_part))
+            bar.set_postfix(nll=f"{float(torch.cat(list(parts.values())).mean()):.2f}")
+
+    def task(start: int) -> tuple[torch.Tensor, torch.Tensor | None, int, int, int]:
+        end = start + task_images
+        y = None if y_all is None else y_all[start:end]
+        return x_all[start:end], y, k, batch_decodes, EVAL_NOISE_SEED + first_image + start
+
+    if workers == 1:
+        for start in chunks:
+            done(start, _task_nll(model, *task(start)))
+    else:
+        # Processes of one thread each: on CPU they outpace one process of as many threads.
+        context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+        per_worker = max(1, total_threads // workers)
+        with ProcessPoolExecutor(workers, context, _start_worker, (run, device_name, per_worker)) as pool:
+            futures = {pool.submit(_worker_task, *task(start)): start for start in chunks}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
     if bar is not None:
         bar.close()
+    nll_values = [parts[start] for start in chunks]
     nll = torch.cat(nll_values).double()
 
     report = {
@@ -228,6 +255,7 @@ def evaluate_run(
         "kl_per_dim": kl_per_dim,
         **provenance,
         "eval_seconds": time.perf_counter() - started,
+        "workers": workers,
     }
     if out is None:
         if isinstance(model, ExportedModel):
@@ -235,6 +263,39 @@ def evaluate_run(
         out = (run if run.is_dir() else run.parent) / "eval.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _task_nll(
+    model: Evaluable, x: torch.Tensor, y: torch.Tensor | None, k: int, batch_decodes: int, seed: int
+) -> torch.Tensor:
+    """IW-NLL of one task's images, in passes of as many images as batch_decodes decodes allow."""
+    torch.manual_seed(seed)
+    per_pass = _images_per_pass(k, batch_decodes)
+    values = []
+    for start in range(0, len(x), per_pass):
+        y_pass = None if y is None else y[start : start + per_pass]
+        values.append(importance_weighted_nll(model, x[start : start + per_pass], k, batch_decodes, y_pass))
+    return torch.cat(values)
+
+
+def _images_per_pass(k: int, batch_decodes: int) -> int:
+    return max(1, min(100, batch_decodes // k))
+
+
+_worker_model: Evaluable | None = None
+
+
+def _start_worker(run: Path, device_name: str, threads: int) -> None:
+    global _worker_model
+    torch.set_num_threads(threads)
+    _worker_model = _load(run, device_name, threads)[0]
+
+
+def _worker_task(
+    x: torch.Tensor, y: torch.Tensor | None, k: int, batch_decodes: int, seed: int
+) -> torch.Tensor:
+    assert _worker_model is not None, "the pool's initializer loads the model"
+    return _task_nll(_worker_model, x, y, k, batch_decodes, seed)
 
 
 def _load(

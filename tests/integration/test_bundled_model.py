@@ -58,3 +58,11 @@ def test_bundled_conditional_model_verifies_and_carries_its_reported_quality() -
     assert (evaluation["test_images"], evaluation["iw_k"]) == (10_000, 5000)
     assert evaluation["conditioned_on"] == "the true label"
     assert evaluation["iw_nll"] < evaluation["negative_elbo"]
+
+
+def test_the_default_version_recovers_into_a_checkpoint_for_fine_tuning(tmp_path: Path) -> None:
+    from export.recover import recover_run  # torch: only this test of the file needs it
+    from training import checkpoint as ckpt
+
+    path = recover_run(BUNDLED, tmp_path / "run")  # checks the rebuilt model against the graphs
+    assert ckpt.load(path).model_config.prior == "mixture"

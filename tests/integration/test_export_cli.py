@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from helpers import vae
 
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig
 from training.model import VAE
+
+VAMP_COMPONENTS = 3  # conftest's tiny VampPrior
 
 
 def _vae(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,3 +58,30 @@ def test_export_then_verify(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "already exists; versions are immutable" in again.stderr
     assert sorted(p.name for p in repo.iterdir()) == ["toy"]
+
+
+def test_recover_rebuilds_the_checkpoint_behind_a_version(
+    tmp_path: Path, tiny_vamp_repo: Path, tiny_model_builder: Callable[..., VAE]
+) -> None:
+    version = tiny_vamp_repo / "tiny-vamp" / "1"
+    run = tmp_path / "run"
+    recovered = _vae("recover", str(version), "--run", str(run))
+    assert recovered.returncode == 0, recovered.stderr
+    assert recovered.stdout == f"recovered {run / ckpt.LAST}\n"
+
+    state = ckpt.load(run)
+    original = tiny_model_builder(0, prior="vamp", prior_components=VAMP_COMPONENTS)
+    # The pseudo-inputs are not exported: the VampPrior comes back as the mixture it was exported as.
+    assert state.model_config == dataclasses.replace(original.config, prior="mixture")
+    for name, tensor in original.state_dict().items():
+        if not name.startswith("prior."):
+            assert torch.equal(state.model_state[name], tensor), name
+    with np.load(version / "prior.npz") as prior:
+        assert np.array_equal(state.model_state["prior.means"].numpy(), prior["means"])
+        assert np.array_equal(state.model_state["prior.logvars"].numpy(), prior["logvars"])
+        assert np.array_equal(state.model_state["prior.logits"].numpy(), prior["log_weights"])
+    training = json.loads((version / "model.json").read_text())["training"]
+    assert (state.epoch, state.train_seconds) == (training["epochs"], training["train_seconds"])
+
+    again = _vae("recover", str(version), "--run", str(run))
+    assert again.returncode == 2 and "exists; recover into a new run directory" in again.stderr

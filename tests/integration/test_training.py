@@ -127,6 +127,11 @@ def test_exported_graphs_evaluate_like_the_checkpoint(tmp_path: Path, data_dir: 
     assert in_onnxruntime["iw_nll"] == pytest.approx(in_torch["iw_nll"], abs=1e-3)
     assert in_onnxruntime["negative_elbo"] == pytest.approx(in_torch["negative_elbo"], abs=1e-3)
     assert in_onnxruntime["active_units"] == in_torch["active_units"]
+    # Worker processes share the images out, each task with its own seeded noise: the same figures.
+    in_workers = evaluate_run(version, out=tmp_path / "workers.json", workers=2, **options)
+    assert in_workers["workers"] == 2 and in_onnxruntime["workers"] == 1
+    assert in_workers["iw_nll"] == pytest.approx(in_onnxruntime["iw_nll"], abs=1e-4)
+    assert in_workers["iw_nll_stderr"] == pytest.approx(in_onnxruntime["iw_nll_stderr"], abs=1e-4)
     with pytest.raises(ValueError, match="--out"):
         evaluate_run(version, **options)  # the model repository is never written to
 
@@ -231,3 +236,45 @@ def test_snapshots_give_a_curve_of_nll_against_training_time(tmp_path: Path, dat
     assert [v["val_nelbo"] for v in curve["validation"]] == [r["val_nelbo"] for r in _read_metrics(run)]
     with Image.open(run / "curve.png") as picture:
         assert picture.size[0] > 300 and len(picture.getcolors(maxcolors=1 << 20) or []) > 10
+
+
+def test_an_iwae_fine_tune_starts_from_a_vampprior_run_as_the_mixture_it_is(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    vamp = dataclasses.replace(SMALL_MODEL, prior="vamp", prior_components=4)
+    one_epoch = dataclasses.replace(SMALL_TRAINING, epochs=1)
+    base = train(vamp, one_epoch, tmp_path / "base", data_dir=data_dir, progress=False)
+    source = ckpt.load(base)
+    mixture = dataclasses.replace(vamp, prior="mixture")
+    # Adam moves each weight by about lr a step: at 1e-9 the fine-tune's start shows through one epoch.
+    tune = dataclasses.replace(one_epoch, objective="iwae", iw_samples=4, lr=1e-9, init=str(base))
+    tuned = train(mixture, tune, tmp_path / "tuned", data_dir=data_dir, progress=False)
+
+    state = ckpt.load(tuned)
+    with torch.no_grad():
+        means, logvars, log_weights = source.build_model().prior_components()  # type: ignore[misc]
+    assert torch.allclose(state.model_state["prior.means"], means, atol=1e-6)
+    assert torch.allclose(state.model_state["prior.logvars"], logvars, atol=1e-6)
+    assert torch.allclose(torch.log_softmax(state.model_state["prior.logits"], 0), log_weights, atol=1e-6)
+    for name, tensor in source.model_state.items():
+        if not name.startswith("prior."):
+            assert torch.allclose(state.model_state[name], tensor, atol=1e-6), name
+    # The same model under its mixture: the same validation ELBO as the run it started from.
+    (before,), (after,) = _read_metrics(base), _read_metrics(tuned)
+    assert after["val_nelbo"] == pytest.approx(before["val_nelbo"], abs=1e-3)
+    # The best checkpoint is chosen on the bound the run trains on, which k=4 samples tighten.
+    assert after["val_iw_nelbo"] < after["val_nelbo"]
+    assert state.best_val_nelbo == after["val_iw_nelbo"]
+    assert state.train_seconds > source.train_seconds  # the whole model's time, base run included
+
+
+def test_a_fine_tune_refuses_a_run_of_another_network(tmp_path: Path, data_dir: Path) -> None:
+    one_epoch = dataclasses.replace(SMALL_TRAINING, epochs=1, train_subset=256)
+    base = train(SMALL_MODEL, one_epoch, tmp_path / "base", data_dir=data_dir, progress=False)
+    wider = dataclasses.replace(SMALL_MODEL, latent_dim=4)
+    with pytest.raises(ValueError, match="holds another model"):
+        train(wider, dataclasses.replace(one_epoch, init=str(base)), tmp_path / "b", data_dir=data_dir)
+    # N(0, I) has no mixture to start one from.
+    mixture = dataclasses.replace(SMALL_MODEL, prior="mixture", prior_components=4)
+    with pytest.raises(ValueError, match="holds another model"):
+        train(mixture, dataclasses.replace(one_epoch, init=str(base)), tmp_path / "c", data_dir=data_dir)

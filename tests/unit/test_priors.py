@@ -140,3 +140,11 @@ def test_the_default_recipe_is_the_vamp_recipe_trained_longer_with_snapshots() -
     default, vamp = load_recipe(RECIPES / "default.toml"), load_recipe(RECIPES / "vamp.toml")
     assert default.model == vamp.model
     assert default.train == dataclasses.replace(vamp.train, epochs=60, snapshot_every=10)
+
+
+def test_the_fine_tune_recipe_continues_the_default_run_as_a_mixture_on_the_iw_bound() -> None:
+    default, tune = load_recipe(RECIPES / "default.toml"), load_recipe(RECIPES / "default-iwae.toml")
+    # The network the default run trained, its VampPrior as the free mixture of as many components.
+    assert tune.model == dataclasses.replace(default.model, prior="mixture")
+    assert (tune.train.init, tune.train.objective, tune.train.iw_samples) == ("runs/default", "iwae", 8)
+    assert tune.train.lr < default.train.lr

@@ -1,0 +1,72 @@
+"""`vae recover`: an exported version's graphs and prior back into a training checkpoint.
+
+torch.onnx names each graph's weights by their path in the module it traced, so the VAE's own
+state_dict keys stand under EncoderGraph's and DecoderGraph's attribute. A version thus holds every
+weight of a Bernoulli model, and its run can be fine-tuned (`train.init`) when the checkpoint is gone.
+A VampPrior's pseudo-inputs are not exported, only the mixture they make: the recovered model learns
+that mixture as its own (prior = "mixture").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from export.graphs import WEIGHTS_PREFIX
+from export.onnx_export import ExportError, check_parity
+from repository.errors import CommandError
+from repository.manifest import GRAPHS, read_manifest
+from repository.prior import GaussianMixture, load_prior
+from training import checkpoint as ckpt
+from training.config import model_config_from_dict, train_config_from_dict
+from training.model import VAE
+
+
+def recover_run(version_dir: Path, run: Path) -> Path:
+    """Write RUN/last.pt holding the version's model, checked against its graphs; returns its path."""
+    target = run / ckpt.LAST
+    if target.exists():
+        raise CommandError(f"{target} exists; recover into a new run directory")
+    manifest = read_manifest(version_dir)
+    training = manifest.training
+    model_config = model_config_from_dict(dict(training["model"]))
+    if model_config.prior == "vamp":
+        model_config = dataclasses.replace(model_config, prior="mixture")
+    model = VAE(model_config)
+    weights: dict[str, torch.Tensor] = {}
+    for role in GRAPHS:
+        graph = onnx.load(str(version_dir / manifest.graphs[role].file))
+        for initializer in graph.graph.initializer:
+            if initializer.name.startswith(WEIGHTS_PREFIX):
+                array = numpy_helper.to_array(initializer).copy()
+                weights[initializer.name.removeprefix(WEIGHTS_PREFIX)] = torch.from_numpy(array)
+    prior = load_prior(version_dir, manifest)
+    if isinstance(prior, GaussianMixture):
+        weights |= {
+            "prior.means": torch.from_numpy(prior.means),
+            "prior.logvars": torch.from_numpy(prior.logvars),
+            "prior.logits": torch.from_numpy(prior.log_weights),
+        }
+    missing = sorted(set(model.state_dict()) - set(weights))
+    if missing:
+        raise ExportError(f"{version_dir}'s graphs lack weights of its model: {missing}")
+    model.load_state_dict(weights)
+    check_parity(model.eval(), version_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    checkpoint = ckpt.Checkpoint(
+        model_config,
+        train_config_from_dict(dict(training["train"])),
+        epoch=int(training["epochs"]),
+        step=0,  # not exported
+        model_state=model.state_dict(),
+        optimizer_state=None,
+        best_val_nelbo=math.inf,
+        train_seconds=float(training["train_seconds"]),
+    )
+    ckpt.save(target, checkpoint)
+    return target
