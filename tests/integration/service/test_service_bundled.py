@@ -71,7 +71,7 @@ def test_version_2_is_the_default_and_version_1_still_answers(
     server = start_server(BUNDLED, model="mnist")
     with VaeClient(server.target) as client:
         latest, first = client.model_info(), client.model_info(version=1)
-        assert (latest.version, latest.prior, latest.versions) == (2, "vamp", (1, 2))
+        assert (latest.version, latest.prior, latest.versions) == (2, "mixture", (1, 2))
         assert (first.version, first.prior) == (1, "normal")
         assert client.sample(3, seed=1, version=1).model == ("mnist", 1)
         assert client.sample(3, seed=1).model == ("mnist", 2)
