@@ -40,9 +40,7 @@ def log_mixture(z: torch.Tensor, components: Components) -> torch.Tensor:
     z64 = z.double()
     precisions = torch.exp(-logvars)  # [K, D]
     squared = (
-        (z64 * z64) @ precisions.T
-        - 2.0 * z64 @ (means * precisions).T
-        + (means * means * precisions).sum(-1)
+        (z64 * z64) @ precisions.T - 2.0 * z64 @ (means * precisions).T + (means * means * precisions).sum(-1)
     )
     per_component = -0.5 * (means.shape[-1] * LOG_2PI + logvars.sum(-1) + squared)
     return torch.logsumexp(log_weights + per_component, dim=-1).to(z.dtype)
