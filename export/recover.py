@@ -25,6 +25,7 @@ from repository.prior import GaussianMixture, load_prior
 from training import checkpoint as ckpt
 from training.config import model_config_from_dict, train_config_from_dict
 from training.model import VAE
+from training.priors import mixture_state
 
 
 def recover_run(version_dir: Path, run: Path) -> Path:
@@ -47,11 +48,8 @@ def recover_run(version_dir: Path, run: Path) -> Path:
                 weights[initializer.name.removeprefix(WEIGHTS_PREFIX)] = torch.from_numpy(array)
     prior = load_prior(version_dir, manifest)
     if isinstance(prior, GaussianMixture):
-        weights |= {
-            "prior.means": torch.from_numpy(prior.means),
-            "prior.logvars": torch.from_numpy(prior.logvars),
-            "prior.logits": torch.from_numpy(prior.log_weights),
-        }
+        arrays = (prior.means, prior.logvars, prior.log_weights)
+        weights |= mixture_state(tuple(torch.from_numpy(a) for a in arrays))  # type: ignore[arg-type]
     missing = sorted(set(model.state_dict()) - set(weights))
     if missing:
         raise ExportError(f"{version_dir}'s graphs lack weights of its model: {missing}")

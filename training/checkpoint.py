@@ -17,6 +17,7 @@ from training.config import (
     train_config_from_dict,
 )
 from training.model import VAE
+from training.priors import mixture_state
 
 BEST = "best.pt"
 LAST = "last.pt"
@@ -103,7 +104,8 @@ def initial_weights(source: Path, model_config: ModelConfig) -> tuple[dict[str, 
             "learns a mixture prior"
         )
     with torch.no_grad():
-        means, logvars, log_weights = state.build_model().prior_components()  # type: ignore[misc]
+        components = state.build_model().prior_components()
+    assert components is not None, "a VampPrior has components"
     weights = {name: value for name, value in state.model_state.items() if not name.startswith("prior.")}
-    weights |= {"prior.means": means, "prior.logvars": logvars, "prior.logits": log_weights}
+    weights |= mixture_state(components)
     return weights, state.train_seconds

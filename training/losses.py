@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from repository.prior import LOG_2PI
 from training.model import VAE
-from training.priors import LOG_2PI, log_normal
+from training.priors import log_normal
 
 
 def log_likelihood(model: VAE | Any, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

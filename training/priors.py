@@ -59,6 +59,12 @@ def sample_mixture(components: Components, n: int, generator: torch.Generator | 
     return means[picked] + torch.exp(0.5 * logvars[picked]) * eps
 
 
+def mixture_state(components: Components) -> dict[str, torch.Tensor]:
+    """A mixture's (means, logvars, log_weights) as a VAE's MixturePrior state_dict entries."""
+    means, logvars, log_weights = components
+    return {"prior.means": means, "prior.logvars": logvars, "prior.logits": log_weights}
+
+
 class MixturePrior(nn.Module):
     """K Gaussians with learned means, log-variances and mixture logits."""
 
