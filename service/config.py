@@ -42,6 +42,12 @@ class ServiceConfig:
     workers: int = _option(
         1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its own batchers and sessions"
     )
+    # systemd's StartLimitBurst idea: replacing forever would hide a crash loop from the orchestrator.
+    worker_restarts: int = _option(
+        5,
+        "with --workers, dead workers are replaced; more deaths than this within the window end the service",
+    )
+    worker_restart_window_seconds: float = _option(60.0, "the window --worker-restarts counts deaths in")
     intra_op_threads: int = _option(1, "onnxruntime threads per graph run (CPU)")
     inter_op_threads: int = _option(1, "onnxruntime threads across independent nodes (CPU)")
     # Spinning threads burn the cores the gRPC event loop needs on a small machine.
@@ -131,6 +137,14 @@ class ServiceConfig:
         for name in ("max_delay_ms", "max_gather_ms"):
             if not 0 <= getattr(self, name) <= 1000:
                 raise ValueError(f"{name} must be in 0..1000, got {getattr(self, name)}")
+        if self.worker_restarts < 0:
+            raise ValueError(
+                f"worker_restarts must be at least 0 (0: no replacement), got {self.worker_restarts}"
+            )
+        if not self.worker_restart_window_seconds > 0:
+            raise ValueError(
+                f"worker_restart_window_seconds must be more than 0, got {self.worker_restart_window_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be at least 0, got {self.grace_seconds}")
         if self.reload_interval_seconds < 0:

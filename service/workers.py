@@ -5,12 +5,18 @@ supervisor reserves the port, starts N workers (each a whole VaeServer with its 
 onnxruntime sessions, sharing the GPU if there is one; the kernel spreads connections over them),
 and serves /metrics as the sum of every worker's series: vae_requests_total counts every call
 once, and vae_model_info{version} counts the workers that have that version loaded.
-Signals go to every worker: SIGTERM/SIGINT drain each, SIGHUP reloads each. A worker that dies on
-its own takes the others down, so that the orchestrator sees one failed process and restarts it.
+Signals go to every worker: SIGTERM/SIGINT drain each, SIGHUP reloads each.
+
+A worker that dies on its own (a crash, an out-of-memory kill, a CUDA error) is replaced while the
+others keep serving, as gunicorn and Triton do; what it had counted stays in the sums. Only a crash
+loop, more than --worker-restarts deaths within --worker-restart-window-seconds, ends the supervisor
+(exit 1), so that the orchestrator sees one failed process. Workers die with their supervisor
+(Linux's parent-death signal): none is left holding the port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -20,6 +26,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -36,29 +43,59 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # loading and warming every version can take minutes on a busy host
 SCRAPE_TIMEOUT_S = 5.0
+# How often the supervisor reads every worker's counters: a worker that dies loses from the sums
+# at most what it counted since the last read (the calls it was answering then failed anyway).
+SNAPSHOT_INTERVAL_S = 1.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Series that only grow while a process lives: a dead worker's last values stay in the sums.
+_MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary"})
+
+Series = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def reserve_port(host: str, port: int, name: str = "port") -> socket.socket:
     """Bind (not listen) host:port with SO_REUSEPORT, so the workers can share it and nobody else takes it.
 
-    A port that is taken is a ValueError naming the setting `name` (a ServiceConfig field) to change.
+    SO_REUSEPORT alone would also join a port that another server of the same user holds with it
+    (the kernel would split clients between two deployments), so the port is first bound without
+    it: that bind fails if anyone holds the port at all. A port that is taken is a ValueError naming
+    the setting `name` (a ServiceConfig field) to change.
     """
     bare = host.strip("[]")
     family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    reserved = socket.socket(family, socket.SOCK_STREAM)
-    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        reserved.bind((bare, port))
+        with socket.socket(family, socket.SOCK_STREAM) as exclusive:
+            exclusive.bind((bare, port))
+            port = exclusive.getsockname()[1]
+        reserved = socket.socket(family, socket.SOCK_STREAM)
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            reserved.bind((bare, port))
+        except OSError:
+            reserved.close()
+            raise
     except OSError as exc:
-        reserved.close()
         raise ValueError(
             f"cannot listen on {host}:{port} ({exc.strerror}); pick another {setting(name)}"
         ) from None
     return reserved
 
 
-def _worker(config: ServiceConfig, index: int, ready: Connection) -> None:
+def _die_with(supervisor: int) -> None:
+    """SIGTERM (a drain) for this worker when its supervisor dies, so no orphan keeps serving the port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop is all there is
+        log.warning("workers cannot follow their supervisor's death on this system")
+        return
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(config: ServiceConfig, index: int, ready: Connection, supervisor: int) -> None:
     """One worker process: a VaeServer on the shared port, its metrics on a private loopback port."""
+    _die_with(supervisor)
     from service import event_loop, logs
     from service.server import VaeServer, create_server
 
@@ -76,93 +113,200 @@ def _worker(config: ServiceConfig, index: int, ready: Connection) -> None:
 
 
 class _SumOfWorkers(Collector):
-    """Every worker's series, summed by name and labels, at each scrape."""
+    """Every worker's series, summed by name and labels, plus what workers that died had counted."""
 
-    def __init__(self, metrics_ports: list[int]) -> None:
-        self._urls = [f"http://127.0.0.1:{port}/metrics" for port in metrics_ports]
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._urls: dict[int, str] = {}  # serving workers' /metrics, by worker index
+        self._last: dict[int, dict[Series, float]] = {}  # each one's values at its last read
+        self._families: dict[str, tuple[str, str]] = {}  # name -> (documentation, type)
+        self._kind_of: dict[str, str] = {}  # sample name -> its family's name
+        self._retired: dict[Series, float] = {}
 
-    def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-        totals: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-        for url in self._urls:
+    def add(self, index: int, metrics_port: int) -> None:
+        with self._lock:
+            self._urls[index] = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def retire(self, index: int) -> None:
+        """Worker `index` died: its monotonic series from its last read stay in the sums; gauges go."""
+        with self._lock:
+            self._urls.pop(index, None)
+            for key, value in self._last.pop(index, {}).items():
+                name = key[0]
+                kind = self._families[self._kind_of[name]][1]
+                if kind in _MONOTONIC_TYPES and not name.endswith("_created"):
+                    self._retired[key] = self._retired.get(key, 0.0) + value
+
+    def _read(self) -> None:
+        for index, url in list(self._urls.items()):
             try:
                 with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
                     text = response.read().decode()
-            except OSError as exc:  # a worker that is stopping: the others still count
-                log.warning("metrics of a worker not read (%s): %s", url, exc)
+            except OSError as exc:  # a worker that is stopping or dying: its last read stands
+                log.warning("metrics of worker %d not read (%s): %s", index, url, exc)
                 continue
+            values: dict[Series, float] = {}
             for family in text_string_to_metric_families(text):
-                families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
-                samples = totals.setdefault(family.name, {})
+                self._families.setdefault(family.name, (family.documentation, family.type))
                 for sample in family.samples:
-                    key = (sample.name, tuple(sorted(sample.labels.items())))
-                    samples[key] = samples.get(key, 0.0) + sample.value
-        for name, metric in families.items():
-            for (sample_name, labels), value in totals[name].items():
-                metric.add_sample(sample_name, dict(labels), value)
-            yield metric
+                    self._kind_of.setdefault(sample.name, family.name)
+                    values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            if index in self._urls:  # not retired while it was read
+                self._last[index] = values
+
+    def refresh(self) -> None:
+        """Read every worker now (the supervisor's periodic snapshot)."""
+        with self._lock:
+            self._read()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            self._read()
+            totals = dict(self._retired)
+            for values in self._last.values():
+                for key, value in values.items():
+                    totals[key] = totals.get(key, 0.0) + value
+            families = {name: Metric(name, doc, kind) for name, (doc, kind) in self._families.items()}
+            for (sample_name, labels), value in totals.items():
+                families[self._kind_of[sample_name]].add_sample(sample_name, dict(labels), value)
+        yield from families.values()
+
+
+@dataclasses.dataclass
+class _Slot:
+    """Worker `index`: its process, and the pipe that brings its metrics port once it serves."""
+
+    index: int
+    process: BaseProcess
+    ready: Connection | None
+    started: float
+
+
+class _Supervisor:
+    """Starts, watches and replaces the workers; counts their deaths to tell a crash loop."""
+
+    def __init__(self, config: ServiceConfig, port: int, metrics: _SumOfWorkers) -> None:
+        self._config = dataclasses.replace(config, port=port, metrics_port=0)
+        self._context = multiprocessing.get_context("spawn")  # no forked copies of grpc's threads
+        self._metrics = metrics
+        self._deaths: deque[float] = deque()
+        self.slots: list[_Slot] = []
+
+    def start(self, index: int) -> _Slot:
+        receive, send = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker,
+            args=(self._config, index, send, os.getpid()),
+            name=f"vae-worker-{index}",
+            daemon=False,
+        )
+        process.start()
+        send.close()
+        return _Slot(index, process, receive, time.monotonic())
+
+    def start_all(self) -> None:
+        """Start every worker, one after another (they load the same files); any failure is fatal."""
+        for index in range(self._config.workers):
+            slot = self.start(index)
+            self.slots.append(slot)
+            assert slot.ready is not None
+            if not slot.ready.poll(START_TIMEOUT_S):
+                raise RuntimeError(
+                    f"worker {index} did not start within {START_TIMEOUT_S:.0f} s; see its log"
+                )
+            self._serving(slot)
+
+    def _serving(self, slot: _Slot) -> None:
+        assert slot.ready is not None
+        metrics_port: int = slot.ready.recv()
+        slot.ready.close()
+        slot.ready = None
+        self._metrics.add(slot.index, metrics_port)
+        log.info("worker %d (pid %d): metrics on 127.0.0.1:%d", slot.index, slot.process.pid, metrics_port)
+
+    def watch(self) -> None:
+        """Replace dead workers, note replacements that came up; RuntimeError on a crash loop."""
+        for position, slot in enumerate(self.slots):
+            if slot.process.is_alive() and slot.ready is not None:
+                if slot.ready.poll(0):
+                    self._serving(slot)
+                    continue
+                if time.monotonic() - slot.started < START_TIMEOUT_S:
+                    continue
+                log.error("worker %d did not start within %.0f s; killing it", slot.index, START_TIMEOUT_S)
+                slot.process.kill()
+                slot.process.join()
+            if slot.process.is_alive():
+                continue
+            self._metrics.retire(slot.index)
+            now = time.monotonic()
+            self._deaths.append(now)
+            window, limit = self._config.worker_restart_window_seconds, self._config.worker_restarts
+            while self._deaths[0] < now - window:
+                self._deaths.popleft()
+            if len(self._deaths) > limit:
+                raise RuntimeError(
+                    f"worker {slot.index} exited with {slot.process.exitcode}: {len(self._deaths)} worker "
+                    f"deaths within {window:g} s, more than {setting('worker_restarts')} allows "
+                    f"({limit}); stopping every worker (a crash loop: see the workers' log above)"
+                )
+            log.error(
+                "worker %d (pid %s) exited with %s; replacing it (%d of at most %d deaths within %g s)",
+                slot.index,
+                slot.process.pid,
+                slot.process.exitcode,
+                len(self._deaths),
+                limit,
+                window,
+            )
+            self.slots[position] = self.start(slot.index)
+
+    def signal_all(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.process.is_alive() and slot.process.pid is not None:
+                os.kill(slot.process.pid, signum)
+
+    def stop_all(self, grace_seconds: float) -> None:
+        """SIGTERM every worker, wait for their drains, then kill what is left."""
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds + 5
+        for slot in self.slots:
+            slot.process.join(max(0.0, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                log.error("%s did not stop in time; killing it", slot.process.name)
+                slot.process.kill()
+                slot.process.join()
 
 
 def serve_workers(config: ServiceConfig) -> int:
     """Run config.workers server processes until SIGTERM or SIGINT; the exit status of the whole."""
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
-    worker_config = dataclasses.replace(config, port=port, metrics_port=0)
-    context = multiprocessing.get_context("spawn")  # no forked copies of grpc's threads
-    workers: list[BaseProcess] = []
-    metrics_ports: list[int] = []
+    metrics = _SumOfWorkers()
+    supervisor = _Supervisor(config, port, metrics)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     # Until every worker runs, a SIGHUP would end the supervisor; after, it goes to the workers.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        for index in range(config.workers):
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(
-                target=_worker, args=(worker_config, index, send), name=f"vae-worker-{index}", daemon=False
-            )
-            process.start()
-            send.close()
-            workers.append(process)
-            if not receive.poll(START_TIMEOUT_S):
-                raise RuntimeError(
-                    f"worker {index} did not start within {START_TIMEOUT_S:.0f} s; see its log"
-                )
-            metrics_ports.append(receive.recv())
-            log.info("worker %d (pid %d): metrics on 127.0.0.1:%d", index, process.pid, metrics_ports[-1])
+        supervisor.start_all()
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_SumOfWorkers(metrics_ports))
+        registry.register(metrics)
         http = serve_metrics(config.metrics_port, config.host, registry)
-        log.info("gRPC on port %d, metrics on port %d; %d workers", port, http.server_port, len(workers))
-        signal.signal(signal.SIGHUP, lambda *_: _signal_all(workers, signal.SIGHUP))
+        log.info("gRPC on port %d, metrics on port %d; %d workers", port, http.server_port, config.workers)
+        signal.signal(signal.SIGHUP, lambda *_: supervisor.signal_all(signal.SIGHUP))
+        snapshot = time.monotonic()
         while not stop.wait(0.2):
-            if dead := [w for w in workers if not w.is_alive()]:
-                log.error("worker %s exited with %s; stopping the others", dead[0].name, dead[0].exitcode)
-                return 1
+            supervisor.watch()
+            if time.monotonic() - snapshot >= SNAPSHOT_INTERVAL_S:
+                metrics.refresh()
+                snapshot = time.monotonic()
         log.info("signal received; every worker drains for up to %.1f s", config.grace_seconds)
         return 0
     except (RuntimeError, EOFError) as exc:
         log.error("%s", exc)
         return 1
     finally:
-        _stop_all(workers, config.grace_seconds)
+        supervisor.stop_all(config.grace_seconds)
         reserved.close()
-
-
-def _signal_all(workers: list[BaseProcess], signum: int) -> None:
-    for worker in workers:
-        if worker.is_alive() and worker.pid is not None:
-            os.kill(worker.pid, signum)
-
-
-def _stop_all(workers: list[BaseProcess], grace_seconds: float) -> None:
-    """SIGTERM every worker, wait for their drains, then kill what is left."""
-    _signal_all(workers, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds + 5
-    for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
-        if worker.is_alive():
-            log.error("%s did not stop in time; killing it", worker.name)
-            worker.kill()
-            worker.join()

@@ -1,7 +1,9 @@
-"""`vae serve --workers 2`: one port, calls spread over both, metrics summed, reload and drain for all."""
+"""`vae serve --workers 2`: one port, calls spread over both, metrics summed, reload and drain for all,
+dead workers replaced, crash loops and taken ports refused, no worker outliving its supervisor."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -14,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from helpers import wait_until
-from helpers.servers import ServerProcess, serving
+from helpers.servers import ServerProcess, serving, spawn_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from vae.v1 import vae_pb2 as pb
@@ -23,6 +25,7 @@ from vae.v1 import vae_pb2_grpc
 pytestmark = pytest.mark.slow
 
 _WORKER_METRICS = re.compile(r"worker \d+ \(pid \d+\): metrics on 127\.0\.0\.1:(\d+)")
+_WORKER_PID = re.compile(r"worker (\d+) \(pid (\d+)\): metrics on")
 
 
 def _worker_counts(server: ServerProcess, series: str, **labels: str) -> list[float]:
@@ -121,3 +124,82 @@ def test_sigterm_drains_every_worker_and_every_call_gets_an_answer(tiny_model_re
     # which clients retry elsewhere. Nothing is cut off half-way (CANCELLED) or fails (INTERNAL).
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
     assert server.log_text().count("INFO service.server: stopped") == 2
+
+
+def _worker_pids(server: ServerProcess) -> dict[int, int]:
+    """Each worker index's newest process, from the supervisor's log."""
+    return {int(index): int(pid) for index, pid in _WORKER_PID.findall(server.log_text())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers signal 0: read its state.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _sample_calls(server: ServerProcess, calls: int) -> None:
+    for seed in range(calls):
+        with grpc.insecure_channel(server.target) as channel:  # a new connection each: both workers
+            vae_pb2_grpc.VaeServiceStub(channel).Sample(pb.SampleRequest(n=1, seed=seed), timeout=30)
+
+
+def test_a_killed_worker_is_replaced_and_its_counts_stay_in_the_sums(tiny_model_repo: Path) -> None:
+    with serving(tiny_model_repo, "--workers", "2") as server:
+        wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
+        _sample_calls(server, 40)
+        assert server.metric("vae_requests_total", method="Sample", code="OK") == 40
+        killed = _worker_pids(server)[0]
+        os.kill(killed, signal.SIGKILL)
+        _sample_calls(server, 10)  # the other worker answers meanwhile: every call succeeds
+        wait_until(lambda: _worker_pids(server)[0] != killed, 120, "worker 0 replaced")
+        wait_until(_all_loaded(server, "1"), 120, "the replacement loaded")
+        _sample_calls(server, 10)
+        # The dead worker's 40-odd calls are neither lost nor counted twice beside its replacement's.
+        assert server.metric("vae_requests_total", method="Sample", code="OK") == 60
+        assert server.metric("vae_items_total", method="Sample") == 60
+        assert server.process.poll() is None
+        assert f"worker 0 (pid {killed}) exited with -9; replacing it" in server.log_text()
+
+
+def test_a_crash_loop_ends_the_service_with_the_reason(tiny_model_repo: Path) -> None:
+    with serving(tiny_model_repo, "--workers", "2", "--worker-restarts", "1") as server:
+        wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
+        first = _worker_pids(server)[0]
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: _worker_pids(server)[0] != first, 120, "worker 0 replaced")
+        os.kill(_worker_pids(server)[0], signal.SIGKILL)
+        assert server.wait(timeout=60) == 1
+        assert (
+            "2 worker deaths within 60 s, more than --worker-restarts (VAE_WORKER_RESTARTS) allows (1)"
+            in (server.log_text())
+        )
+        assert not any(_alive(pid) for pid in _worker_pids(server).values())
+
+
+def test_a_port_that_other_workers_serve_is_refused(tiny_model_repo: Path) -> None:
+    with serving(tiny_model_repo, "--workers", "2") as first:
+        second = spawn_server(tiny_model_repo, "--workers", "2", "--port", str(first.port))
+        assert second.wait(timeout=60) == 2
+        assert f"cannot listen on 127.0.0.1:{first.port} (Address already in use)" in second.log_text()
+        assert first.process.poll() is None
+
+
+def test_workers_die_with_their_supervisor(tiny_model_repo: Path) -> None:
+    with serving(tiny_model_repo, "--workers", "2") as server:
+        wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
+        pids = list(_worker_pids(server).values())
+        server.kill()  # SIGKILL: the supervisor cannot stop them itself
+        wait_until(lambda: not any(_alive(pid) for pid in pids), 60, "workers gone with their supervisor")
+        # Nothing holds the port any more: a new server may take it.
+        again = spawn_server(tiny_model_repo, "--workers", "2", "--port", str(server.port))
+        try:
+            again.wait_serving()
+        finally:
+            assert again.stop() == 0
