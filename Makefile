@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
+TRITON_VENV ?= .venv-triton
 PY := $(VENV)/bin/python
 REPO ?= models
 MODEL ?= mnist
@@ -30,11 +31,13 @@ $(SERVE_VENV)/.installed: pyproject.toml
 	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
 	touch $@
 
-# Debian's prometheus and haproxy: the deployment and balancer tests run the real binaries.
+# Debian's prometheus, haproxy, nodejs and npm: the deployment, balancer and Node client tests run
+# the real binaries.
 system-packages:
 	./scripts/debian-packages.sh
 
-test: $(VENV)/.installed system-packages
+# .venv-triton too: the benchmark suite's test runs every system, Triton included.
+test: $(VENV)/.installed $(TRITON_VENV)/.installed system-packages
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
@@ -112,7 +115,6 @@ model-cvae: $(VENV)/.installed
 
 # The side-by-side suite: in-process onnxruntime, our service with and without batching, Triton and a
 # bare gRPC echo server, interleaved over several rounds; writes $(BENCH_OUT)/{results.json,summary.md,*.png}.
-TRITON_VENV ?= .venv-triton
 BENCH_OUT ?= docs/benchmarks
 BENCH_ARGS ?=
 
@@ -129,3 +131,11 @@ $(TRITON_VENV)/.installed: benchmarks/triton-requirements.txt
 
 bench: $(VENV)/.bench-installed $(TRITON_VENV)/.installed
 	$(PY) -m benchmarks.suite --repo $(REPO) --model $(MODEL) --out $(BENCH_OUT) $(BENCH_ARGS)
+
+# On a GPU machine (docs/gpu.md): the in-process sweep, CPU/CUDA parity per TF32 setting, the tests
+# marked gpu and the service under issue 29's loads, in under 4 minutes; writes docs/gpu.{md,json}.
+# No venv: it runs under the GPU image's python3, with onnxruntime-gpu and the project on PYTHONPATH.
+BENCH_GPU_ARGS ?=
+.PHONY: bench-gpu
+bench-gpu:
+	$(PYTHON) -m benchmarks.gpu --repo $(REPO) --model $(MODEL) --out docs $(BENCH_GPU_ARGS)

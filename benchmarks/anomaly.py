@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks.inprocess import load_graphs
+from client.clients import VaeClient
 from repository.manifest import IMAGES, LATENTS, LOGVAR, MU, PROBS, read_manifest
 from repository.prior import load_prior
 from repository.scoring import Scorer, decode_all, draws, likelihood_of
-from service.client import VaeClient
 from service.config import ServiceConfig
 from service.latents import reconstruction_error
 from service.server import VaeServer, create_server

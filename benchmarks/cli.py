@@ -8,7 +8,14 @@ import sys
 from typing import Any
 
 from benchmarks import RPCS
-from service.cli import add_tls_flags, add_token_flag, client_tls, client_token, quiet_grpc, rpc_error_line
+from wire.caller_flags import (
+    add_tls_flags,
+    add_token_flag,
+    client_tls,
+    client_token,
+    quiet_grpc,
+    rpc_error_line,
+)
 
 
 def _bench(args: argparse.Namespace) -> int:

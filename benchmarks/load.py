@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 
 from benchmarks.processes import pin
-from service.channel import ClientTls, call_metadata
+from wire.channel import ClientTls, call_metadata
 
 # Connecting and the first call must not wait forever on a target that is not there.
 READY_TIMEOUT_S = 30.0

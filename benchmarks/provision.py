@@ -19,7 +19,7 @@ from benchmarks.scenarios import (
     TRITON_INFER,
     Scenario,
 )
-from service import client
+from client.clients import VaeClient
 from service.config import config_from_flags
 
 Plans = dict[tuple[str, str], load.Workload]  # (scenario key, system) -> its load
@@ -70,7 +70,7 @@ def start(
         if name in names:
             log = logs / f"baseline-{'batched' if batching else 'unbatched'}.log"
             keep(systems.start_baseline(name, version_dir, log, event_loop, batching=batching))
-    with client.VaeClient(servers["service"].target) as vae:
+    with VaeClient(servers["service"].target) as vae:
         info = vae.model_info(model=model_name, version=version)
     plans: Plans = {}
     reply_sizes = []

@@ -1,4 +1,4 @@
-"""Requests for vae.v1.VaeService, built once with the service's own client functions, and checked once."""
+"""Requests for vae.v1.VaeService, built once with the Python clients' own builders, and checked once."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 
 from benchmarks import Rpc
 from benchmarks.load import Workload, call_once
-from service import client
-from service.channel import ClientTls
+from client import requests
+from client.clients import VaeClient
+from client.results import ModelInfo
 from vae.v1 import vae_pb2 as pb
+from wire.channel import ClientTls
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
 _RESPONSES: dict[str, Any] = {
@@ -37,9 +39,9 @@ def method_path(rpc: str) -> str:
 def build(
     rpc: Rpc,
     items: int,
-    info: client.ModelInfo,
+    info: ModelInfo,
     *,
-    output_dtype: client.ImageDType = "float32",
+    output_dtype: requests.ImageDType = "float32",
     seed: int = 0,
 ) -> Workload:
     """One request of `items` items for the model `info` describes; inputs drawn once, seeded."""
@@ -50,14 +52,16 @@ def build(
     images = rng.random((items, *info.image_shape), dtype=np.float32)
     request: Any
     if rpc == "decode":
-        request = client.decode_request(latents, output_dtype, model, version)
+        request = requests.decode_request(latents, output_dtype=output_dtype, model=model, version=version)
     elif rpc == "encode":
-        request = client.encode_request(images, 0, None, model, version)
+        request = requests.encode_request(images, model=model, version=version)
     elif rpc == "sample":
         # No seed: a seeded request would make every call produce the very same images.
-        request = client.sample_request(items, None, None, output_dtype, model, version)
+        request = requests.sample_request(items, output_dtype=output_dtype, model=model, version=version)
     else:
-        request = client.reconstruct_request(images, output_dtype, model, version)
+        request = requests.reconstruct_request(
+            images, output_dtype=output_dtype, model=model, version=version
+        )
     return Workload(method_path(rpc), request.SerializeToString(), items)
 
 
@@ -86,12 +90,12 @@ def prepare(
     *,
     model: str = "",
     version: int = 0,
-    output_dtype: client.ImageDType = "float32",
+    output_dtype: requests.ImageDType = "float32",
     tls: ClientTls | None = None,
     token: str | None = None,
 ) -> Checked:
     """Ask the server for the model's shapes, build the request and check it once."""
     credentials = tls.credentials() if tls else None
-    with client.VaeClient(target, timeout=30.0, credentials=credentials, token=token) as vae:
+    with VaeClient(target, timeout=30.0, credentials=credentials, token=token) as vae:
         info = vae.model_info(model=model, version=version)
     return check(target, rpc, build(rpc, items, info, output_dtype=output_dtype), tls=tls, token=token)

@@ -19,6 +19,7 @@ COPY README.md ./
 COPY vae_cli/ vae_cli/
 COPY vae/ vae/
 COPY repository/ repository/
+COPY wire/ wire/
 COPY service/ service/
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir .
 

@@ -22,7 +22,9 @@ COPY README.md ./
 COPY vae_cli/ vae_cli/
 COPY vae/ vae/
 COPY repository/ repository/
+COPY wire/ wire/
 COPY service/ service/
+COPY client/ client/
 COPY export/ export/
 COPY training/ training/
 COPY benchmarks/ benchmarks/

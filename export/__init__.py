@@ -1,1 +1,1 @@
-"""ONNX export of encoder and decoder, parity checks, and the versioned model repository."""
+"""ONNX export of encoder and decoder: tracing, parity and fp16 checks, publishing to the repository."""

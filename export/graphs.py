@@ -1,11 +1,27 @@
-"""The two exported graphs: the VAE split at the latent, as small modules torch.onnx can trace."""
+"""The two exported graphs: the VAE split at the latent into small modules, traced into ONNX files."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
 import torch
 from torch import nn
 
+from export.errors import ExportError
+from repository.contract import graph_contract, graph_metadata
+from repository.manifest import BATCH_AXIS, GRAPHS, GraphEntry, file_sha256
 from training.model import VAE
+
+# torchlib's own opset: newer would make the exporter run a version converter, older ones lack ops
+# it emits. onnxruntime has run opset 18 since 1.14.
+OPSET = 18
+# torch.export specialises sizes 0 and 1, which would pin the batch axis; trace with 2.
+_TRACE_BATCH = 2
 
 # torch.onnx names a graph's weights by their path in the traced module: the VAE's state_dict keys
 # under the `vae` attribute both graphs keep it in (`vae recover` reads them back).
@@ -42,3 +58,97 @@ class DecoderGraph(nn.Module):
             logits = self.vae.decode(z, y)
             return torch.sigmoid(logits), logits
         return self.vae.decode_mean(z, y)
+
+
+def write_graphs(
+    model: VAE, directory: Path, *, name: str, version: int, pairing_id: str
+) -> dict[str, GraphEntry]:
+    """Both graphs of `model` as ONNX files in `directory`, with their metadata, checked by onnx."""
+    config = model.config
+    contract = graph_contract(
+        config.latent_dim, config.image_shape, config.likelihood, conditional=config.conditional
+    )
+    modules = {"encoder": EncoderGraph(model), "decoder": DecoderGraph(model)}
+    # Tracing needs shapes, not values; zeros leave the caller's RNG state alone.
+    labels = (torch.zeros(_TRACE_BATCH, dtype=torch.int64),) if config.conditional else ()
+    examples = {
+        "encoder": (torch.zeros(_TRACE_BATCH, *config.image_shape), *labels),
+        "decoder": (torch.zeros(_TRACE_BATCH, config.latent_dim), *labels),
+    }
+    graphs = {}
+    for role in GRAPHS:
+        inputs, outputs = contract[role]
+        proto = _to_onnx(modules[role], examples[role], [t.name for t in inputs], [t.name for t in outputs])
+        _name_batch_axis(proto)
+        metadata = graph_metadata(
+            name=name,
+            version=version,
+            latent_dim=config.latent_dim,
+            image_shape=config.image_shape,
+            likelihood=config.likelihood,
+            pairing_id=pairing_id,
+            graph=role,
+            classes=config.classes,
+        )
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.checker.check_model(proto, full_check=True)
+        file = f"{role}.onnx"
+        # Serialised in one piece: torch's own save defaults to an external-data side file.
+        (directory / file).write_bytes(proto.SerializeToString())
+        graphs[role] = GraphEntry(
+            file=file, sha256=file_sha256(directory / file), inputs=inputs, outputs=outputs
+        )
+    return graphs
+
+
+def _to_onnx(
+    module: torch.nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+) -> onnx.ModelProto:
+    batch = torch.export.Dim(BATCH_AXIS)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module.eval(),
+            examples,
+            dynamo=True,
+            input_names=input_names,
+            # Every input shares the one batch axis (forward's parameter names, in order).
+            dynamic_shapes=tuple({0: batch} for _ in examples),
+            output_names=output_names,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:  # only the legacy exporter returns None
+        raise ExportError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's notes about its own internals (missing torchvision ops, pytree renames)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            # A conditional model's two inputs share one batch axis; torch notes that it keeps one name.
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*", category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _name_batch_axis(proto: onnx.ModelProto) -> None:
+    """Call the dynamic leading axis of every input and output "batch", whatever torch named it."""
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not dims[0].dim_param:
+            raise ExportError(
+                f"{value.name}: the batch axis was exported with fixed size {dims[0].dim_value}; "
+                "the dynamic_shapes given to torch.onnx.export did not take effect"
+            )
+        dims[0].dim_param = BATCH_AXIS

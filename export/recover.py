@@ -17,8 +17,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from export.errors import ExportError
 from export.graphs import WEIGHTS_PREFIX
-from export.onnx_export import ExportError, check_parity
+from export.parity import check_parity
 from repository.errors import CommandError
 from repository.manifest import GRAPHS, read_manifest
 from repository.prior import GaussianMixture, load_prior

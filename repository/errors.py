@@ -8,8 +8,10 @@
     │   └── VerificationError         a version failed `vae verify` (repository/verify.py)
     ├── ScoringUnsupported            repository/scoring.py: the model's likelihood cannot be scored
     ├── DataError                     training/data.py: a data set is missing, corrupt or mis-shaped
-    ├── ExportError                   export: a checkpoint cannot be exported (export/onnx_export.py)
-    ├── BatchError                    service/batching.py, gRPC-free; service/errors.py maps each
+    ├── ExportError                   export: a checkpoint cannot be exported (export/errors.py)
+    ├── TensorError                   wire/tensors.py: a malformed vae.v1.Tensor (also a ValueError);
+    │                                 service/errors.py answers it INVALID_ARGUMENT
+    ├── BatchError                    service/batch_types.py, gRPC-free; service/errors.py maps each
     │   ├── QueueFull                 the batch queue would overflow
     │   ├── BatcherClosed             shutting down or reloading
     │   ├── Expired                   the request's deadline passed while it queued

@@ -1,4 +1,4 @@
-"""model.json: the schema of a version's manifest, the graph contract, reading and writing it.
+"""model.json: the schema of a version's manifest and its tensor names, reading and writing it.
 
 Imports neither torch nor onnx; see docs/export.md for each field.
 """
@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from repository.errors import ManifestError
+from repository.manifest_fields import Fields, is_positive_int
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "model.json"
@@ -173,58 +174,6 @@ class Manifest:
         }
 
 
-def graph_contract(
-    latent_dim: int, image_shape: tuple[int, int, int], likelihood: str, *, conditional: bool = False
-) -> dict[str, tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]]:
-    """The inputs and outputs every encoder and decoder must have: {graph: (inputs, outputs)}.
-
-    A conditional model's graphs both take the class index LABELS as their second input.
-    """
-    image: Shape = (BATCH_AXIS, *image_shape)
-    latent: Shape = (BATCH_AXIS, latent_dim)
-    labels = (TensorInfo(name=LABELS, dtype=LABEL_DTYPE, shape=(BATCH_AXIS,)),) if conditional else ()
-    decoder_outputs = [TensorInfo(name=PROBS, dtype="float32", shape=image)]
-    if likelihood == "bernoulli":
-        decoder_outputs.append(TensorInfo(name=LOGITS, dtype="float32", shape=image))
-    return {
-        "encoder": (
-            (TensorInfo(name=IMAGES, dtype="float32", shape=image), *labels),
-            (
-                TensorInfo(name=MU, dtype="float32", shape=latent),
-                TensorInfo(name=LOGVAR, dtype="float32", shape=latent),
-            ),
-        ),
-        "decoder": (
-            (TensorInfo(name=LATENTS, dtype="float32", shape=latent), *labels),
-            tuple(decoder_outputs),
-        ),
-    }
-
-
-def graph_metadata(
-    *,
-    name: str,
-    version: int,
-    latent_dim: int,
-    image_shape: tuple[int, int, int],
-    likelihood: str,
-    pairing_id: str,
-    graph: str,
-    classes: tuple[str, ...] = (),
-) -> dict[str, str]:
-    """The metadata_props every exported graph carries, so a lone file still says what it is."""
-    return {
-        **({"vae.classes": json.dumps(list(classes))} if classes else {}),
-        "vae.name": name,
-        "vae.version": str(version),
-        "vae.latent_dim": str(latent_dim),
-        "vae.image_shape": json.dumps(list(image_shape)),
-        "vae.likelihood": likelihood,
-        "vae.pairing_id": pairing_id,
-        "vae.graph": graph,
-    }
-
-
 # --- files ---------------------------------------------------------------------------------------
 
 
@@ -253,7 +202,7 @@ def read_manifest(version_dir: Path) -> Manifest:
 
 def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
     """Validate decoded model.json data; `source` names the file in error messages."""
-    root = _Fields(data, source, "")
+    root = Fields(data, source, "")
     if root.get("format_version", int) != FORMAT_VERSION:
         raise ManifestError(
             f"{source}: format_version is {data['format_version']!r}; this build reads {FORMAT_VERSION}"
@@ -270,7 +219,7 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
     if likelihood not in LIKELIHOODS:
         raise ManifestError(f"{source}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     image_shape = root.get("image_shape", list)
-    if len(image_shape) != 3 or not all(_is_positive_int(v) for v in image_shape):
+    if len(image_shape) != 3 or not all(is_positive_int(v) for v in image_shape):
         raise ManifestError(f"{source}: image_shape must be [C, H, W] positive integers, got {image_shape}")
 
     graphs = root.child("graphs")
@@ -300,7 +249,7 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
     )
 
 
-def _classes(root: _Fields) -> tuple[str, ...]:
+def _classes(root: Fields) -> tuple[str, ...]:
     names = root.get("classes", list)
     if len(names) < 2 or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
         raise ManifestError(
@@ -309,7 +258,7 @@ def _classes(root: _Fields) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _prior_entry(fields: _Fields) -> PriorEntry:
+def _prior_entry(fields: Fields) -> PriorEntry:
     kind, trained_as = fields.get("kind", str), fields.get("trained_as", str)
     if kind != PRIOR_KIND or trained_as not in PRIORS_TRAINED:
         raise ManifestError(
@@ -325,7 +274,7 @@ def _prior_entry(fields: _Fields) -> PriorEntry:
     )
 
 
-def _score_reference(root: _Fields) -> Mapping[str, Any]:
+def _score_reference(root: Fields) -> Mapping[str, Any]:
     fields = root.child("score_reference")
     fields.positive_int("k")
     fields.number("median")
@@ -335,97 +284,49 @@ def _score_reference(root: _Fields) -> Mapping[str, Any]:
     return fields.data
 
 
-class _Fields:
-    """Typed access to one JSON object of model.json, with errors that give the field's path."""
-
-    def __init__(self, data: Any, source: str, where: str) -> None:
-        if not isinstance(data, dict):
-            raise ManifestError(f"{source}: {where or 'the top level'} must be a JSON object")
-        self.data = cast(dict[str, Any], data)
-        self.source = source
-        self.where = where
-
-    def _path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, *kinds: type[Any]) -> Any:
-        if key not in self.data:
-            raise ManifestError(f"{self.source}: missing field {self._path(key)!r}")
-        value = self.data[key]
-        # bool is an int in Python, but a JSON true is never a valid count or size.
-        if not isinstance(value, kinds) or isinstance(value, bool):
-            expected = " or ".join(kind.__name__ for kind in kinds)
-            raise ManifestError(f"{self.source}: field {self._path(key)!r} must be {expected}, got {value!r}")
-        return value
-
-    def child(self, key: str) -> _Fields:
-        return _Fields(self.get(key, dict), self.source, self._path(key))
-
-    def positive_int(self, key: str) -> int:
-        value = self.get(key, int)
-        if value < 1:
-            raise ManifestError(f"{self.source}: field {self._path(key)!r} must be positive, got {value}")
-        return cast(int, value)
-
-    def number(self, key: str) -> float:
-        return float(self.get(key, int, float))
-
-    def positive_int_list(self, key: str) -> list[int]:
-        values = self.get(key, list)
-        if not all(_is_positive_int(v) for v in values):
+def _tensors(fields: Fields, key: str) -> tuple[TensorInfo, ...]:
+    result = []
+    for i, item in enumerate(fields.get(key, list)):
+        tensor = Fields(item, fields.source, f"{fields.path(key)}[{i}]")
+        shape = tensor.get("shape", list)
+        if not all(is_positive_int(d) or d == BATCH_AXIS for d in shape):
             raise ManifestError(
-                f"{self.source}: field {self._path(key)!r} must list positive integers, got {values}"
+                f"{fields.source}: field {tensor.path('shape')!r} must hold positive integers "
+                f"and {BATCH_AXIS!r}, got {shape}"
             )
-        return cast(list[int], values)
-
-    def tensors(self, key: str) -> tuple[TensorInfo, ...]:
-        items = self.get(key, list)
-        result = []
-        for i, item in enumerate(items):
-            fields = _Fields(item, self.source, f"{self._path(key)}[{i}]")
-            shape = fields.get("shape", list)
-            if not all(_is_positive_int(d) or d == BATCH_AXIS for d in shape):
-                raise ManifestError(
-                    f"{self.source}: field {fields._path('shape')!r} must hold positive integers "
-                    f"and {BATCH_AXIS!r}, got {shape}"
-                )
-            result.append(
-                TensorInfo(name=fields.get("name", str), dtype=fields.get("dtype", str), shape=tuple(shape))
-            )
-        return tuple(result)
+        result.append(
+            TensorInfo(name=tensor.get("name", str), dtype=tensor.get("dtype", str), shape=tuple(shape))
+        )
+    return tuple(result)
 
 
-def _graph_entry(fields: _Fields) -> GraphEntry:
+def _graph_entry(fields: Fields) -> GraphEntry:
     return GraphEntry(
         file=_file_name(fields),
         sha256=_sha256_field(fields),
-        inputs=fields.tensors("inputs"),
-        outputs=fields.tensors("outputs"),
+        inputs=_tensors(fields, "inputs"),
+        outputs=_tensors(fields, "outputs"),
     )
 
 
-def _fp16_entry(fields: _Fields) -> Fp16Entry:
+def _fp16_entry(fields: Fields) -> Fp16Entry:
     return Fp16Entry(
         file=_file_name(fields), sha256=_sha256_field(fields), max_abs_diff=fields.number("max_abs_diff")
     )
 
 
-def _file_name(fields: _Fields) -> str:
+def _file_name(fields: Fields) -> str:
     name: str = fields.get("file", str)
     # A manifest must not point outside its own version directory.
     if Path(name).name != name or name in ("", ".", ".."):
         raise ManifestError(
-            f"{fields.source}: {fields._path('file')!r} must be a plain file name, got {name!r}"
+            f"{fields.source}: {fields.path('file')!r} must be a plain file name, got {name!r}"
         )
     return name
 
 
-def _sha256_field(fields: _Fields) -> str:
+def _sha256_field(fields: Fields) -> str:
     value: str = fields.get("sha256", str)
     if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise ManifestError(f"{fields.source}: {fields._path('sha256')!r} is not a sha256 hex digest")
+        raise ManifestError(f"{fields.source}: {fields.path('sha256')!r} is not a sha256 hex digest")
     return value
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,1 +1,1 @@
-"""The gRPC service: codec and validation, onnxruntime runtime, dynamic batcher, metrics, server."""
+"""The server: request validation, per-call handling, dynamic batcher, model loading, metrics; no client."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from service.batching import (
+from service.batch_types import (
     BatcherClosed,
     BatchFailed,
     BatchObserver,

@@ -4,8 +4,10 @@ The VaeService methods are registered with raw bytes in and out, so no intercept
 request path: bytes that are not a valid request message are answered INVALID_ARGUMENT here (grpc
 itself would answer UNKNOWN, naming Python exception types), and the response is serialized once.
 Per call this costs two perf_counter reads, one deadline read and five number updates for metrics.
-Request ids, the access log and tracing (service/observed.py) are off by default; only when one is
-on do calls read their metadata, and then they are ObservedCalls.
+Request ids, the access log and tracing (service/call_observer.py) are off by default; only when one
+is on do calls read their metadata, and then they are ObservedCalls. What this module asks of that
+observer (CallObserver) and what a call's server span reads of it (TracedCall) are protocols here,
+so the modules above import this one and it imports none of them.
 """
 
 from __future__ import annotations
@@ -13,20 +15,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
+from service.batch_types import Items
 from service.batcher import Batcher
-from service.batching import Items
 from service.errors import InvalidArgument, Unavailable, status_of
 from service.metrics import MethodMetrics, Metrics
 from vae.v1 import vae_pb2 as pb
-
-if TYPE_CHECKING:
-    from service.observed import Observer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
@@ -82,11 +81,37 @@ class Call:
         return seconds
 
 
+class CallObserver(Protocol):
+    """What observes calls when request ids, the access log or tracing is on (service/call_observer.py)."""
+
+    def admit(self, method: str, context: Context, deadline: float | None) -> Call:
+        """The Call for a call to `method` that has just arrived."""
+        ...
+
+    def unary(self, handler: Handler) -> Handler: ...
+    def streaming(self, stream: StreamHandler) -> StreamHandler: ...
+
+
+class TracedCall(Protocol):
+    """What a call's server span records when it ends (service/tracing.py)."""
+
+    @property
+    def model(self) -> tuple[str, int]: ...  # (name, version) asked for, then that which answered
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def items(self) -> int: ...
+    @property
+    def queue(self) -> float: ...
+    @property
+    def compute(self) -> float: ...
+
+
 class Calls:
     """Builds the registered method handlers around the servicer's request -> response functions."""
 
     def __init__(
-        self, metrics: Metrics, drain: Drain, *, timing_trailers: bool, observer: Observer | None = None
+        self, metrics: Metrics, drain: Drain, *, timing_trailers: bool, observer: CallObserver | None = None
     ) -> None:
         self._metrics = metrics
         self._drain = drain

@@ -1,17 +1,13 @@
-"""`vae serve` and `vae health`, and the TLS and token flags of the clients (`vae client`, `vae bench`)."""
+"""`vae serve`, and `vae health`, the check the serving images run (no client/ needed)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from service.channel import ClientTls
-from service.config import ServiceConfig, add_flags, read_file, read_token
-
-if TYPE_CHECKING:
-    import grpc
+from service.config import ServiceConfig, add_flags
+from wire.caller_flags import add_tls_flags, client_tls, quiet_grpc, rpc_error_line
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -41,7 +37,8 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    credentials = tls_credentials(args)
+    tls = client_tls(args)
+    credentials = None if tls is None else tls.credentials()
     channel = (
         grpc.secure_channel(args.target, credentials) if credentials else grpc.insecure_channel(args.target)
     )
@@ -56,76 +53,6 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{args.target}: {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def add_tls_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's CA certificates")
-    parser.add_argument("--tls-ca", type=Path, help="PEM CA certificates to trust instead (implies --tls)")
-    parser.add_argument(
-        "--tls-cert", type=Path, help="PEM client certificate, for mutual TLS (implies --tls)"
-    )
-    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-
-
-def add_token_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token-file", type=Path, help="file holding the server's bearer token")
-
-
-def client_token(args: argparse.Namespace) -> str | None:
-    """The bearer token in --token-file; None when there is none."""
-    return read_token(args.token_file) if args.token_file else None
-
-
-def client_tls(args: argparse.Namespace) -> ClientTls | None:
-    """TLS settings from --tls/--tls-ca/--tls-cert/--tls-key, files read; None for plaintext."""
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise ValueError("--tls-cert and --tls-key go together: pass both for mutual TLS, or neither")
-    if not (args.tls or args.tls_ca or args.tls_cert):
-        return None
-
-    def read(flag: str, path: Path | None) -> bytes | None:
-        return None if path is None else read_file(path, flag)
-
-    return ClientTls(
-        read("--tls-ca", args.tls_ca), read("--tls-key", args.tls_key), read("--tls-cert", args.tls_cert)
-    )
-
-
-def tls_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    """grpc credentials for client_tls(args); None for plaintext."""
-    tls = client_tls(args)
-    return None if tls is None else tls.credentials()
-
-
-def quiet_grpc() -> None:
-    """Let grpc log errors only; takes effect when called before grpc is first imported.
-
-    Otherwise a failed TLS handshake prints a log line of grpc's own above the command's one-line error.
-    """
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-
-# What grpc's UNAVAILABLE details say when client and server disagree about TLS, and the fix:
-# (the client uses TLS, a sign in the details, the hint).
-_TLS_HINTS = (
-    (False, "Socket closed", "the server may require TLS: pass --tls, or --tls-ca with its CA"),
-    (True, "Socket closed", "the server may require a client certificate: pass --tls-cert and --tls-key"),
-    (True, "WRONG_VERSION_NUMBER", "the server may not use TLS: drop --tls, --tls-ca, --tls-cert, --tls-key"),
-    (
-        True,
-        "CERTIFICATE_VERIFY_FAILED",
-        "this client does not trust the server's certificate: pass --tls-ca with the CA that signed it",
-    ),
-)
-
-
-def rpc_error_line(exc: grpc.RpcError, *, tls: bool) -> str:
-    """A failed call in one line: its status, a hint when it looks like a TLS mismatch, grpc's details."""
-    code, details = exc.code().name, exc.details() or ""
-    for with_tls, sign, hint in _TLS_HINTS:
-        if code == "UNAVAILABLE" and tls == with_tls and sign in details:
-            return f"{code}: {hint} ({details})"
-    return f"{code}: {details}"
 
 
 def register(commands: Any) -> None:

@@ -1,7 +1,8 @@
 """What a request carries -> checked arrays, and response pixels -> tensors: the server's edge.
 
 Everything a request carries is checked here, at the edge, so nothing invalid reaches a batch;
-each failure is an InvalidArgument whose message names the field and what was wrong with it.
+each failure is an InvalidArgument (a malformed tensor: wire's TensorError, answered the same) whose
+message names the field and what was wrong with it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 
 from repository.manifest import Manifest
 from service.errors import InvalidArgument
-from service.wire import FLOAT32, NUMPY, UINT8, array, dtype_name, put
 from vae.v1 import vae_pb2 as pb
+from wire.tensors import FLOAT32, NUMPY, UINT8, array, dtype_name, put
 
 # A standard normal prior puts essentially all its mass within +-10; beyond this bound a latent
 # is a mistake, and large enough values overflow the decoder's activations.

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from repository.placement import DEVICE_PATTERN
-from service.channel import DEFAULT_MAX_MESSAGE_BYTES
 from service.event_loop import EVENT_LOOPS
+from wire.channel import DEFAULT_MAX_MESSAGE_BYTES
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -206,24 +206,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag(spec.name), type=kind, default=None, metavar=spec.name.upper(), help=help
             )
-
-
-def read_token(path: Path) -> str:
-    """A bearer token kept in a file (not a flag: flags show in `ps`), without surrounding whitespace."""
-    token = path.read_text().strip()
-    if not token:
-        raise ValueError(f"token file {path} is empty; put the token in it")
-    return token
-
-
-def read_file(path: Path, setting: str) -> bytes:
-    """The bytes of the file a setting names; an unreadable one is a ValueError naming both."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ValueError(
-            f"{setting} {path}: {exc.strerror or exc}; check the path and its permissions"
-        ) from None
 
 
 def setting(name: str) -> str:

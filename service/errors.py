@@ -13,9 +13,10 @@ Their place in the project's one error tree is drawn in repository/errors.py:
     ├── Unavailable              UNAVAILABLE: not warmed up yet, or shutting down
     └── Internal                 INTERNAL: a batch failed; the client gets a generic message
 
-status_of is the one place errors become statuses: a ServiceError carries its own, the batcher's
-gRPC-free errors are mapped here, and any other exception is logged with its traceback and answered
-with INTERNAL and a generic message, so no internals leak to clients.
+status_of is the one place errors become statuses: a ServiceError carries its own, the gRPC-free
+errors (the batcher's, and wire's TensorError for a malformed tensor) are mapped here, and any other
+exception is logged with its traceback and answered with INTERNAL and a generic message, so no
+internals leak to clients.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import ClassVar
 import grpc
 
 from repository.errors import VaeError
-from service.batching import BatcherClosed, BatchError, BatchFailed, Expired, QueueFull
+from service.batch_types import BatcherClosed, BatchFailed, Expired, QueueFull
+from wire.tensors import TensorError
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,13 @@ class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
 
 
-_BATCH_STATUS: dict[type[BatchError], grpc.StatusCode] = {
+# The statuses of the gRPC-free errors: the batcher's and the wire format's.
+_STATUS: dict[type[BaseException], grpc.StatusCode] = {
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BatcherClosed: grpc.StatusCode.UNAVAILABLE,
     Expired: grpc.StatusCode.DEADLINE_EXCEEDED,
     BatchFailed: grpc.StatusCode.INTERNAL,
+    TensorError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -79,7 +83,7 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and message a client receives for an exception raised while answering it."""
     if isinstance(exc, ServiceError):
         return exc.code, str(exc)
-    if isinstance(exc, BatchError):
-        return _BATCH_STATUS[type(exc)], str(exc)
+    if (code := _STATUS.get(type(exc))) is not None:
+        return code, str(exc)
     log.error("unexpected error while answering an RPC", exc_info=exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

@@ -1,9 +1,10 @@
-"""Loading model versions: verify them, open their graphs, build and warm their batchers, watch their files.
+"""Loading model versions: verify them, open their graphs, build and warm their batchers.
 
 A version is served only after repository/verify.py has checked it (model.json, sha256 of every
 file, graph interfaces, encoder/decoder pairing, a round trip): a broken version is logged, counted in
 vae_model_load_failures_total and skipped, and the default is the newest version that loaded. A loaded
-version whose files later change on disk stops answering (vae_model_files_changed_total).
+version whose files later change on disk (service/version_watch.py) stops answering
+(vae_model_files_changed_total).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repository.errors import ManifestError, RepositoryError
+from repository.errors import RepositoryError
 from repository.layout import list_models, list_versions
 from repository.manifest import (
     GRAPHS,
@@ -26,19 +27,18 @@ from repository.manifest import (
     PROBS,
     Manifest,
     feeds,
-    file_sha256,
-    read_manifest,
 )
 from repository.placement import Placement
 from repository.prior import Prior, load_prior
 from repository.runtime import Graph
 from repository.scoring import ScoringUnsupported, likelihood_of
 from repository.verify import verify_version
+from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
 from service.batcher import Batcher, bucket_sizes
-from service.batching import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
 from service.config import ServiceConfig
 from service.metrics import Metrics
-from service.registry import FileSignature, LoadedModel, Registry, Scoring
+from service.registry import LoadedModel, Registry, Scoring
+from service.version_watch import VersionWatch, file_signature
 from vae.v1 import vae_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -103,14 +103,9 @@ async def load_model(
     config: ServiceConfig,
     placement: Placement,
     observers: Mapping[str, BatchObserver],
-    files: FileSignature,
     tracer: BatchTracer | None = None,
 ) -> LoadedModel:
-    """Verify, load and warm up one version; every batch-size bucket runs once before it serves.
-
-    `files`: the directory's signature taken before verifying, so a change after it is seen at the
-    next look.
-    """
+    """Verify, load and warm up one version; every batch-size bucket runs once before it serves."""
     manifest, prior, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
     label = f"{manifest.name}/{manifest.version}"
 
@@ -137,7 +132,6 @@ async def load_model(
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
         prior=prior,
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
-        files=files,
     )
     sizes = bucket_sizes(config.max_batch_items)
     y = np.zeros(1, np.int64) if manifest.conditional else None  # class 0: any class costs the same
@@ -149,13 +143,14 @@ async def load_model(
 
 async def load_repository(
     registry: Registry,
+    watch: VersionWatch,
     config: ServiceConfig,
     placement: Placement,
     metrics: Metrics,
     tracer: BatchTracer | None = None,
 ) -> None:
     """Load every version of every model in config.repo; the default model must end up with one."""
-    await load_new_versions(registry, config, placement, metrics, tracer)
+    await load_new_versions(registry, watch, config, placement, metrics, tracer)
     if registry.default is None:
         raise RepositoryError(
             f"no version of the default model {registry.default_model!r} in {config.repo} could be loaded; "
@@ -165,6 +160,7 @@ async def load_repository(
 
 async def load_new_versions(
     registry: Registry,
+    watch: VersionWatch,
     config: ServiceConfig,
     placement: Placement,
     metrics: Metrics,
@@ -180,25 +176,23 @@ async def load_new_versions(
     for name in _model_names(config.repo, registry.default_model):
         for version in sorted(list_versions(config.repo, name), reverse=True):
             path = config.repo / name / str(version)
-            files = _file_signature(path)
+            files = file_signature(path)  # before verifying: a change after it is seen next time
             current = registry.get(name, version)
             if current is not None:
-                if files != registry.unchanged.get((name, version), current.files):
-                    if _changed(path, current):
-                        await _refuse_changed(registry, current, metrics)
-                        registry.refused[name, version] = files
-                    else:
-                        registry.unchanged[name, version] = files
+                if watch.changed(path, current.manifest, files):
+                    await _refuse_changed(registry, current, metrics)
+                    watch.refuse(name, version, files)
                 continue
-            if registry.refused.get((name, version)) == files:
+            if watch.refused_as_is(name, version, files):
                 continue
             try:
-                model = await load_model(path, config, placement, observers, files, tracer)
+                model = await load_model(path, config, placement, observers, tracer)
             except RepositoryError as exc:  # verification said why; no traceback needed
                 log.error("model %s version %d refused: %s", name, version, exc)
             except Exception:  # a bad version must never stop the others from serving
                 log.exception("model %s version %d failed to load", name, version)
             else:
+                watch.loaded(model.manifest, files)
                 registry.add(model)
                 metrics.model_info.labels(name, str(version), model.provider).set(1)
                 _publish_score_reference(model.manifest, metrics)
@@ -207,7 +201,7 @@ async def load_new_versions(
                     log.info("%s/%d now answers requests that name no version", name, version)
                 continue
             metrics.model_load_failures.labels(name).inc()
-            registry.refused[name, version] = files
+            watch.refuse(name, version, files)
     return loaded
 
 
@@ -218,16 +212,6 @@ def _publish_score_reference(manifest: Manifest, metrics: Metrics) -> None:
         return
     for quantile, nats in reference["quantiles"].items():
         metrics.score_reference.labels(manifest.name, manifest.version, quantile, reference["k"]).set(nats)
-
-
-def _changed(path: Path, model: LoadedModel) -> bool:
-    """Whether a loaded version's files on disk now hold something else (not merely touched)."""
-    try:
-        if read_manifest(path) != model.manifest:
-            return True
-        return any(file_sha256(path / file) != digest for file, digest in model.manifest.files().items())
-    except (OSError, ManifestError):
-        return True  # a file it was loaded from is gone, or model.json no longer reads
 
 
 async def _refuse_changed(registry: Registry, model: LoadedModel, metrics: Metrics) -> None:
@@ -243,16 +227,6 @@ async def _refuse_changed(registry: Registry, model: LoadedModel, metrics: Metri
     metrics.model_info.labels(name, str(version), model.provider).set(0)
     metrics.model_files_changed.labels(name, str(version)).inc()
     await model.close()
-
-
-def _file_signature(path: Path) -> FileSignature:
-    """Name, size and modification time of each file in a version directory."""
-    try:
-        return tuple(
-            sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
-        )
-    except OSError:  # removed while we looked: nothing to compare with
-        return ()
 
 
 def _model_names(repo: Path, default_model: str) -> Sequence[str]:

@@ -1,7 +1,7 @@
 """The server's log records: text or JSON lines, tagged with the request id of the call they are about.
 
 `configure` sets up a server process's logging (`vae serve`, and each `--workers` process). While
-a call with a request id is being answered (service/observed.py), CURRENT_CALL holds it in that
+a call with a request id is being answered (service/call_observer.py), CURRENT_CALL holds it in that
 call's task, and every record logged there carries its request id (and its trace id when traced).
 The access log is the logger `vae.access`: one record per call, with the fields of ACCESS_FIELDS.
 """
@@ -18,13 +18,13 @@ from service.config import ServiceConfig
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(tag)s: %(message)s"
 ACCESS_LOGGER = "vae.access"
-# What an access record adds to a JSON line, in this order (service/observed.py fills them in).
+# What an access record adds to a JSON line, in this order (service/call_observer.py fills them in).
 ACCESS_FIELDS = ("method", "model", "version", "code", "duration_ms", "queue_ms", "compute_ms", "items")
 _TAGS = ("request_id", "trace_id", "span_id")
 
 
 class Tagged(Protocol):
-    """A call being answered, as its log records see it (service/observed.py's ObservedCall)."""
+    """A call being answered, as its log records see it (service/call_observer.py's ObservedCall)."""
 
     @property
     def request_id(self) -> str: ...

@@ -239,7 +239,7 @@ class MethodMetrics:
 
 
 class GraphMetrics:
-    """The batcher's report for one graph (service.batcher.BatchObserver)."""
+    """The batcher's report for one graph (service/batch_types.py's BatchObserver)."""
 
     __slots__ = ("_batch_size", "_depth", "_expired", "_inference", "_wait")
 

@@ -16,9 +16,6 @@ from service.batcher import Batcher
 from service.errors import InvalidArgument, NotFound, Unavailable
 from vae.v1 import vae_pb2 as pb
 
-# Name, size and modification time of each file in a version directory.
-FileSignature = tuple[tuple[str, int, int], ...]
-
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +43,6 @@ class LoadedModel:
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
     prior: Prior  # p(z): what Sample draws from and Score's log p(z)
     ref: pb.ModelRef  # built once, copied into every response
-    files: FileSignature  # the version directory's files when it was loaded
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -70,12 +66,6 @@ class Registry:
         self.default_model = default_model
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._default: LoadedModel | None = None
-        # Versions that failed to load, with their files' sizes and times then: a reload skips
-        # them (no new log line or metric every poll) until their files change.
-        self.refused: dict[tuple[str, int], FileSignature] = {}
-        # Loaded versions whose files were touched but found unchanged, with their files then: the
-        # next look hashes them again only if they are touched again.
-        self.unchanged: dict[tuple[str, int], FileSignature] = {}
 
     def get(self, name: str, version: int) -> LoadedModel | None:
         return self._models.get(name, {}).get(version)

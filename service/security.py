@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.config import ServiceConfig, read_file, read_token, setting
+from service.config import ServiceConfig, setting
 from service.metrics import Metrics
+from wire.channel import read_file, read_token
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
     Handler = grpc.RpcMethodHandler[Any, Any]

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
@@ -27,13 +27,14 @@ from repository.errors import RepositoryError
 from repository.placement import Placement, select_placement
 from repository.runtime import available_providers
 from service import security
+from service.call_observer import Observer
 from service.calls import SERVICE, Calls, Drain
 from service.config import ServiceConfig, setting
 from service.loading import load_new_versions, load_repository
 from service.metrics import Metrics, serve_metrics
-from service.observed import Observer, tracing_from
 from service.registry import Registry
 from service.servicer import VaeServicer
+from service.version_watch import VersionWatch
 
 if TYPE_CHECKING:
     from service.tracing import Tracing
@@ -53,6 +54,27 @@ DRAIN_QUIET_S = 0.2
 FLUSH_S = 0.5
 
 
+# Standard variables that turn tracing on (with the SDK's own defaults for everything else).
+_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def tracing_from(config: ServiceConfig, env: Mapping[str, str]) -> Tracing | None:
+    """The server's tracing when --otlp-endpoint or an OTEL_EXPORTER_OTLP_* endpoint asks for it.
+
+    OTEL_SDK_DISABLED=true and OTEL_TRACES_EXPORTER=none turn it off, as in every OpenTelemetry SDK.
+    The SDK is imported only here, so a server without the `tracing` extra runs as long as it is off.
+    """
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return None
+    if not (config.otlp_endpoint or any(env.get(name) for name in _ENDPOINT_VARIABLES)):
+        return None
+    from service.tracing import otlp_tracing
+
+    return otlp_tracing(config.otlp_endpoint)
+
+
 class VaeServer:
     """One server process's gRPC server, models, metrics endpoint and health."""
 
@@ -62,6 +84,7 @@ class VaeServer:
         self.tracing = tracing if tracing is not None else tracing_from(config, os.environ)
         self.metrics = Metrics()
         self.registry = Registry(config.model)
+        self.watch = VersionWatch()
         # grpc-stubs 1.53 predates grpc_health's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc = grpc.aio.server(
@@ -125,7 +148,9 @@ class VaeServer:
         """Verify, load and warm every version in the repository, then report SERVING."""
         placement = select_placement(self.config.device, available_providers())
         async with self._loading:
-            await load_repository(self.registry, self.config, placement, self.metrics, self.tracing)
+            await load_repository(
+                self.registry, self.watch, self.config, placement, self.metrics, self.tracing
+            )
             self._placement = placement
         if not self._stopping:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -141,7 +166,7 @@ class VaeServer:
         async with self._loading:
             try:
                 loaded = await load_new_versions(
-                    self.registry, self.config, self._placement, self.metrics, self.tracing
+                    self.registry, self.watch, self.config, self._placement, self.metrics, self.tracing
                 )
             except RepositoryError as exc:
                 log.error("reload failed; still serving what was loaded: %s", exc)

@@ -19,15 +19,16 @@ import grpc
 import numpy as np
 
 from repository.scoring import Scorer, ScoringUnsupported, draws
-from service import codec, latents, wire
+from service import codec, latents
+from service.batch_types import Items, labelled
 from service.batcher import Batcher
-from service.batching import Items, labelled
 from service.calls import Call, Calls, Handler, StreamHandler
 from service.config import ServiceConfig
 from service.errors import FailedPrecondition, InvalidArgument
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
 from vae.v1 import vae_pb2 as pb
+from wire import tensors
 
 MAX_TEMPERATURE = 10.0
 # Score's decoder chunks queued at once: enough to keep the batcher busy, few enough that other
@@ -70,11 +71,11 @@ class VaeServicer:
         mu, logvar = await call.run(model.encoder, labelled(images, y))
         call.items = len(images)
         response = pb.EncodeResponse(model=model.ref)
-        wire.put(response.mu, mu)
-        wire.put(response.logvar, logvar)
+        tensors.put(response.mu, mu)
+        tensors.put(response.logvar, logvar)
         if k:
             rng = latents.stream(_seed(request), self._rng)
-            wire.put(response.z, latents.posterior(rng, mu, logvar, k))
+            tensors.put(response.z, latents.posterior(rng, mu, logvar, k))
         return response
 
     async def _decode(self, request: pb.DecodeRequest, call: Call) -> pb.DecodeResponse:
@@ -133,7 +134,7 @@ class VaeServicer:
         call.items = len(images)
         response = pb.ReconstructResponse(model=model.ref)
         codec.put_images(response.images, pixels, dtype)
-        wire.put(response.error, latents.reconstruction_error(images, pixels))
+        tensors.put(response.error, latents.reconstruction_error(images, pixels))
         return response
 
     async def _interpolate(self, request: pb.InterpolateRequest, call: Call) -> pb.InterpolateResponse:
@@ -190,10 +191,10 @@ class VaeServicer:
         for value in scores.log_likelihood.tolist():
             observed.observe(value)
         response = pb.ScoreResponse(model=model.ref)
-        wire.put(response.log_likelihood, scores.log_likelihood)
-        wire.put(response.elbo, scores.elbo)
-        wire.put(response.kl, scores.kl)
-        wire.put(response.reconstruction_error, latents.reconstruction_error(images, pixels))
+        tensors.put(response.log_likelihood, scores.log_likelihood)
+        tensors.put(response.elbo, scores.elbo)
+        tensors.put(response.kl, scores.kl)
+        tensors.put(response.reconstruction_error, latents.reconstruction_error(images, pixels))
         return response
 
     async def _decode_chunks(self, call: Call, decoder: Batcher, scorer: Scorer) -> None:
@@ -234,7 +235,7 @@ class VaeServicer:
 
     @staticmethod
     def _image_bytes(model: LoadedModel, n: int, dtype: int) -> int:
-        return n * math.prod(model.image_shape) * (1 if dtype == wire.UINT8 else 4)
+        return n * math.prod(model.image_shape) * (1 if dtype == tensors.UINT8 else 4)
 
     def _check_size(self, response_bytes: int) -> None:
         """Refuse before computing what could not be sent."""
@@ -277,7 +278,7 @@ Generated = TypeVar("Generated", pb.SampleResponse, pb.InterpolateResponse)
 def _generated(response: Generated, pixels: np.ndarray, dtype: int, z: np.ndarray) -> Generated:
     """Images and the latents they were decoded from, written into the response in place."""
     codec.put_images(response.images, pixels, dtype)
-    wire.put(response.latents, z)
+    tensors.put(response.latents, z)
     return response
 
 

@@ -1,6 +1,6 @@
 """OpenTelemetry traces (the `tracing` extra): a server span per call, a span per batch linked to them.
 
-Imported only when tracing is on (service/observed.py's tracing_from), so the serving code runs
+Imported only when tracing is on (service/server.py's tracing_from), so the serving code runs
 without the extra. Spans, in the names of OpenTelemetry's RPC conventions:
 
     vae.v1.VaeService/Decode   SERVER, child of the client's span when it sent `traceparent`
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import grpc
 from opentelemetry import propagate, trace
@@ -28,11 +27,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from service.batching import TracedSlice
-from service.calls import SERVICE
-
-if TYPE_CHECKING:
-    from service.observed import ObservedCall
+from service.batch_types import TracedSlice
+from service.calls import SERVICE, TracedCall
 
 DEFAULT_SERVICE_NAME = "vae-serving"
 # Server spans are errors for these codes only (OpenTelemetry's gRPC conventions): the others,
@@ -66,7 +62,7 @@ class Tracing:
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE.full_name, "rpc.method": method},
         )
 
-    def end(self, span: Span, call: ObservedCall, code: str) -> None:
+    def end(self, span: Span, call: TracedCall, code: str) -> None:
         """End a server span with the call's status, request id, model, items and where its time went."""
         name, version = call.model
         span.set_attributes(

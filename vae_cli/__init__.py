@@ -2,7 +2,7 @@
 
 Each package's cli module imports its heavy dependencies inside the handlers, so `vae serve`
 works in an environment without torch and `vae train` in one without onnxruntime. A package that
-is not installed at all (a serving image holds only repository/ and service/) has no subcommands;
+is not installed at all (a serving image holds no client/ or training/) has no subcommands;
 a missing dependency is named in one line with the extra that brings it.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from repository.errors import VaeError
 
-SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli", "service.client_cli", "benchmarks.cli")
+SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli", "client.cli", "benchmarks.cli")
 # The pyproject.toml extra that installs each dependency a subcommand may find missing.
 EXTRA_OF = {
     "torch": "train",

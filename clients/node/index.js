@@ -14,7 +14,7 @@ const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
 // 28x28 float32 images already exceeds (RESOURCE_EXHAUSTED), so the client raises it to match.
 const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
-// The Python clients' channel policy (service/channel.py): spread calls over every address the target
+// The Python clients' channel policy (wire/channel.py): spread calls over every address the target
 // resolves to, and send a call that ended UNAVAILABLE (it never ran) again with backoff.
 const SERVICE_CONFIG = {
   loadBalancingConfig: [{ round_robin: {} }],

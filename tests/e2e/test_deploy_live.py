@@ -30,11 +30,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.systems import free_port
+from client.clients import VaeClient
 from repository.manifest import read_manifest, write_manifest
 from repository.prior import load_prior
 from repository.runtime import Graph
 from repository.scoring import score_reference
-from service.client import VaeClient
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -15,8 +15,8 @@ from helpers.servers import SERVING, ServerProcess, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.clients import VaeClient
 from service.calls import SERVICE
-from service.client import VaeClient
 from vae.v1 import vae_pb2_grpc
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from helpers import wait_until
 from helpers.load import Tally, closed_loop
 from helpers.servers import ServerProcess, serving
 
-from service.client import AsyncVaeClient, VaeClient
+from client.clients import AsyncVaeClient, VaeClient
 
 pytestmark = pytest.mark.slow
 

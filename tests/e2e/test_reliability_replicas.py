@@ -14,7 +14,7 @@ from helpers.haproxy import haproxy
 from helpers.load import Tally, closed_loop
 from helpers.servers import ServerProcess, serving
 
-from service.client import AsyncVaeClient
+from client.clients import AsyncVaeClient
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.certs import Authority
 from helpers.servers import SERVING, ServerProcess, serving, spawn_server
 
-from service.client import VaeClient
+from client.clients import VaeClient
 
 TOKEN = "s3cret-token-for-tests"
 LATENTS = np.zeros((2, 8), np.float32)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from helpers import VAE, vae
 
-from service.client import VaeClient
+from client.clients import VaeClient
 
 
 def test_serve_starts_serves_and_drains_on_sigterm(tiny_model_repo: Path) -> None:

@@ -17,7 +17,7 @@ from helpers import wait_until
 # that stops accepting connections fails its TCP check within `inter` and is taken out; a request
 # whose connection attempt fails is sent to another replica (retries + redispatch). A request that
 # was already on a replica when it died is answered 502 here, which gRPC clients see as
-# UNAVAILABLE: the client's retry policy (service/client.py) sends it again.
+# UNAVAILABLE: the client's retry policy (client/rpcs.py, wire/channel.py) sends it again.
 TEMPLATE = """\
 global
     maxconn 4096

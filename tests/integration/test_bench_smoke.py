@@ -1,4 +1,5 @@
-"""`vae bench` against a real server serving the tiny model; the suite's baselines and its two modes."""
+"""`vae bench` against a real server serving the tiny model; the suite's baselines, and every one of its
+systems, Triton included, in both modes."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from benchmarks import (
     systems,
     workloads,
 )
-from benchmarks.scenarios import BASELINES, MODES
+from benchmarks.scenarios import BASELINES, MODES, SYSTEMS
+from client.clients import VaeClient
 from repository.runtime import Graph
-from service.client import VaeClient
 from service.config import ServiceConfig
 from vae_cli import main
 
@@ -174,9 +175,15 @@ def test_a_minimal_baseline_answers_like_onnxruntime_in_process(
     np.testing.assert_array_equal(encoded.logvar, expected_encoding["logvar"])
 
 
+NO_TRITON = f"{systems.TRITON_PYTHON} is missing: `make test` (and `make bench`) create it"
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pinned mode needs two CPUs")
+# Under CI (CI set) a missing Triton fails the test: it promises every system. Elsewhere it skips.
+@pytest.mark.skipif(not systems.TRITON_PYTHON.exists() and not os.environ.get("CI"), reason=NO_TRITON)
 def test_the_suite_runs_every_system_pinned_and_unpinned(tiny_model_repo: Path, tmp_path: Path) -> None:
-    systems_ = ["service", "echo", *BASELINES]
+    assert systems.TRITON_PYTHON.exists(), NO_TRITON
+    systems_ = list(SYSTEMS)
     args = suite.build_parser().parse_args(
         [
             *("--rounds", "1", "--duration", "0.3", "--warmup", "0.1", "--cold-starts", "0"),

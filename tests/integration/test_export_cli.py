@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from helpers import vae
 
+from repository.layout import list_versions
 from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig
 from training.model import VAE
@@ -23,11 +25,11 @@ def _vae(*args: str) -> subprocess.CompletedProcess[str]:
     return vae(*args, check=False, timeout=240)  # the exporter alone can take a minute on a busy machine
 
 
-def test_export_then_verify(tmp_path: Path) -> None:
+def _toy_run(run: Path) -> Path:
+    """A run directory holding the checkpoint of a small untrained MLP VAE."""
     config = ModelConfig(architecture="mlp", image_shape=(1, 8, 8), latent_dim=2, widths=(16,))
     torch.manual_seed(0)
     state = VAE(config).state_dict()
-    run = tmp_path / "run"
     run.mkdir()
     ckpt.save(
         run / ckpt.LAST,
@@ -42,6 +44,11 @@ def test_export_then_verify(tmp_path: Path) -> None:
             train_seconds=1.0,
         ),
     )
+    return run
+
+
+def test_export_then_verify(tmp_path: Path) -> None:
+    run = _toy_run(tmp_path / "run")
     repo = tmp_path / "models"
 
     # --score-k 0: the toy model has no test set of its shape to record Score quantiles of.
@@ -58,6 +65,24 @@ def test_export_then_verify(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "already exists; versions are immutable" in again.stderr
     assert sorted(p.name for p in repo.iterdir()) == ["toy"]
+
+
+def test_a_number_published_by_mv_is_not_issued_again_after_its_version_is_deleted(tmp_path: Path) -> None:
+    run = _toy_run(tmp_path / "run")
+    repo, staging = tmp_path / "models", tmp_path / "staging"
+    export = ("export", str(run), "--name", "toy", "--score-k", "0")
+    first = _vae(*export, "--repo", str(repo))
+    assert first.returncode == 0, first.stderr
+    # docs/api.md: write the version elsewhere on the same filesystem, then `mv` it into place.
+    staged = _vae(*export, "--repo", str(staging), "--version", "2")
+    assert staged.returncode == 0, staged.stderr
+    subprocess.run(["mv", str(staging / "toy" / "2"), str(repo / "toy" / "2")], check=True)
+    assert list_versions(repo, "toy") == [1, 2]  # what a server's loader does on every (re)load
+    shutil.rmtree(repo / "toy" / "2")  # version 2 served a model that clients may still pin
+
+    again = _vae(*export, "--repo", str(repo))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"exported {repo / 'toy' / '3'}\n"
 
 
 def test_recover_rebuilds_the_checkpoint_behind_a_version(

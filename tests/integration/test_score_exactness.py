@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers.servers import RunningServer, config_for
 
-from service.client import VaeClient
+from client.clients import VaeClient
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
 from training.evaluate import evaluate_run
 from training.model import VAE

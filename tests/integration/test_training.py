@@ -71,12 +71,36 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path: Path, data_d
     assert _read_metrics(straight)[-1]["val_nelbo"] == _read_metrics(interrupted)[-1]["val_nelbo"]
 
 
+# `vae train` under torchrun that also saves each rank's trained parameters as <run>.rank<N>.pt:
+# only rank 0 writes a checkpoint, so this keeps the model train() builds in every rank.
+RANK_PARAMETERS = """
+import os
+import sys
+
+import torch
+
+from training import train as loop
+from vae_cli import main
+
+built = []
+build = loop.VAE
+loop.VAE = lambda config: built.append(build(config)) or built[-1]
+code = main()
+run = sys.argv[sys.argv.index("--run-dir") + 1]
+parameters = {name: p.detach().clone() for name, p in built[0].named_parameters()}
+torch.save(parameters, f"{run}.rank{os.environ['RANK']}.pt")
+sys.exit(code)
+"""
+
+
 @pytest.mark.slow
 def test_distributed_data_parallel_with_two_cpu_processes(tmp_path: Path, data_dir: Path) -> None:
     run = tmp_path / "ddp"
+    launcher = tmp_path / "rank_parameters.py"
+    launcher.write_text(RANK_PARAMETERS)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "vae_cli", "train", "--run-dir", str(run), "--data-dir", str(data_dir), "--no-progress",
+        str(launcher), "train", "--run-dir", str(run), "--data-dir", str(data_dir), "--no-progress",
         "--set", "model.widths=[8, 16, 32]", "--set", "model.latent_dim=4", "--set", "train.epochs=1",
         "--set", "train.train_subset=512", "--set", "train.val_subset=128", "--set", "train.batch_size=64",
     ]  # fmt: skip
@@ -87,7 +111,18 @@ def test_distributed_data_parallel_with_two_cpu_processes(tmp_path: Path, data_d
     assert len(records) == 1  # rank 0 alone logs
     # Each of the two ranks takes half of the 512 images: 256 / 64 = 4 steps per epoch.
     assert records[0]["step"] == 4
-    assert ckpt.load(run).epoch == 1
+    state = ckpt.load(run)
+    assert state.epoch == 1
+    # The ranks train on different shards with different noise, so their parameters stay equal only
+    # if every step applies the gradient averaged over both (DDP's all-reduce).
+    rank0, rank1 = (torch.load(f"{run}.rank{rank}.pt") for rank in (0, 1))
+    torch.manual_seed(state.train_config.seed)
+    initial = VAE(state.model_config).state_dict()
+    assert rank0.keys() == rank1.keys() and rank0
+    for name, tensor in rank0.items():
+        assert torch.equal(tensor, state.model_state[name]), f"{name}: the checkpoint is not rank 0's model"
+        assert torch.equal(tensor, rank1[name]), f"{name}: the ranks diverged; they did not share gradients"
+    assert any(not torch.equal(tensor, initial[name]) for name, tensor in rank0.items()), "nothing trained"
 
 
 def test_evaluate_and_pictures(tmp_path: Path, data_dir: Path) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.batch_types import BatcherClosed, BatchFailed, Expired, QueueFull
 from service.batcher import Batcher, bucket_sizes
-from service.batching import BatcherClosed, BatchFailed, Expired, QueueFull
 from service.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)

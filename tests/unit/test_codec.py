@@ -1,17 +1,22 @@
-"""Wire tensors -> checked arrays: every malformed input is an InvalidArgument naming what is wrong."""
+"""Wire tensors -> checked arrays: each malformed input is an error naming the fault (INVALID_ARGUMENT)."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
 from repository.manifest import Manifest
-from service import codec, wire
-from service.errors import InvalidArgument
+from service import codec
+from service.errors import InvalidArgument, status_of
 from vae.v1 import vae_pb2 as pb
+from wire import tensors
+from wire.tensors import TensorError
 
 IMAGE = (1, 4, 4)
 LATENT = 3
+# What the checks raise: codec's own errors, or wire's for a tensor no reader could use.
+MALFORMED = (InvalidArgument, TensorError)
 
 
 def tensor(values: np.ndarray, dtype: int | None = None, shape: list[int] | None = None) -> pb.Tensor:
@@ -66,9 +71,10 @@ def test_latents_accept_any_finite_values_within_the_limit() -> None:
     ],
 )
 def test_malformed_image_tensors(message: pb.Tensor, expected: str) -> None:
-    with pytest.raises(InvalidArgument) as caught:
+    with pytest.raises(MALFORMED) as caught:
         codec.images(message, IMAGE, max_items=8)
     assert expected in str(caught.value)
+    assert status_of(caught.value) == (grpc.StatusCode.INVALID_ARGUMENT, str(caught.value))
 
 
 def test_images_out_of_range_name_the_item_and_its_span() -> None:
@@ -89,7 +95,7 @@ def test_images_with_non_finite_values(value: float) -> None:
 def test_latents_with_a_wrong_dimension_or_dtype() -> None:
     with pytest.raises(InvalidArgument, match=r"latents: shape must be \[batch, 3\], got \[1, 4\]"):
         codec.latents(tensor(np.zeros((1, 4), np.float32)), LATENT, max_items=4)
-    with pytest.raises(InvalidArgument, match="latents: dtype must be DTYPE_FLOAT32, got DTYPE_UINT8"):
+    with pytest.raises(TensorError, match="latents: dtype must be DTYPE_FLOAT32, got DTYPE_UINT8"):
         codec.latents(tensor(np.zeros((1, 3), np.uint8)), LATENT, max_items=4)
 
 
@@ -126,10 +132,10 @@ def test_output_dtype_defaults_to_float32_and_rejects_unknown_values() -> None:
 
 def test_tensors_round_trip_little_endian() -> None:
     values = np.arange(6, dtype=np.float32).reshape(2, 3)
-    message = wire.tensor(values)
+    message = tensors.tensor(values)
     assert list(message.shape) == [2, 3] and message.dtype == pb.DTYPE_FLOAT32
     assert message.data == values.astype("<f4").tobytes()
-    np.testing.assert_array_equal(wire.to_numpy(message, "x"), values)
+    np.testing.assert_array_equal(tensors.to_numpy(message, "x"), values)
 
 
 def test_uint8_images_round_to_the_nearest_level() -> None:
@@ -137,7 +143,7 @@ def test_uint8_images_round_to_the_nearest_level() -> None:
     message = pb.Tensor()
     codec.put_images(message, pixels, pb.DTYPE_UINT8)
     assert message.dtype == pb.DTYPE_UINT8
-    assert list(wire.to_numpy(message, "images")) == [0, 128, 255, 255, 0]
+    assert list(tensors.to_numpy(message, "images")) == [0, 128, 255, 255, 0]
 
 
 def _manifest(classes: tuple[str, ...], name: str = "cvae") -> Manifest:

@@ -13,7 +13,9 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import OPSET, ExportError, ScoreImages, export_model, export_run
+from export.errors import ExportError
+from export.graphs import OPSET
+from export.onnx_export import ScoreImages, export_model, export_run
 from repository.errors import RepositoryError
 from repository.manifest import PriorEntry, file_sha256, read_manifest
 from repository.prior import GaussianMixture, load_prior

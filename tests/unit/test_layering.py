@@ -1,4 +1,4 @@
-"""Dependencies run one way: training <- export -> repository <- service <- benchmarks.
+"""Dependencies run one way: training <- export -> repository <- wire <- service, client <- benchmarks.
 
 Each check imports a package's modules in a fresh interpreter and inspects sys.modules, so an
 import hidden in a function body is caught as soon as a module-level import would be.
@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TORCH_FAMILY = ("torch", "onnx", "onnxscript", "onnxconverter_common", "tensorboard")
 # The modules `vae serve` and the serving images run: none may need the train extra.
-SERVING = ("repository", "service", "vae_cli")
+SERVING = ("repository", "wire", "service", "vae_cli")
 
 
 def _modules(package: str) -> list[str]:
@@ -46,10 +46,14 @@ def _loaded_after_importing(modules: list[str]) -> set[str]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("repository", ("export", "service", "training", "benchmarks", "vae_cli")),
-        ("service", ("export", "training", "benchmarks")),
-        ("export", ("service", "benchmarks")),
-        ("training", ("service", "benchmarks")),
+        ("repository", ("export", "wire", "service", "client", "training", "benchmarks", "vae_cli")),
+        # What the server and its callers share: below both.
+        ("wire", ("export", "service", "client", "training", "benchmarks", "vae_cli")),
+        # The server and the clients know each other only through wire/ and the proto.
+        ("service", ("export", "training", "client", "benchmarks")),
+        ("client", ("export", "training", "service", "benchmarks")),
+        ("export", ("service", "client", "benchmarks")),
+        ("training", ("service", "client", "benchmarks")),
     ],
 )
 def test_a_package_imports_no_layer_above_it(package: str, forbidden: tuple[str, ...]) -> None:

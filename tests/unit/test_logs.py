@@ -11,7 +11,7 @@ import pytest
 
 from service import logs
 from service.config import ServiceConfig
-from service.observed import tracing_from
+from service.server import tracing_from
 
 
 class FakeCall:

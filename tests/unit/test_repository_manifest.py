@@ -1,4 +1,4 @@
-"""model.json round trip and validation, version listing and naming: no torch, no onnx."""
+"""model.json round trip and validation, and the graph contract: no torch, no onnx."""
 
 from __future__ import annotations
 
@@ -10,25 +10,14 @@ from typing import Any
 
 import pytest
 
-from repository.errors import ManifestError, ModelNotFoundError, RepositoryError
-from repository.layout import (
-    HIGHEST_VERSION_FILE,
-    check_new_version,
-    highest_version,
-    list_models,
-    list_versions,
-    next_version,
-    record_version,
-    validate_model_name,
-    version_dir,
-)
+from repository.contract import graph_contract
+from repository.errors import ManifestError, RepositoryError
 from repository.manifest import (
     Fp16Entry,
     GraphEntry,
     Manifest,
     PriorEntry,
     file_sha256,
-    graph_contract,
     parse_manifest,
     read_manifest,
     write_manifest,
@@ -219,81 +208,6 @@ def test_unreadable_or_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="not readable JSON"):
         read_manifest(tmp_path)
     assert issubclass(ManifestError, RepositoryError)
-
-
-def test_versions_are_canonical_positive_integers(tmp_path: Path) -> None:
-    for name in ("1", "2", "10", "01", "0", "latest", ".staging-x"):
-        (tmp_path / "toy" / name).mkdir(parents=True)
-    (tmp_path / "toy" / "7").write_text("a file, not a version")
-    (tmp_path / ".staging-abc").mkdir()
-    assert list_models(tmp_path) == ["toy"]
-    assert list_versions(tmp_path, "toy") == [1, 2, 10]
-    assert next_version(tmp_path, "toy") == 11
-    assert next_version(tmp_path, "new") == 1
-    assert version_dir(tmp_path, "toy", 10) == tmp_path / "toy" / "10"
-
-
-def test_deleting_the_newest_version_does_not_free_its_number(tmp_path: Path) -> None:
-    for version in (1, 2, 3):
-        (tmp_path / "toy" / str(version)).mkdir(parents=True)
-        record_version(tmp_path, "toy", version)
-    (tmp_path / "toy" / "3").rmdir()
-    assert list_versions(tmp_path, "toy") == [1, 2]
-    assert (highest_version(tmp_path, "toy"), next_version(tmp_path, "toy")) == (3, 4)
-    # The record is a hidden file: neither a model nor a version.
-    assert (tmp_path / "toy" / HIGHEST_VERSION_FILE).read_text() == "3\n"
-    assert list_models(tmp_path) == ["toy"]
-
-
-def test_a_repository_without_the_record_numbers_from_its_newest_version(tmp_path: Path) -> None:
-    # The bundled models/mnist and repositories from before the record: the directories decide.
-    (tmp_path / "toy" / "4").mkdir(parents=True)
-    assert (highest_version(tmp_path, "toy"), next_version(tmp_path, "toy")) == (4, 5)
-    assert highest_version(tmp_path, "new") == 0
-    # A record behind the directories (written by hand, or restored) never lowers the number.
-    (tmp_path / "toy" / HIGHEST_VERSION_FILE).write_text("2\n")
-    assert next_version(tmp_path, "toy") == 5
-    record_version(tmp_path, "toy", 1)
-    assert (tmp_path / "toy" / HIGHEST_VERSION_FILE).read_text() == "4\n"
-
-
-def test_an_issued_number_is_refused_even_after_its_version_is_gone(tmp_path: Path) -> None:
-    (tmp_path / "toy" / "2").mkdir(parents=True)
-    (tmp_path / "toy" / HIGHEST_VERSION_FILE).write_text("5\n")
-    with pytest.raises(RepositoryError, match=r"toy/2 already exists; versions are immutable.*\(6\)"):
-        check_new_version(tmp_path, "toy", 2)
-    for gone in (5, 3):
-        with pytest.raises(
-            RepositoryError, match=rf"version {gone} of 'toy' is at or below 5.*never reused.*\(6\)"
-        ):
-            check_new_version(tmp_path, "toy", gone)
-    with pytest.raises(RepositoryError, match="positive integer"):
-        check_new_version(tmp_path, "toy", 0)
-    check_new_version(tmp_path, "toy", 6)
-    check_new_version(tmp_path, "new", 1)
-
-
-def test_a_corrupt_record_is_refused_with_the_fix(tmp_path: Path) -> None:
-    (tmp_path / "toy").mkdir()
-    (tmp_path / "toy" / HIGHEST_VERSION_FILE).write_text("three")
-    with pytest.raises(RepositoryError, match=r"\.highest-version must hold .*'three'.*delete it"):
-        next_version(tmp_path, "toy")
-
-
-def test_missing_model_or_version_names_what_exists(tmp_path: Path) -> None:
-    (tmp_path / "toy" / "1").mkdir(parents=True)
-    with pytest.raises(ModelNotFoundError, match=r"no model 'mnist' in .* \(models there: toy\)"):
-        list_versions(tmp_path, "mnist")
-    with pytest.raises(ModelNotFoundError, match=r"has no version 2 \(versions: \[1\]\)"):
-        version_dir(tmp_path, "toy", 2)
-    with pytest.raises(ModelNotFoundError, match="does not exist"):
-        list_models(tmp_path / "nowhere")
-
-
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "..", "-x", "a b", "x" * 65])
-def test_invalid_model_names_are_refused(name: str) -> None:
-    with pytest.raises(RepositoryError, match="invalid model name"):
-        validate_model_name(name)
 
 
 def test_file_sha256_matches_known_digest(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers.servers import RunningServer
 
-from service.client import VaeClient
+from client.clients import VaeClient
 from training.data import EVAL_BINARIZATION_SEED, default_data_dir, load_mnist, model_inputs, prepare_mnist
 from training.judge import Judge, judge_prior_samples, train_judge
 

@@ -10,7 +10,7 @@ from helpers import vae
 from helpers.servers import RunningServer
 from PIL import Image
 
-from service.client import VaeClient
+from client.clients import VaeClient
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -17,7 +17,7 @@ from helpers.certs import Authority
 from helpers.servers import RunningServer, config_for
 from PIL import Image
 
-from service.client import VaeClient
+from client.clients import VaeClient
 from service.server import create_server
 
 
@@ -97,6 +97,23 @@ def test_every_client_command_says_which_version_answered(server: RunningServer,
     assert cli("client", "reconstruct", *target, png, "--out", tmp_path).stderr == "tiny/1 answered\n"
     interpolated = cli("client", "interpolate", *target, png, tmp_path / "sample_0001.png", "--out", tmp_path)
     assert interpolated.stderr == "tiny/1 answered\n"
+
+
+def test_a_file_that_is_no_image_and_an_out_that_is_a_file_are_refused_before_any_call(
+    server: RunningServer, taken_port: int, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"")
+    # At the second target a program listens but never answers: any call there would time out.
+    for target in (server.target, f"127.0.0.1:{taken_port}"):
+        connect = ["--target", target, "--timeout", "5"]
+        score = one_line_error(cli("client", "score", *connect, notes))
+        assert score == f"vae client: error: {notes}: not an image file; pass PNG files or .npy arrays\n"
+        sample = one_line_error(cli("client", "sample", *connect, "--n", "2", "--out", taken))
+        assert sample.endswith(f"--out {taken}: {taken} is a file; name a directory to write into\n")
+    assert taken.read_bytes() == b""
 
 
 def test_plaintext_client_of_a_tls_server_is_told_to_use_tls(

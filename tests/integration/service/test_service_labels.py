@@ -16,11 +16,11 @@ import pytest
 from helpers import vae
 from helpers.servers import RunningServer
 
+from client.clients import AsyncVaeClient, VaeClient
 from repository.manifest import IMAGES, LABELS, LATENTS, MU, PROBS, read_manifest
 from repository.prior import StandardNormal
 from repository.runtime import Graph
 from repository.scoring import draws, likelihood_of, score_in_process
-from service.client import AsyncVaeClient, VaeClient
 from service.latents import interpolate
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc

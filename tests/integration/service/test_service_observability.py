@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from service.client import VaeClient
+from client.clients import VaeClient
+from client.requests import decode_request
 from service.logs import ACCESS_LOGGER
-from service.requests import decode_request
 from service.tracing import Tracing
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
@@ -49,7 +49,7 @@ def decode(target: str, metadata: tuple[tuple[str, str], ...] = (), **request: A
     """The trailing metadata of one Decode call (or of the error it ended with)."""
     with grpc.insecure_channel(target) as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
-        message = request.get("message") or decode_request(np.zeros((2, 8), np.float32), "float32", "", 0)
+        message = request.get("message") or decode_request(np.zeros((2, 8), np.float32))
         try:
             _, call = stub.Decode.with_call(message, metadata=metadata, timeout=10)
         except grpc.RpcError as exc:

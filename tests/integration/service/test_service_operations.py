@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from helpers.servers import RunningServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.client import AsyncVaeClient, VaeClient
+from client.clients import AsyncVaeClient, VaeClient
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

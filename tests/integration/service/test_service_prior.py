@@ -16,11 +16,11 @@ import pytest
 from helpers.servers import RunningServer
 from PIL import Image
 
+from client.clients import VaeClient
 from repository.manifest import read_manifest
 from repository.prior import GaussianMixture, StandardNormal, load_prior
 from repository.runtime import Graph
 from repository.scoring import draws, likelihood_of, score_in_process
-from service.client import VaeClient
 from training.pictures import prior_samples, prior_samples_side_by_side
 
 MIXTURE, LATENT = "tiny-mixture", 8

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from helpers.servers import RunningServer
 
+from client.clients import AsyncVaeClient, VaeClient
 from repository.placement import CPU, CUDA, Placement
 from repository.runtime import Graph
-from service.client import AsyncVaeClient, VaeClient
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
 

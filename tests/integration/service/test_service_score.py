@@ -16,11 +16,11 @@ from helpers import VAE
 from helpers.servers import RunningServer
 from PIL import Image
 
+from client.clients import AsyncVaeClient, VaeClient
 from repository.manifest import read_manifest
 from repository.prior import StandardNormal
 from repository.runtime import Graph
 from repository.scoring import Scores, draws, likelihood_of, score_in_process
-from service.client import AsyncVaeClient, VaeClient
 
 LATENT, IMAGE = 8, (1, 28, 28)
 

@@ -1,7 +1,8 @@
 """numpy arrays <-> vae.v1.Tensor messages: the plain conversion both the client and the server use.
 
-Reading checks only what any reader needs (a known dtype, a shape, the byte length it implies);
-what a request's contents must satisfy is checked by service/codec.py.
+Reading checks only what any reader needs (a known dtype, a shape, the byte length it implies) and
+raises TensorError otherwise; the server answers that INVALID_ARGUMENT (service/errors.py), and
+what a request's contents must satisfy beyond it is checked by service/codec.py.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidArgument
+from repository.errors import VaeError
 from vae.v1 import vae_pb2 as pb
 
 FLOAT32 = pb.DTYPE_FLOAT32
 UINT8 = pb.DTYPE_UINT8
 # Little-endian whatever the host: the wire format says so.
 NUMPY: dict[int, np.dtype[Any]] = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype("u1")}
+
+
+class TensorError(VaeError, ValueError):
+    """A Tensor message is missing, of a dtype not allowed, or its bytes do not fit its shape."""
 
 
 def dtype_name(value: int) -> str:
@@ -47,17 +52,17 @@ def array(tensor: pb.Tensor, what: str, allowed: Sequence[int] = (FLOAT32,)) -> 
     # Each read of tensor.data makes a new bytes object (upb): read it once.
     data = tensor.data
     if tensor.dtype == pb.DTYPE_UNSPECIFIED and not tensor.shape and not data:
-        raise InvalidArgument(f"{what}: missing; set its shape, dtype and data")
+        raise TensorError(f"{what}: missing; set its shape, dtype and data")
     if tensor.dtype not in allowed:
         names = " or ".join(dtype_name(d) for d in allowed)
-        raise InvalidArgument(f"{what}: dtype must be {names}, got {dtype_name(tensor.dtype)}")
+        raise TensorError(f"{what}: dtype must be {names}, got {dtype_name(tensor.dtype)}")
     shape = tuple(tensor.shape)
     if not shape or min(shape) < 1:
-        raise InvalidArgument(f"{what}: every dimension of the shape must be at least 1, got {list(shape)}")
+        raise TensorError(f"{what}: every dimension of the shape must be at least 1, got {list(shape)}")
     dtype = NUMPY[tensor.dtype]
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
-        raise InvalidArgument(
+        raise TensorError(
             f"{what}: shape {list(shape)} of {dtype_name(tensor.dtype)} needs {expected} bytes, "
             f"got {len(data)}"
         )

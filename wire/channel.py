@@ -1,12 +1,14 @@
 """gRPC channel settings: the message size limit both ends default to, the clients' call policy and TLS.
 
-Needs no grpc itself, so the server's configuration can take its default from here cheaply.
+Needs no grpc itself, so the server's configuration can take its default from here cheaply. The PEM
+files and bearer tokens both ends read are read here too (read_file, read_token).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,6 +56,24 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     """The bearer token every call sends, if any (service/security.py checks it)."""
     return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def read_token(path: Path) -> str:
+    """A bearer token kept in a file (not a flag: flags show in `ps`), without surrounding whitespace."""
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty; put the token in it")
+    return token
+
+
+def read_file(path: Path, setting: str) -> bytes:
+    """The bytes of the file a setting names; an unreadable one is a ValueError naming both."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(
+            f"{setting} {path}: {exc.strerror or exc}; check the path and its permissions"
+        ) from None
 
 
 @dataclass(frozen=True)

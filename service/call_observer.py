@@ -19,49 +19,37 @@ import logging
 import os
 import random
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from service.calls import Call, Context, Handler, StreamHandler
+from service.calls import Call, Context, Handler, StreamHandler, TracedCall
 from service.config import ServiceConfig
 from service.logs import ACCESS_LOGGER, CURRENT_CALL
 from service.metrics import MethodMetrics
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the `tracing` extra's API, present only where tracing is on
     from opentelemetry.trace import Span
-
-    from service.tracing import Tracing
 
 REQUEST_ID_KEY = "x-request-id"
 _VALID_ID = re.compile(r"[!-~]{1,128}")
-# Standard variables that turn tracing on (with the SDK's own defaults for everything else).
-_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 access = logging.getLogger(ACCESS_LOGGER)
 
 
-def tracing_from(config: ServiceConfig, env: Mapping[str, str]) -> Tracing | None:
-    """The server's tracing when --otlp-endpoint or an OTEL_EXPORTER_OTLP_* endpoint asks for it.
+class CallTracer(Protocol):
+    """What observed calls need of tracing (service/tracing.py's Tracing): a server span per call."""
 
-    OTEL_SDK_DISABLED=true and OTEL_TRACES_EXPORTER=none turn it off, as in every OpenTelemetry SDK.
-    The SDK is imported only here, so a server without the `tracing` extra runs as long as it is off.
-    """
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
-        return None
-    if not (config.otlp_endpoint or any(env.get(name) for name in _ENDPOINT_VARIABLES)):
-        return None
-    from service.tracing import otlp_tracing
-
-    return otlp_tracing(config.otlp_endpoint)
+    def start(self, method: str, metadata: Iterable[tuple[str, str | bytes]]) -> Span: ...
+    def end(self, span: Span, call: TracedCall, code: str) -> None: ...
 
 
 class Observer:
     """One server's settings for observed calls; `for_config` is None when every one of them is off."""
 
-    def __init__(self, *, timing_trailers: bool, access_log_sample: float, tracing: Tracing | None) -> None:
+    def __init__(
+        self, *, timing_trailers: bool, access_log_sample: float, tracing: CallTracer | None
+    ) -> None:
         self.timing_trailers = timing_trailers
         self.access_log_sample = access_log_sample
         self.tracing = tracing
@@ -69,7 +57,7 @@ class Observer:
         self.always_id = bool(access_log_sample) or tracing is not None
 
     @classmethod
-    def for_config(cls, config: ServiceConfig, tracing: Tracing | None) -> Observer | None:
+    def for_config(cls, config: ServiceConfig, tracing: CallTracer | None) -> Observer | None:
         if not (config.request_ids or config.access_log_sample or tracing is not None):
             return None
         return cls(

@@ -1,4 +1,7 @@
-"""vae.v1 requests built from numpy arrays, by both clients and by the benchmarks."""
+"""vae.v1 requests built from numpy arrays, by both clients and by the benchmarks.
+
+Each builder's parameters are its client method's (client/rpcs.py): defaults included, one source.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from typing import Literal
 
 import numpy as np
 
-from service import wire
 from vae.v1 import vae_pb2 as pb
+from wire.tensors import tensor
 
 ImageDType = Literal["float32", "uint8"]
 Method = Literal["linear", "spherical"]
@@ -27,15 +30,31 @@ def _labels(labels: Labels) -> list[int] | None:
 def images_tensor(images: np.ndarray) -> pb.Tensor:
     """uint8 images go as they are (a quarter of the bytes); anything else as float32."""
     array = np.asarray(images)
-    return wire.tensor(array if array.dtype == np.uint8 else array.astype(np.float32, copy=False))
+    return tensor(array if array.dtype == np.uint8 else array.astype(np.float32, copy=False))
 
 
 def model_ref(model: str, version: int) -> pb.ModelRef:
     return pb.ModelRef(name=model, version=version)
 
 
+def list_models_request() -> pb.ListModelsRequest:
+    """Every loaded model version."""
+    return pb.ListModelsRequest()
+
+
+def model_info_request(model: str = "", version: int = 0) -> pb.GetModelInfoRequest:
+    """One model version's shapes, classes, provider and limits."""
+    return pb.GetModelInfoRequest(model=model_ref(model, version))
+
+
 def encode_request(
-    images: np.ndarray, samples: int, seed: int | None, model: str, version: int, labels: Labels = None
+    images: np.ndarray,
+    *,
+    samples: int = 0,
+    seed: int | None = None,
+    model: str = "",
+    version: int = 0,
+    labels: Labels = None,
 ) -> pb.EncodeRequest:
     return pb.EncodeRequest(
         model=model_ref(model, version),
@@ -47,11 +66,16 @@ def encode_request(
 
 
 def decode_request(
-    latents: np.ndarray, output_dtype: ImageDType, model: str, version: int, labels: Labels = None
+    latents: np.ndarray,
+    *,
+    output_dtype: ImageDType = "float32",
+    model: str = "",
+    version: int = 0,
+    labels: Labels = None,
 ) -> pb.DecodeRequest:
     return pb.DecodeRequest(
         model=model_ref(model, version),
-        latents=wire.tensor(np.asarray(latents, dtype=np.float32)),
+        latents=tensor(np.asarray(latents, dtype=np.float32)),
         output_dtype=_OUTPUT_DTYPES[output_dtype],
         labels=_labels(labels),
     )
@@ -59,11 +83,12 @@ def decode_request(
 
 def sample_request(
     n: int,
-    seed: int | None,
-    temperature: float | None,
-    output_dtype: ImageDType,
-    model: str,
-    version: int,
+    *,
+    seed: int | None = None,
+    temperature: float | None = None,
+    output_dtype: ImageDType = "float32",
+    model: str = "",
+    version: int = 0,
     labels: Labels = None,
 ) -> pb.SampleRequest:
     return pb.SampleRequest(
@@ -77,7 +102,12 @@ def sample_request(
 
 
 def reconstruct_request(
-    images: np.ndarray, output_dtype: ImageDType, model: str, version: int, labels: Labels = None
+    images: np.ndarray,
+    *,
+    output_dtype: ImageDType = "float32",
+    model: str = "",
+    version: int = 0,
+    labels: Labels = None,
 ) -> pb.ReconstructRequest:
     return pb.ReconstructRequest(
         model=model_ref(model, version),
@@ -88,8 +118,20 @@ def reconstruct_request(
 
 
 def score_request(
-    images: np.ndarray, samples: int, seed: int | None, model: str, version: int, labels: Labels = None
+    images: np.ndarray,
+    *,
+    samples: int = 64,
+    seed: int | None = None,
+    model: str = "",
+    version: int = 0,
+    labels: Labels = None,
 ) -> pb.ScoreRequest:
+    """Per-image log-likelihood with `samples` importance samples (1: the ELBO), ELBO, KL, error.
+
+    The samples' draws are shared by all images (seeded: PCG64(seed)), so an image's numbers do not
+    depend on which other images it was sent with. A conditional model scores each image under its
+    label.
+    """
     return pb.ScoreRequest(
         model=model_ref(model, version),
         images=images_tensor(images),
@@ -102,11 +144,12 @@ def score_request(
 def interpolate_request(
     start: np.ndarray,
     end: np.ndarray,
-    steps: int,
-    method: Method,
-    output_dtype: ImageDType,
-    model: str,
-    version: int,
+    *,
+    steps: int = 8,
+    method: Method = "linear",
+    output_dtype: ImageDType = "float32",
+    model: str = "",
+    version: int = 0,
     label: int | None = None,
 ) -> pb.InterpolateRequest:
     """Endpoints of rank 1 are latents [D]; of rank 3 images [C, H, W]. `label`: the path's class."""
@@ -119,7 +162,7 @@ def interpolate_request(
         labels=_labels(label),
     )
     if ends.ndim == 2:
-        request.latents.CopyFrom(wire.tensor(ends.astype(np.float32)))
+        request.latents.CopyFrom(tensor(ends.astype(np.float32)))
     elif ends.ndim == 4:
         request.images.CopyFrom(images_tensor(ends))
     else:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.wire import to_numpy
 from vae.v1 import vae_pb2 as pb
+from wire.tensors import to_numpy
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,7 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         classes=tuple(info.classes),
         prior=info.prior,
     )
+
+
+def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
+    return [model_info(info) for info in response.models]

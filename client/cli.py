@@ -1,0 +1,147 @@
+"""The arguments of `vae client`; client/commands.py runs each command.
+
+Its commands: sample|sample-stream|encode|decode|reconstruct|interpolate|score|list-models|info
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from client import commands as handlers
+from wire.caller_flags import add_tls_flags, add_token_flag
+
+
+def _label_list(text: str) -> list[int]:
+    """--label: one class index for every item, or a comma list with one per item."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a class index or a comma list of them (7 or 1,4,7), got {text!r}"
+        ) from None
+
+
+def register(commands: Any) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--target", default="localhost:50051", help="HOST:PORT")
+    connection.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    add_token_flag(connection)
+    add_tls_flags(connection)
+    which = argparse.ArgumentParser(add_help=False, parents=[connection])
+    which.add_argument("--model", default="", help="model name (default: the server's default)")
+    which.add_argument("--version", type=int, default=0, help="model version (default: the newest)")
+    # A conditional model's class per item; `vae client info` lists the classes.
+    labelled = argparse.ArgumentParser(add_help=False)
+    labelled.add_argument(
+        "--label",
+        type=_label_list,
+        default=None,
+        metavar="N[,N...]",
+        help="conditional models: class index for every item, or a comma list, one per item",
+    )
+    common = argparse.ArgumentParser(add_help=False, parents=[which])
+    common.add_argument("--out", type=Path, default=Path("out"), help="output directory")
+    common.add_argument("--npy", action="store_true", help="write images as one .npy instead of PNGs")
+    prior = argparse.ArgumentParser(add_help=False)
+    prior.add_argument("--n", type=int, default=16, help="images")
+    prior.add_argument("--seed", type=int, default=None, help="same seed, same images (default: random)")
+    prior.add_argument("--temperature", type=float, default=None, help="scales the prior's std (default 1)")
+
+    client = commands.add_parser(
+        "client",
+        help="call a running server",
+        epilog="example:\n  vae client sample --target localhost:50051 --n 16 --seed 7 --out samples/",
+    ).add_subparsers(dest="rpc", required=True, metavar="RPC")
+    sample = client.add_parser(
+        "sample",
+        parents=[common, prior, labelled],
+        help="images from the prior",
+        epilog="examples:\n  vae client sample --n 16 --seed 7 --out samples/\n"
+        "  vae client sample --model mnist-cvae --label 7 --n 16",
+    )
+    sample.set_defaults(handler=handlers.sample)
+
+    stream = client.add_parser(
+        "sample-stream",
+        parents=[which, prior, labelled],
+        help="images from the prior, streamed: PNGs written as they arrive",
+        epilog="example:\n  vae client sample-stream --n 10000 --seed 7 --out stream/",
+    )
+    stream.add_argument("--out", type=Path, default=Path("out"), help="output directory")
+    stream.set_defaults(handler=handlers.sample_stream)
+
+    encode = client.add_parser(
+        "encode",
+        parents=[common, labelled],
+        help="images -> mu.npy, logvar.npy (z.npy)",
+        epilog="example:\n  vae client encode samples/sample_0000.png samples/sample_0001.png --out codes/",
+    )
+    encode.add_argument("images", type=Path, nargs="+", help="PNG files or .npy arrays")
+    encode.add_argument("--samples", type=int, default=0, help="posterior samples per image")
+    encode.add_argument("--seed", type=int, default=None, help="seed of the posterior samples")
+    encode.set_defaults(handler=handlers.encode)
+
+    decode = client.add_parser(
+        "decode",
+        parents=[common, labelled],
+        help="latents (.npy, [n, D]) -> images",
+        epilog="example:\n  vae client decode codes/mu.npy --out decoded/",
+    )
+    decode.add_argument("latents", type=Path, help=".npy of latents, [n, D] or [D]")
+    decode.set_defaults(handler=handlers.decode)
+
+    reconstruct = client.add_parser(
+        "reconstruct",
+        parents=[common, labelled],
+        help="images -> reconstructions, error.npy",
+        epilog="example:\n  vae client reconstruct samples/sample_0000.png --out reconstructed/",
+    )
+    reconstruct.add_argument("images", type=Path, nargs="+", help="PNG files or .npy arrays")
+    reconstruct.set_defaults(handler=handlers.reconstruct)
+
+    interpolate = client.add_parser(
+        "interpolate",
+        parents=[common],
+        help="images between two endpoints",
+        epilog="example:\n  vae client interpolate a.png b.png --steps 8 --method spherical --out path/",
+    )
+    interpolate.add_argument("start", type=Path, help="PNG image, or .npy image [C, H, W] or latent [D]")
+    interpolate.add_argument("end", type=Path, help="as start")
+    interpolate.add_argument("--steps", type=int, default=8, help="points on the path, at least 2")
+    interpolate.add_argument(
+        "--method", choices=["linear", "spherical"], default="linear", help="straight line or slerp"
+    )
+    interpolate.add_argument(
+        "--label", type=int, default=None, metavar="N", help="conditional models: the class of the whole path"
+    )
+    interpolate.set_defaults(handler=handlers.interpolate)
+
+    score = client.add_parser(
+        "score",
+        parents=[which, labelled],
+        help="images -> log-likelihood, ELBO and reconstruction error per image (nats)",
+        epilog="example:\n  vae client score digits/*.png --k 256 --seed 0 --json",
+    )
+    score.add_argument("images", type=Path, nargs="+", help="PNG files or .npy arrays")
+    score.add_argument("--k", type=int, default=64, help="importance samples per image (1: the ELBO)")
+    score.add_argument("--seed", type=int, default=None, help="seed of the samples (default: random)")
+    score.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    score.set_defaults(handler=handlers.score)
+
+    list_models = client.add_parser(
+        "list-models",
+        parents=[connection],
+        help="every loaded model version, one a line",
+        epilog="example:\n  vae client list-models --target localhost:50051",
+    )
+    list_models.set_defaults(handler=handlers.list_models)
+
+    info = client.add_parser(
+        "info",
+        parents=[which],
+        help="one model version's shapes, classes, provider and limits, as JSON",
+        epilog="example:\n  vae client info --model mnist --version 1",
+    )
+    info.set_defaults(handler=handlers.info)

@@ -1,0 +1,100 @@
+"""How far a graph's outputs are from a reference's: probe inputs, per-output differences, bounds.
+
+Export compares its graphs with PyTorch this way, and verify the fp16 copies with float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, Manifest
+from repository.runtime import Graph
+
+# Half precision keeps ~3 significant digits and overflows past 65504. The bound is 1% of an
+# output's scale (at least 0.01 absolute, about 2.5 grey levels of an 8-bit pixel): rounding noise
+# stays well inside it, a layer that lost its precision or overflowed does not.
+FP16_TOLERANCE = 1e-2
+# Logits of saturated pixels reach magnitudes of 20 or more, where float32 itself resolves only
+# ~2e-6, so they are compared relative to their scale and left out of the recorded max_abs_diff,
+# which covers mu, logvar and probs: the outputs the parity rule of the issue bounds absolutely.
+SCALED_OUTPUTS = frozenset({LOGITS})
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How far one output of a candidate is from its reference."""
+
+    output: str
+    max_abs_diff: float
+    allowed: float
+    finite: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.finite and self.max_abs_diff <= self.allowed
+
+    def describe(self, against: str) -> str:
+        if not self.finite:
+            return "has NaN or Inf values"
+        return f"differs from {against} by {self.max_abs_diff:.3g} (allowed {self.allowed:.3g})"
+
+
+def compare_outputs(
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    tolerance: float,
+    *,
+    scaled: Collection[str] = SCALED_OUTPUTS,
+) -> list[Difference]:
+    """Per output: max |candidate - reference| against tolerance, times max(1, |reference|) if scaled."""
+    differences = []
+    for name, expected in reference.items():
+        actual = candidate[name]
+        finite = bool(np.isfinite(actual).all())
+        diff = float(np.abs(actual.astype(np.float64) - expected).max()) if finite else float("inf")
+        scale = max(1.0, float(np.abs(expected).max())) if name in scaled else 1.0
+        differences.append(Difference(name, diff, tolerance * scale, finite))
+    return differences
+
+
+def recorded_difference(differences: Collection[Difference]) -> float:
+    """The max_abs_diff model.json records for a graph: over its outputs that are not scaled."""
+    return max(d.max_abs_diff for d in differences if d.output not in SCALED_OUTPUTS)
+
+
+def probe_images(image_shape: tuple[int, int, int], batch: int, seed: int = 0) -> np.ndarray:
+    """Deterministic encoder inputs in [0, 1]."""
+    return np.random.default_rng(seed).random((batch, *image_shape), dtype=np.float32)
+
+
+def probe_latents(latent_dim: int, batch: int, seed: int = 0) -> np.ndarray:
+    """Deterministic decoder inputs drawn from the prior, N(0, I)."""
+    return np.random.default_rng(seed).standard_normal((batch, latent_dim), dtype=np.float32)
+
+
+def probe_labels(classes: int, batch: int) -> np.ndarray:
+    """Class indices 0, 1, ... cycling through every class: a conditional graph's second input."""
+    return np.arange(batch, dtype=np.int64) % classes
+
+
+def label_feeds(manifest: Manifest, batch: int) -> dict[str, np.ndarray]:
+    """The labels input a conditional model's graphs take (none for an unconditional one)."""
+    return {LABELS: probe_labels(len(manifest.classes), batch)} if manifest.conditional else {}
+
+
+def fp16_differences(
+    fp32: Graph, fp16: Graph, manifest: Manifest, role: str, batch: int = 64
+) -> list[Difference]:
+    """Run both precisions of one graph on the same probe batch and compare every output."""
+    feeds = _probe_feeds(manifest, role, batch)
+    reference = fp32.run(feeds)
+    return compare_outputs(reference, fp16.run(feeds), FP16_TOLERANCE, scaled=reference.keys())
+
+
+def _probe_feeds(manifest: Manifest, role: str, batch: int) -> dict[str, np.ndarray]:
+    if role == "encoder":
+        return {IMAGES: probe_images(manifest.image_shape, batch), **label_feeds(manifest, batch)}
+    return {LATENTS: probe_latents(manifest.latent_dim, batch), **label_feeds(manifest, batch)}
