@@ -29,6 +29,7 @@ from repository.runtime import available_providers
 from service import security
 from service.calls import SERVICE, Calls, Drain
 from service.config import ServiceConfig, setting
+from service.limits import receive_limit
 from service.loading import load_new_versions, load_repository
 from service.metrics import Metrics, serve_metrics
 from service.observed import Observer, tracing_from
@@ -67,8 +68,8 @@ class VaeServer:
         self.grpc = grpc.aio.server(
             interceptors=security.interceptors(config, self.metrics),
             options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_receive_message_length", receive_limit(config)),
+                ("grpc.max_send_message_length", config.max_send_message_bytes),
                 # Two servers must not share a port by accident; --workers share it on purpose.
                 ("grpc.so_reuseport", int(config.workers > 1)),
             ],
@@ -79,6 +80,7 @@ class VaeServer:
             self.metrics,
             self.drain,
             timing_trailers=config.timing_trailers,
+            max_deadline_s=config.max_deadline_seconds,
             observer=Observer.for_config(config, self.tracing),
         )
         # Registered (not generic) handlers: grpc finds them without a Python lookup per call.
