@@ -150,9 +150,8 @@ class Calls:
         drain.last_arrival = started
         # The server's own bound applies to calls that set none, or a longer one.
         remaining = context.time_remaining()
-        deadline = started + (
-            self._max_deadline_s if remaining is None else min(remaining, self._max_deadline_s)
-        )
+        limit = self._max_deadline_s
+        deadline = started + (limit if remaining is None else min(remaining, limit))
         if self._observer is None:
             return Call(deadline)
         return self._observer.admit(name, context, deadline)
@@ -222,7 +221,7 @@ class Calls:
             context.set_trailing_metadata(call.trailers())
         # Counted once grpc has sent the answer: a client that refused it (over its message limit),
         # cancelled or ran out of time meanwhile is counted as its call ended, not as OK.
-        context.add_done_callback(partial(_delivered, method, call, started))
+        context.add_done_callback(partial(_delivered, method, call, started))  # type: ignore[arg-type]
 
 
 def _delivered(method: MethodMetrics, call: Call, started: float, context: Context) -> None:

@@ -158,7 +158,8 @@ class ServiceConfig:
             )
         if self.max_receive_message_bytes < 0:
             raise ValueError(
-                f"max_receive_message_bytes must be at least 0 (0: derived), got {self.max_receive_message_bytes}"
+                "max_receive_message_bytes must be at least 0 (0: derived), "
+                f"got {self.max_receive_message_bytes}"
             )
         if self.max_queue_delay_ms < 0:
             raise ValueError(

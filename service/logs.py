@@ -58,9 +58,10 @@ class _Tags(logging.Filter):
 
 
 class _ClientGone(logging.Filter):
-    """grpc's traceback for an answer it could not send: the client had cancelled, run out of time, or
-    refused the message (over its own size limit). That is the client's ending, counted as such
-    (service/calls.py), not a server error: a DEBUG line without the traceback.
+    """grpc's traceback for an answer it could not send: a DEBUG line, without the traceback.
+
+    The client had cancelled, run out of time, or refused the message (over its own size limit):
+    the client's ending, counted as such (service/calls.py), not a server error.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -24,18 +24,21 @@ BUNDLED = Path(__file__).resolve().parents[3] / "models"
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[RunningServer]:
     """The bundled default model, every setting at its default but the loopback ports."""
-    server = RunningServer(
-        ServiceConfig(repo=BUNDLED, host="127.0.0.1", port=0, metrics_port=0, device="cpu")
-    )
+    server = RunningServer(_defaults())
     yield server
     server.stop()
 
 
+def _defaults(**options: float) -> ServiceConfig:
+    return ServiceConfig(repo=BUNDLED, host="127.0.0.1", port=0, metrics_port=0, device="cpu", **options)
+
+
+def _tensor(values: np.ndarray) -> pb.Tensor:
+    return pb.Tensor(shape=values.shape, dtype=pb.DTYPE_FLOAT32, data=values.astype(np.float32).tobytes())
+
+
 def _decode(latents: int) -> pb.DecodeRequest:
-    values = np.random.default_rng(latents).standard_normal((latents, 32)).astype(np.float32)
-    return pb.DecodeRequest(
-        latents=pb.Tensor(shape=values.shape, dtype=pb.DTYPE_FLOAT32, data=values.tobytes())
-    )
+    return pb.DecodeRequest(latents=_tensor(np.random.default_rng(latents).standard_normal((latents, 32))))
 
 
 def _callers(target: str, count: int, call: Callable[[vae_pb2_grpc.VaeServiceStub], object]) -> Counter[str]:
@@ -73,9 +76,7 @@ def test_score_that_cannot_finish_before_its_deadline_is_refused_before_computin
     default_server: RunningServer,
 ) -> None:
     images = (np.random.default_rng(0).random((512, 1, 28, 28)) < 0.5).astype(np.float32)
-    request = pb.ScoreRequest(
-        images=pb.Tensor(shape=images.shape, dtype=pb.DTYPE_FLOAT32, data=images.tobytes()), samples=1024
-    )
+    request = pb.ScoreRequest(images=_tensor(images), samples=1024)
     batches = default_server.metric("vae_batch_size_items_count", graph="decoder")
     expired = default_server.metric("vae_deadline_expired_total", graph="decoder")
     started = time.monotonic()
@@ -90,16 +91,10 @@ def test_score_that_cannot_finish_before_its_deadline_is_refused_before_computin
 
 
 def test_the_server_bounds_calls_that_set_no_deadline(tmp_path: Path) -> None:
-    server = RunningServer(
-        ServiceConfig(
-            repo=BUNDLED, host="127.0.0.1", port=0, metrics_port=0, device="cpu", max_deadline_seconds=2
-        )
-    )
+    server = RunningServer(_defaults(max_deadline_seconds=2))
     try:
         images = np.zeros((64, 1, 28, 28), np.float32)
-        request = pb.ScoreRequest(
-            images=pb.Tensor(shape=images.shape, dtype=pb.DTYPE_FLOAT32, data=images.tobytes()), samples=1024
-        )
+        request = pb.ScoreRequest(images=_tensor(images), samples=1024)
         with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as caught:
             vae_pb2_grpc.VaeServiceStub(channel).Score(request)  # no deadline of its own
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
