@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import ctypes.util
 import logging
 from collections.abc import Callable
@@ -47,5 +48,8 @@ class Trimmer:
 
     def _start(self) -> None:
         self._pending = False
+        # A failed call's exception, its traceback and the frames holding the request are a cycle:
+        # young, and cheap to collect now rather than at the collector's next full pass.
+        gc.collect(1)
         if self._trim is not None:
             asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
