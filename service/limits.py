@@ -5,21 +5,19 @@ One limit for both directions made the receive side whatever the largest respons
 a few MB: every byte in between served only an attacker, whose invalid message is still read,
 parsed and copied before it is refused. So the receive limit is derived, when not set, from
 --max-request-items and the largest item of any model in the repository at start (a float32 image
-or latent and its int64 label), with room for the message's other fields.
+or latent and its int64 label), with room for the message's other fields. A larger model added
+later needs --max-receive-message-bytes set; the server's start line says the limit.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
 from repository.errors import RepositoryError
 from repository.layout import list_models, list_versions
 from repository.manifest import read_manifest
-from service.config import ServiceConfig, setting
-
-log = logging.getLogger(__name__)
+from service.config import ServiceConfig
 
 # Names, versions, seeds and the like around the tensors of a request.
 _ENVELOPE_BYTES = 64 * 1024
@@ -50,12 +48,4 @@ def receive_limit(config: ServiceConfig) -> int:
     """config.max_receive_message_bytes, or (0) what the largest valid request of the repository needs."""
     if config.max_receive_message_bytes:
         return config.max_receive_message_bytes
-    derived = max(_FLOOR_BYTES, config.max_request_items * largest_item_bytes(config.repo) + _ENVELOPE_BYTES)
-    log.info(
-        "requests up to %d bytes (%s at %d items); a larger model added later needs %s",
-        derived,
-        setting("max_request_items"),
-        config.max_request_items,
-        setting("max_receive_message_bytes"),
-    )
-    return derived
+    return max(_FLOOR_BYTES, config.max_request_items * largest_item_bytes(config.repo) + _ENVELOPE_BYTES)
