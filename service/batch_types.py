@@ -91,6 +91,12 @@ class BatchObserver(Protocol):
     def request_expired(self) -> None: ...
 
 
+class ExpiryGroup(Protocol):
+    """The requests of one call (service/calls.py's Call): their expiries count once between them."""
+
+    def first_expiry(self) -> bool: ...
+
+
 class BatchTracer(Protocol):
     """Where executed batches go when tracing is on (service/tracing.py); perf_counter times."""
 

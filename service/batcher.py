@@ -1,7 +1,7 @@
 """Dynamic batching: merge the items of concurrent requests into batches for one `run_batch` callable.
 
-Items, not requests, are the unit. A request of n items joins a bounded queue (RESOURCE_EXHAUSTED at
-admission when it would overflow); a batch takes up to `max_batch_items` items from the head,
+Items, not requests, are the unit. A request of n items joins the queue if the work ahead of it can
+run before its deadline (service/admission.py); a batch takes up to `max_batch_items` items from the head,
 splitting a request that does not fit, and runs in a worker thread so the event loop keeps serving.
 When to start a batch: callers in a closed loop come back after their answer, so after a batch
 that served n requests while q more queued, the next starts as soon as n + q requests are queued,
@@ -34,15 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from service.admission import Admission
 from service.batch_types import (
     BatcherClosed,
     BatchFailed,
     BatchObserver,
     BatchTracer,
     Expired,
+    ExpiryGroup,
     Items,
     Outcome,
-    QueueFull,
     Result,
     RunBatch,
     join,
@@ -56,15 +57,32 @@ KNEE = 1.05
 
 
 class _Request:
-    __slots__ = ("admitted", "compute", "deadline", "future", "items", "left", "next", "pieces", "trace")
+    __slots__ = (
+        "admitted",
+        "compute",
+        "deadline",
+        "future",
+        "group",
+        "items",
+        "left",
+        "next",
+        "pieces",
+        "trace",
+    )
 
     def __init__(
-        self, items: Items, deadline: float | None, future: asyncio.Future[Result], trace: Any
+        self,
+        items: Items,
+        deadline: float | None,
+        future: asyncio.Future[Result],
+        trace: Any,
+        group: ExpiryGroup | None,
     ) -> None:
         self.items = items
         self.deadline = deadline
         self.future = future
         self.trace = trace  # opaque to the batcher: what the BatchTracer links the batch to
+        self.group = group
         self.admitted = time.perf_counter()
         self.next = 0  # first item not yet handed to a batch
         self.left = len(items)  # items whose outputs have not come back
@@ -91,6 +109,7 @@ class Batcher:
         observer: BatchObserver,
         name: str = "batcher",
         max_gather_s: float = 0.0,
+        max_queue_delay_s: float = 0.0,
         tracer: BatchTracer | None = None,
     ) -> None:
         if max_batch_items < 1 or max_queue_items < max_batch_items or max_delay_s < 0:
@@ -100,7 +119,9 @@ class Batcher:
         self._run_batch = run_batch
         self.max_batch_items = max_batch_items
         self._max_delay_s = max_delay_s
-        self._max_queue_items = max_queue_items
+        self._admission = Admission(
+            name, max_queue_items=max_queue_items, max_queue_delay_s=max_queue_delay_s
+        )
         self._observer = observer
         self._tracer = tracer
         self._name = name
@@ -114,6 +135,7 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._queued = 0  # items admitted but not yet handed to a batch
         self._running = False
+        self._running_items = 0
         self._timer: asyncio.Handle | None = None
         self._closed = False
         self._max_gather_s = max_gather_s
@@ -129,23 +151,43 @@ class Batcher:
     def queued_items(self) -> int:
         return self._queued
 
-    async def submit(self, items: Items, deadline: float | None = None, trace: Any = None) -> Result:
+    def admit_work(self, count: int, deadline: float | None, group: ExpiryGroup | None = None) -> None:
+        """Refuse now (Expired, QueueFull) work of `count` items that will come in parts, as submit would.
+
+        A request that queues its items a few batches at a time (Score's decoder draws) is judged
+        by all of its work before any of it runs, instead of failing half-way.
+        """
+        self._timely(count, deadline, group)
+
+    def _timely(self, count: int, deadline: float | None, group: ExpiryGroup | None) -> None:
+        try:
+            self._admission.check_time(self._queued + self._running_items, count, deadline)
+        except Expired:
+            if group is None or group.first_expiry():
+                self._observer.request_expired()
+            raise
+
+    async def submit(
+        self,
+        items: Items,
+        deadline: float | None = None,
+        trace: Any = None,
+        group: ExpiryGroup | None = None,
+    ) -> Result:
         """Run `items` (first axis: items) as part of batches; `deadline` is a time.perf_counter() value.
 
-        `trace`, when not None, is handed to the tracer with every batch the items run in.
+        `trace`, when not None, is handed to the tracer with every batch the items run in. Requests
+        of one `group` (one call's parts) count one expiry between them.
         """
         if self._closed:
             raise BatcherClosed("the server is shutting down or reloading this model; retry")
         count = len(items)
         if count < 1:
             raise ValueError("a request needs at least one item")
-        if self._queued + count > self._max_queue_items:
-            raise QueueFull(
-                f"{self._name}: queue full ({self._queued} of {self._max_queue_items} items waiting, "
-                f"this request adds {count}); retry with backoff"
-            )
+        self._admission.check_items(self._queued, count)
+        self._timely(count, deadline, group)
         loop = asyncio.get_running_loop()
-        request = _Request(items, deadline, loop.create_future(), trace)
+        request = _Request(items, deadline, loop.create_future(), trace, group)
         self._queue.append(request)
         self._queued += count
         self._idle.clear()
@@ -186,6 +228,7 @@ class Batcher:
             self._set_idle()
             return
         self._running = True
+        self._running_items = sum(count for _, _, count in batch)
         parts = [request.items[first : first + count] for request, first, count in batch]
         self._jobs.put((asyncio.get_running_loop(), partial(self._finish, batch), parts))
 
@@ -202,7 +245,7 @@ class Batcher:
             if expired or request.future.done():
                 self._queue.popleft()
                 self._queued -= pending
-                if expired:
+                if expired and (request.group is None or request.group.first_expiry()):
                     self._observer.request_expired()
                 if not request.future.done():
                     request.future.set_exception(Expired("deadline passed while queued"))
@@ -232,6 +275,7 @@ class Batcher:
     def _finish(self, batch: list[_Slice], outcome: Outcome) -> None:
         """Event loop: scatter a batch's outputs to its requests, then start the next batch."""
         self._running = False
+        self._running_items = 0
         items = sum(count for _, _, count in batch)
         try:
             if isinstance(outcome, Exception):
@@ -247,6 +291,8 @@ class Batcher:
                     )
         else:
             self._observer.batch_ran(items, seconds)
+            if items == self.max_batch_items:
+                self._admission.measured(items, seconds)
             self._scatter(batch, outputs, seconds)
             if self._tracer is not None:
                 self._trace(batch, items, started, seconds)
@@ -312,6 +358,8 @@ class Batcher:
         # Past the knee, where a bigger batch no longer costs less per item, gathering gains nothing
         # and only stalls a pipeline (Reconstruct's encoder waiting for callers busy in the decoder).
         cheapest = min(per_item.values())
+        largest = max(per_item)
+        self._admission.measured(largest, per_item[largest] * largest)
         self._enough_items = min(size for size, cost in per_item.items() if cost <= KNEE * cheapest)
 
     async def close(self) -> None:

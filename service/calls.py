@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 import grpc
@@ -24,12 +25,16 @@ from google.protobuf.message import DecodeError, Message
 from service.batch_types import Items
 from service.batcher import Batcher
 from service.errors import InvalidArgument, Unavailable, status_of
+from service.memory import Trimmer
 from service.metrics import MethodMetrics, Metrics
 from vae.v1 import vae_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = pb.DESCRIPTOR.services_by_name["VaeService"]
 DRAINING = "the server is shutting down; retry on another replica"
+# A client's deadline passes on its own clock before the server's (the request's transit), and it
+# then cancels the call: a cancellation this close to the deadline is the deadline's.
+DEADLINE_SLACK_S = 0.05
 Handler = Callable[[Any, "Call"], Awaitable[Message]]
 StreamHandler = Callable[[Any, "Call"], AsyncIterator[Message]]
 
@@ -51,7 +56,7 @@ class Drain:
 class Call:
     """One RPC's deadline, item count and time spent waiting and computing, across batcher hops."""
 
-    __slots__ = ("compute", "deadline", "items", "queue", "trace")
+    __slots__ = ("compute", "deadline", "expiry_counted", "items", "queue", "trace")
 
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
@@ -59,16 +64,22 @@ class Call:
         self.queue = 0.0
         self.compute = 0.0
         self.trace: object | None = None  # the call's server span, when it is traced
+        self.expiry_counted = False
+
+    def first_expiry(self) -> bool:
+        """True once: a call whose items expired in several batcher requests (Score's chunks) counts once."""
+        first, self.expiry_counted = not self.expiry_counted, True
+        return first
 
     async def run(self, batcher: Batcher, items: Items) -> tuple[np.ndarray, ...]:
-        result = await batcher.submit(items, self.deadline, self.trace)
+        result = await batcher.submit(items, self.deadline, self.trace, self)
         self.queue += result.queue_seconds
         self.compute += result.compute_seconds
         return result.outputs
 
     def ended_code(self) -> str:
         """The status of a call grpc cancelled: its deadline passed, or the client went away."""
-        expired = self.deadline is not None and time.perf_counter() >= self.deadline
+        expired = self.deadline is not None and time.perf_counter() >= self.deadline - DEADLINE_SLACK_S
         return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
@@ -111,11 +122,19 @@ class Calls:
     """Builds the registered method handlers around the servicer's request -> response functions."""
 
     def __init__(
-        self, metrics: Metrics, drain: Drain, *, timing_trailers: bool, observer: CallObserver | None = None
+        self,
+        metrics: Metrics,
+        drain: Drain,
+        *,
+        timing_trailers: bool,
+        max_deadline_s: float,
+        observer: CallObserver | None = None,
     ) -> None:
         self._metrics = metrics
         self._drain = drain
         self._observer = observer
+        self._max_deadline_s = max_deadline_s
+        self._trimmer = Trimmer()
         # Observed calls may answer with x-request-id: their trailers() decide what they hold.
         self._trailing = timing_trailers or observer is not None
 
@@ -154,8 +173,10 @@ class Calls:
         drain = self._drain
         drain.active += 1
         drain.last_arrival = started
+        # The server's own bound applies to calls that set none, or a longer one.
         remaining = context.time_remaining()
-        deadline = None if remaining is None else started + remaining
+        limit = self._max_deadline_s
+        deadline = started + (limit if remaining is None else min(remaining, limit))
         if self._observer is None:
             return Call(deadline)
         return self._observer.admit(name, context, deadline)
@@ -167,6 +188,7 @@ class Calls:
             started = time.perf_counter()
             method.in_flight.value += 1
             call = self._admit(context, started, name)
+            data = b""
             try:
                 if drain.draining:
                     raise Unavailable(DRAINING)
@@ -178,6 +200,7 @@ class Calls:
                 await self._fail(method, call, started, context, exc)
             finally:
                 drain.active -= 1
+                self._trimmer.after(len(raw) + len(data))
             self._succeed(method, call, started, context)
             return data
 
@@ -221,4 +244,10 @@ class Calls:
     def _succeed(self, method: MethodMetrics, call: Call, started: float, context: Context) -> None:
         if self._trailing:
             context.set_trailing_metadata(call.trailers())
-        call.finished(method, "OK", started)
+        # Counted once grpc has sent the answer: a client that refused it (over its message limit),
+        # cancelled or ran out of time meanwhile is counted as its call ended, not as OK.
+        context.add_done_callback(partial(_delivered, method, call, started))  # type: ignore[arg-type]
+
+
+def _delivered(method: MethodMetrics, call: Call, started: float, context: Context) -> None:
+    call.finished(method, call.ended_code() if context.cancelled() else "OK", started)

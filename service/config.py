@@ -62,12 +62,23 @@ class ServiceConfig:
         5.0,
         "after a batch, wait up to this long for its callers to come back and join the next one",
     )
-    max_queue_items: int = _option(4096, "queued items per graph before RESOURCE_EXHAUSTED")
+    # Admission is by time (service/admission.py); the item count only bounds the queue's memory.
+    max_queue_items: int = _option(65536, "queued items per graph at most (a memory backstop)")
+    max_queue_delay_ms: float = _option(
+        5000.0,
+        "refuse a request (RESOURCE_EXHAUSTED) whose queued work ahead would take longer (0: no bound)",
+    )
+    max_deadline_seconds: float = _option(
+        300.0, "the deadline of calls that set none or a longer one: no call runs longer unbounded"
+    )
     max_request_items: int = _option(4096, "images, latents, samples or steps per unary request")
     max_stream_items: int = _option(1_000_000, "samples per SampleStream request")
     max_posterior_samples: int = _option(64, "posterior samples per image in Encode")
     max_score_samples: int = _option(1024, "importance samples per image in Score")
-    max_message_bytes: int = _option(DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message received or sent")
+    max_receive_message_bytes: int = _option(
+        0, "largest gRPC message received (0: what --max-request-items of the largest model needs)"
+    )
+    max_send_message_bytes: int = _option(DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message sent")
     grace_seconds: float = _option(10.0, "on SIGTERM/SIGINT, time admitted requests get to finish")
     reload_interval_seconds: float = _option(
         0.0, "look for new model versions this often (0: only when sent SIGHUP)"
@@ -119,7 +130,7 @@ class ServiceConfig:
             "max_stream_items",
             "max_posterior_samples",
             "max_score_samples",
-            "max_message_bytes",
+            "max_send_message_bytes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -145,6 +156,17 @@ class ServiceConfig:
             raise ValueError(
                 f"worker_restart_window_seconds must be more than 0, got {self.worker_restart_window_seconds}"
             )
+        if self.max_receive_message_bytes < 0:
+            raise ValueError(
+                "max_receive_message_bytes must be at least 0 (0: derived), "
+                f"got {self.max_receive_message_bytes}"
+            )
+        if self.max_queue_delay_ms < 0:
+            raise ValueError(
+                f"max_queue_delay_ms must be at least 0 (0: no bound), got {self.max_queue_delay_ms}"
+            )
+        if not self.max_deadline_seconds > 0:
+            raise ValueError(f"max_deadline_seconds must be more than 0, got {self.max_deadline_seconds}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be at least 0, got {self.grace_seconds}")
         if self.reload_interval_seconds < 0:

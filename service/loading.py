@@ -116,6 +116,7 @@ async def load_model(
             max_delay_s=config.max_delay_ms / 1000,
             max_gather_s=config.max_gather_ms / 1000,
             max_queue_items=config.max_queue_items,
+            max_queue_delay_s=config.max_queue_delay_ms / 1000,
             observer=observers[graph],
             name=f"{label}/{name or graph}",
             tracer=tracer,
@@ -127,7 +128,7 @@ async def load_model(
         encoder=batcher(_encoder_batch(encoder), "encoder"),
         # Decode and Sample send only the pixel means: a Bernoulli decoder's logits stay behind.
         decoder=batcher(_decoder_batch(decoder, PROBS), "decoder"),
-        # Not warmed separately: it runs the decoder's session, whose batch sizes are warmed below.
+        # Warmed at its largest batch only: it runs the decoder's session, whose sizes are warmed below.
         # Its batches count in the decoder's series: they run the same graph.
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
         prior=prior,
@@ -136,7 +137,11 @@ async def load_model(
     sizes = bucket_sizes(config.max_batch_items)
     y = np.zeros(1, np.int64) if manifest.conditional else None  # class 0: any class costs the same
     await model.encoder.warm_up(labelled(np.zeros((1, *manifest.image_shape), np.float32), y), sizes)
-    await model.decoder.warm_up(labelled(np.zeros((1, manifest.latent_dim), np.float32), y), sizes)
+    latent = labelled(np.zeros((1, manifest.latent_dim), np.float32), y)
+    await model.decoder.warm_up(latent, sizes)
+    if isinstance(model.scoring, Scoring):
+        # One full batch: Score's admission needs its cost per item before its first request.
+        await model.scoring.decoder.warm_up(latent, sizes[-1:])
     log.info("loaded %s on %s, warmed batch sizes %s", label, model.provider, sizes)
     return model
 

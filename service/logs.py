@@ -21,6 +21,8 @@ ACCESS_LOGGER = "vae.access"
 # What an access record adds to a JSON line, in this order (service/call_observer.py fills them in).
 ACCESS_FIELDS = ("method", "model", "version", "code", "duration_ms", "queue_ms", "compute_ms", "items")
 _TAGS = ("request_id", "trace_id", "span_id")
+# grpc's logger for what fails in its core while answering a call.
+_GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
 
 
 class Tagged(Protocol):
@@ -55,6 +57,21 @@ class _Tags(logging.Filter):
         return True
 
 
+class _ClientGone(logging.Filter):
+    """grpc's traceback for an answer it could not send: a DEBUG line, without the traceback.
+
+    The client had cancelled, run out of time, or refused the message (over its own size limit):
+    the client's ending, counted as such (service/calls.py), not a server error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("ExecuteBatchError"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: timestamp, level, logger, message and whichever ids and fields it has."""
 
@@ -83,3 +100,4 @@ def configure(config: ServiceConfig, worker: int | None = None) -> None:
         prefix = "" if worker is None else f"worker {worker}: "
         handler.setFormatter(logging.Formatter(prefix + TEXT_FORMAT))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    logging.getLogger(_GRPC_CORE_LOGGER).addFilter(_ClientGone())

@@ -30,6 +30,7 @@ from service import security
 from service.call_observer import Observer
 from service.calls import SERVICE, Calls, Drain
 from service.config import ServiceConfig, setting
+from service.limits import receive_limit
 from service.loading import load_new_versions, load_repository
 from service.metrics import Metrics, serve_metrics
 from service.registry import Registry
@@ -87,11 +88,12 @@ class VaeServer:
         self.watch = VersionWatch()
         # grpc-stubs 1.53 predates grpc_health's asyncio servicer.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.receive_limit = receive_limit(config)
         self.grpc = grpc.aio.server(
             interceptors=security.interceptors(config, self.metrics),
             options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_receive_message_length", self.receive_limit),
+                ("grpc.max_send_message_length", config.max_send_message_bytes),
                 # Two servers must not share a port by accident; --workers share it on purpose.
                 ("grpc.so_reuseport", int(config.workers > 1)),
             ],
@@ -102,6 +104,7 @@ class VaeServer:
             self.metrics,
             self.drain,
             timing_trailers=config.timing_trailers,
+            max_deadline_s=config.max_deadline_seconds,
             observer=Observer.for_config(config, self.tracing),
         )
         # Registered (not generic) handlers: grpc finds them without a Python lookup per call.
@@ -142,7 +145,13 @@ class VaeServer:
         self._http = serve_metrics(self.config.metrics_port, self.config.host, self.metrics.registry)
         self.metrics_port = self._http.server_port
         await self.grpc.start()
-        log.info("gRPC on port %d, metrics on port %d; loading models", self.port, self.metrics_port)
+        log.info(
+            "gRPC on port %d, metrics on port %d; requests up to %d bytes, answers up to %d; loading models",
+            self.port,
+            self.metrics_port,
+            self.receive_limit,
+            self.config.max_send_message_bytes,
+        )
 
     async def load_models(self) -> None:
         """Verify, load and warm every version in the repository, then report SERVING."""

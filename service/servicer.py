@@ -108,7 +108,9 @@ class VaeServicer:
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
         per_item = self._image_bytes(model, 1, dtype) + model.latent_dim * 4
         # Full batches, unless that many items would not fit in one message.
-        chunk = max(1, min(model.decoder.max_batch_items, self._config.max_message_bytes // (2 * per_item)))
+        chunk = max(
+            1, min(model.decoder.max_batch_items, self._config.max_send_message_bytes // (2 * per_item))
+        )
         rng = latents.stream(_seed(request), self._rng)
 
         # Drawing chunk after chunk from one generator gives the same numbers as Sample's single draw.
@@ -175,6 +177,8 @@ class VaeServicer:
         scoring = model.scoring
         if isinstance(scoring, ScoringUnsupported):
             raise FailedPrecondition(str(scoring))
+        # Judged by all its decoder work before any runs: refused now rather than expiring half-way.
+        scoring.decoder.admit_work(len(images) * k, call.deadline, call)
         # Drawn before any batch: the request's own stream, shared by all its images.
         eps = draws(latents.stream(_seed(request), self._rng), k, model.latent_dim)
         mu, logvar = await call.run(model.encoder, labelled(images, y))
@@ -239,10 +243,10 @@ class VaeServicer:
 
     def _check_size(self, response_bytes: int) -> None:
         """Refuse before computing what could not be sent."""
-        if response_bytes > self._config.max_message_bytes:
+        if response_bytes > self._config.max_send_message_bytes:
             raise InvalidArgument(
                 f"the response would be {response_bytes} bytes, over the server's limit of "
-                f"{self._config.max_message_bytes}; ask for fewer items (or uint8 images)"
+                f"{self._config.max_send_message_bytes}; ask for fewer items (or uint8 images)"
             )
 
 

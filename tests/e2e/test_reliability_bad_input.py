@@ -54,7 +54,9 @@ def server(tiny_model_repo: Path) -> Iterator[ServerProcess]:
         "--max-request-items", str(LIMITS.max_request_items),
         "--max-posterior-samples", str(LIMITS.max_posterior_samples),
         "--max-stream-items", str(LIMITS.max_stream_items),
-        "--max-message-bytes", str(LIMITS.max_message_bytes),
+        # One limit both ways, as the property tests assume.
+        "--max-receive-message-bytes", str(LIMITS.max_message_bytes),
+        "--max-send-message-bytes", str(LIMITS.max_message_bytes),
     ]  # fmt: skip
     with serving(tiny_model_repo, *args) as server:
         yield server

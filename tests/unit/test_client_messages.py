@@ -64,7 +64,7 @@ def test_channel_options_carry_the_limit_and_the_retry_policy() -> None:
 
 
 def test_server_and_clients_default_to_the_same_message_limit() -> None:
-    assert ServiceConfig().max_message_bytes == channel.DEFAULT_MAX_MESSAGE_BYTES
+    assert ServiceConfig().max_send_message_bytes == channel.DEFAULT_MAX_MESSAGE_BYTES
 
 
 def test_labels_travel_one_for_all_or_one_per_item() -> None:

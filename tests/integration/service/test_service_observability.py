@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from helpers import wait_until
 from helpers.otlp import otlp_receiver
 from helpers.servers import RunningServer, config_for
 from opentelemetry import trace
@@ -124,6 +125,12 @@ def _named(finished: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [span for span in finished if span.name == name]
 
 
+def _finished(exporter: InMemorySpanExporter, name: str, count: int) -> tuple[ReadableSpan, ...]:
+    """The finished spans once `count` are named `name`: a server span ends once grpc sent the answer."""
+    wait_until(lambda: len(_named(exporter.get_finished_spans(), name)) >= count, 10, f"{count} {name} spans")
+    return exporter.get_finished_spans()
+
+
 def test_a_traced_call_continues_the_clients_trace_with_queue_wait_and_a_linked_batch(
     started: Callable[..., RunningServer], spans: tuple[Tracing, InMemorySpanExporter]
 ) -> None:
@@ -132,7 +139,7 @@ def test_a_traced_call_continues_the_clients_trace_with_queue_wait_and_a_linked_
     server = started(tracing, max_delay_ms=50.0)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda i: decode(server.target, (("traceparent", TRACEPARENT),)), range(4)))
-    finished = exporter.get_finished_spans()
+    finished = _finished(exporter, "vae.v1.VaeService/Decode", 4)
     calls = _named(finished, "vae.v1.VaeService/Decode")
     assert len(calls) == 4
     for span in calls:
@@ -167,7 +174,7 @@ def test_span_status_is_an_error_only_for_the_servers_failures(
     tracing, exporter = spans
     server = started(tracing)
     decode(server.target, message=BAD_DECODE)
-    (span,) = exporter.get_finished_spans()
+    (span,) = _finished(exporter, "vae.v1.VaeService/Decode", 1)
     assert (span.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert span.status.status_code is StatusCode.UNSET  # the caller's mistake, not the server's
 
@@ -184,7 +191,7 @@ def test_the_python_client_sends_its_span_when_the_application_traces(
     tracer = tracing.provider.get_tracer("test")
     with tracer.start_as_current_span("application") as outer, VaeClient(server.target) as client:
         client.sample(2, seed=0)
-    finished = exporter.get_finished_spans()
+    finished = _finished(exporter, "vae.v1.VaeService/Sample", 1)
     (client_span,) = [span for span in finished if span.kind is SpanKind.CLIENT]
     (server_span,) = _named(finished, "vae.v1.VaeService/Sample")
     assert client_span.parent is not None and client_span.parent.span_id == outer.get_span_context().span_id
