@@ -1,0 +1,7 @@
+"""python3 -m benchmarks.gpu: see benchmarks/gpu/bench.py."""
+
+import sys
+
+from benchmarks.gpu.bench import main
+
+sys.exit(main())

@@ -1,0 +1,276 @@
+"""docs/gpu.md: findings filled from the latest `make bench-gpu`, its tables, and the 2026-12-04 baseline."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+from benchmarks.gpu.inprocess import GRAPH_METHODS, METHODS, PLAIN, RESIDENT
+from benchmarks.gpu.service import LOADS_BY_NAME, cell
+
+INTRO = """# GPU serving
+
+What the service does with a GPU, measured. `make bench-gpu` runs on a machine with onnxruntime-gpu
+and writes this page and [gpu.json](gpu.json) in under four minutes: the in-process sweep of both
+graphs of models/mnist/2, CPU/CUDA parity per precision setting, the tests marked `gpu`, and the
+service on CUDA under issue 29's loads with one worker and with several. Without a GPU,
+`python3 -m benchmarks.gpu --device cpu --out DIR` runs the same sections on the CPU (the suite tests
+it so). `../shared/gpu/README.md` says how to bring onnxruntime-gpu to a machine without internet.
+
+```sh
+source .gpu/device-env.sh   # onnxruntime-gpu and the CUDA libraries on the paths
+make bench-gpu              # python3 -m benchmarks.gpu --out docs; BENCH_GPU_ARGS="--budget-s 200"
+```"""
+
+BASELINE = """## Baseline (2026-12-04, by hand, before this benchmark existed)
+
+One NVIDIA H200 (16 cores, driver 580, CUDA 13), onnxruntime-gpu 1.31.1, models/mnist/2, the code
+of that day: `Graph` bound its outputs to the host with IO binding, and the CUDA provider ran with
+its default, TF32 on. Issue 29 has the whole account.
+
+In-process decoder, items/s (median of back-to-back runs, random latents):
+
+| batch | 1 | 16 | 64 | 256 | 1,024 | 4,096 | 16,384 |
+|---|--:|--:|--:|--:|--:|--:|--:|
+| ORT CPU, 16 threads | 7.8k | 15k | 18k | 18k | 17k | 17k | — |
+| ORT CUDA, plain `session.run` | 7.0k | 98k | 389k | 862k | 1.47M | 1.95M | 2.10M |
+| `Graph` on CUDA (IO binding, outputs bound to `cpu`) | 8.3k | 82k | 311k | 512k | 910k | 1.06M | 0.65M |
+| torch-CUDA eager, same weights, host copies in and out | 4.3k | 58k | 200k | 518k | 1.28M | 1.71M | 0.34M |
+| ORT CUDA, input and output left on the device | — | — | — | 1.57M | — | 4.02M | 4.60M |
+
+A second pass at 256 / 4,096 / 16,384: plain run 0.95M / 2.05M / 2.23M; outputs bound to `cpu`
+0.62M / 1.13M / 0.79M; outputs bound to `cuda`, then copied back, 0.93M / 2.01M / 0.87M. The encoder
+behaves alike (plain 0.80M at 256, 1.65M at 4,096; `Graph` 0.73M / 1.52M).
+
+Precision, CUDA against CPU, max abs difference at 256 items: TF32 on (the provider's default)
+encoder 1.6–1.9e-3, decoder 1.2–1.5e-3; `use_tf32=0` 3.3e-6 and 8.9e-7. TF32 off cost nothing
+measurable at 256 and 0.69x (decoder) / 0.84x (encoder) at 4,096.
+
+The service (`vae serve --device cuda`, `vae bench`, 4 s after 1 s of warm-up):
+
+| load | CUDA, 1 process | the same service on the 16 CPU cores | CUDA `--workers 4` |
+|---|--:|--:|--:|
+| Decode 1 latent, 64 callers | 4,487 req/s, p99 29 ms | 4,691 req/s | 11,600 req/s, p99 19 ms |
+| Sample n=256, 16 callers, float32 | 199k items/s | 9.2k | 527k (32 callers) |
+| Sample n=256, 16 callers, uint8 | 250k items/s | — | 661k (32 callers) |
+| Encode 256 images, 16 callers | 229k items/s | 9.0k | — |
+| Sample n=4,096, 1 caller | p50 66 ms (the decoder's share: ~2 ms) | 608 ms | — |
+| Decode 1,024 latents, 8 callers | 1,807 of 2,116 calls RESOURCE_EXHAUSTED | 9,736 of 9,770 refused | — |
+| Decode 1 latent, 1 caller, p50 | 1.35 ms | 1.61 ms | — |
+
+Every session creation also logged `No registered plugin EP device found for 'CUDAExecutionProvider'
+with device_id=0` (onnxruntime 1.31's plugin lookup on its default logger)."""
+
+DATA_PATH_BASELINE = (
+    "On the baseline's H200, IO binding with outputs bound to the host ran at 0.31–0.84x a plain "
+    "`session.run` from batch 16 up, and outputs bound to the device then copied back at 0.39–0.98x "
+    "(256 to 16,384): "
+    "binding pays only where data stays on the device (onnxruntime#10000). `Graph.run` therefore "
+    "takes the plain path on every provider; the bindings stay selectable (`Graph.data_path`) so that "
+    "this page measures them side by side. On a 2-core CPU the three paths are within 1% of each other "
+    "from batch 16 up, and the bindings 3% slower at batch 1."
+)
+PRECISION_BASELINE = (
+    "TF32 (the CUDA provider's default) rounds the inputs of matmuls and convolutions to a 10-bit "
+    "mantissa: on the baseline's H200 that put CUDA ~1.5e-3 off the CPU; with `use_tf32=0` it is "
+    "within ~1e-6, and the difference in speed showed only at large batches (0.69x decoder, 0.84x "
+    "encoder at 4,096). The service therefore runs exact float32 unless asked (`Placement.tf32`)."
+)
+
+
+def render(document: dict[str, Any] | None) -> str:
+    """The whole page; `document` is what the benchmark wrote to gpu.json, or None before any run."""
+    parts = [INTRO, _findings(document)]
+    if document is None:
+        parts.append("## Measured\n\nNot yet: run `make bench-gpu` on a machine with a GPU.")
+    else:
+        parts.append(_measured(document))
+    parts.append(BASELINE)
+    return "\n\n".join(parts) + "\n"
+
+
+def _findings(document: dict[str, Any] | None) -> str:
+    sections = (document or {}).get("sections", {})
+    sweep, parity = sections.get("sweep", {}), sections.get("parity", {})
+    data_path = _data_path_text(sweep) if sweep.get("status") == "ok" else None
+    precision = _precision_text(parity) if parity.get("status") == "ok" else None
+    paragraphs = [
+        "**Data path.** " + DATA_PATH_BASELINE,
+        *([f"Measured below: {data_path}"] if data_path else []),
+        "**Precision.** " + PRECISION_BASELINE,
+        *([f"Measured below: {precision}"] if precision else []),
+    ]
+    return "\n\n".join(["## Findings", *(textwrap.fill(text, 100) for text in paragraphs)])
+
+
+def _ratios(cells: list[dict[str, Any]], method: str, against: str) -> list[float]:
+    """method's items/s over against's, per (graph, batch) where both have a figure."""
+    figures = {(c["graph"], c["batch"], c["method"]): c.get("items_per_s") for c in cells}
+    out = []
+    for (graph, batch, name), value in figures.items():
+        other = figures.get((graph, batch, against))
+        if name == method and value and other:
+            out.append(value / other)
+    return out
+
+
+def _span(values: list[float]) -> str:
+    return "—" if not values else f"{min(values):.2f}–{max(values):.2f}x"
+
+
+def _data_path_text(sweep: dict[str, Any]) -> str:
+    cells = sweep["cells"]
+    paths = "; ".join(f"`{m}` {_span(_ratios(cells, m, PLAIN))}" for m in GRAPH_METHODS)
+    return (
+        f"`Graph.run` against a bare `session.run` on the same session, over both graphs and every "
+        f"batch: {paths}. The device-resident ceiling (no copy across the bus) ran at "
+        f"{_span(_ratios(cells, RESIDENT, PLAIN))} the plain run."
+    )
+
+
+def _precision_text(parity: dict[str, Any]) -> str:
+    by_tf32 = {s["tf32_asked"]: s for s in parity["settings"]}
+    off, on = by_tf32[False], by_tf32[True]
+    diffs = "; ".join(
+        f"TF32 {'on' if s['tf32_asked'] else 'off'}: encoder {s['max_abs_diff']['encoder']:.1e}, "
+        f"decoder {s['max_abs_diff']['decoder']:.1e}"
+        for s in (off, on)
+    )
+    speed = "; ".join(
+        f"{role} at {size}: {off['items_per_s'][role][size] / on['items_per_s'][role][size]:.2f}x"
+        for role in off["items_per_s"]
+        for size in off["items_per_s"][role]
+    )
+    return (
+        f"max abs difference from the CPU at {parity['batch']} items: {diffs}. TF32 off against on, "
+        f"items/s of `Graph.run`: {speed}."
+    )
+
+
+def _measured(document: dict[str, Any]) -> str:
+    env = document["sections"].get("environment", {})
+    gpu = env.get("gpu") or "a host where nvidia-smi found no GPU"
+    lines = [
+        f"## Measured {document['started'][:10]} on {gpu} ({env.get('cpus', '?')} cores)",
+        "",
+        f"- command: `{document['command']}`, {document['seconds']:.0f} s in all "
+        f"(budget {document['settings']['budget_s']:.0f} s)",
+        f"- onnxruntime {env.get('onnxruntime', '?')} (providers: {', '.join(env.get('providers', []))}), "
+        f"Python {env.get('python', '?')}, torch {env.get('torch', 'not importable')}",
+    ]
+    problems = [
+        f"- section {name}: {section['status']}"
+        + (f" ({_brief(section.get('error') or section.get('reason'))})" if section["status"] != "ok" else "")
+        for name, section in document["sections"].items()
+        if section.get("status") != "ok"
+    ]
+    parts = ["\n".join(lines + problems)]
+    for name, render_section in (
+        ("sweep", _sweep),
+        ("parity", _parity),
+        ("service", _service),
+        ("tests", _tests),
+    ):
+        section = document["sections"].get(name, {})
+        if section.get("status") == "ok":
+            parts.append(render_section(section))
+    return "\n\n".join(parts)
+
+
+def _items(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    return f"{value / 1e3:.1f}k" if value >= 1e3 else f"{value:.0f}"
+
+
+def _sweep(sweep: dict[str, Any]) -> str:
+    cells = sweep["cells"]
+    batches = sorted({c["batch"] for c in cells})
+    parts = [
+        f"### In-process, items/s (median run of {sweep['cell_s']} s back to back per cell)",
+        "Sessions: " + "; ".join(sweep["sessions"].values()) + f". torch: {_torch(sweep['torch'])}.",
+    ]
+    for graph in ("encoder", "decoder"):
+        rows = [
+            f"| {graph} | " + " | ".join(f"{b:,}" for b in batches) + " |",
+            "|---|" + "--:|" * len(batches),
+        ]
+        for method in METHODS:
+            by_batch = {c["batch"]: c for c in cells if c["graph"] == graph and c["method"] == method}
+            row = [_items(by_batch[b].get("items_per_s")) if b in by_batch else "—" for b in batches]
+            rows.append(f"| {method} | " + " | ".join(row) + " |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def _torch(about: dict[str, Any]) -> str:
+    if "skipped" in about:
+        return f"skipped ({about['skipped']})"
+    diffs = ", ".join(f"{role} {diff:.1e}" for role, diff in about["max_abs_diff_vs_onnx"].items())
+    return (
+        f"{about['torch']} on {about['device']}, TF32 matmul {about['tf32_matmul']}, cuDNN "
+        f"{about['tf32_cudnn']}; max abs difference from the graphs at 16 items: {diffs}"
+    )
+
+
+def _parity(parity: dict[str, Any]) -> str:
+    rows = [
+        f"### Precision: device against CPU, max abs difference at {parity['batch']} items, and items/s",
+        "",
+        "| setting | encoder diff | decoder diff | items/s of `Graph.run` | sessions |",
+        "|---|--:|--:|---|---|",
+    ]
+    for s in parity["settings"]:
+        speed = ", ".join(
+            f"{role} {size}: {_items(value)}"
+            for role, sizes in s["items_per_s"].items()
+            for size, value in sizes.items()
+        )
+        rows.append(
+            f"| TF32 {'on' if s['tf32_asked'] else 'off'} asked | {s['max_abs_diff']['encoder']:.1e} | "
+            f"{s['max_abs_diff']['decoder']:.1e} | {speed} | {'; '.join(s['sessions'].values())} |"
+        )
+    return "\n".join(rows)
+
+
+def _service(service: dict[str, Any]) -> str:
+    configs = service["configs"]
+    header = " | ".join(f"{service['device']}, {c['workers']} worker(s)" for c in configs)
+    rows = [
+        f"### The service (`vae serve --device {service['device']}`; each load "
+        f"{service['seconds_per_load']} s after {service['warmup']} s of warm-up)",
+        "",
+        f"| load | {header} |",
+        "|---|" + "--:|" * len(configs),
+    ]
+    for name in [load["name"] for load in service["loads"]]:
+        load = LOADS_BY_NAME[name]
+        row = []
+        for config in configs:
+            record = config["loads"].get(name)
+            failed = config.get("error") or config.get("skipped")
+            row.append(cell(load, record) if record else f"not run ({_brief(failed)})" if failed else "—")
+        rows.append(f"| {load.title} | " + " | ".join(row) + " |")
+    notes = [
+        f"- {c['workers']} worker(s): "
+        + (
+            f"serving {c['started_s']:.1f} s after start; {c['plugin_ep_log_lines']} plugin-EP log lines"
+            if "started_s" in c
+            else f"did not serve: {_brief(c.get('error') or c.get('skipped'))}"
+        )
+        for c in configs
+    ]
+    return "\n".join(rows) + "\n\n" + "\n".join(notes)
+
+
+def _brief(text: str) -> str:
+    """An error's last line, which names its cause: a table cell holds one line."""
+    return text.strip().splitlines()[-1][:200]
+
+
+def _tests(tests: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {kind}" for kind, n in tests["counts"].items())
+    failures = "".join(f"\n- {failure}" for failure in tests["failures"])
+    return f"### Tests marked `gpu`\n\n`{tests['command']}`: {counts}.{failures}"

@@ -1,0 +1,90 @@
+"""The CUDA path on a real device: parity per TF32 setting, Graph's data paths, quiet logs, the service.
+
+Skipped, with the reason, where onnxruntime offers no CUDAExecutionProvider; `make bench-gpu` runs
+these and reports their counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.servers import spawn_server
+
+from repository.manifest import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, PROBS, read_manifest
+from repository.placement import CPU, CUDA, Placement
+from repository.runtime import DATA_PATHS, Graph, available_providers
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = ROOT / "models" / "mnist" / "2"
+OUTPUTS = {"encoder": (MU, LOGVAR), "decoder": (PROBS,)}
+EXACT = 1e-4  # issue 29: CUDA matches CPU within this with TF32 off
+TF32_BOUND = 1e-2  # TF32 measured ~2e-3 on an H200; this only says the outputs are the same model's
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        CUDA not in available_providers(),
+        reason=f"onnxruntime offers no {CUDA} here (providers: {', '.join(available_providers())})",
+    ),
+]
+
+
+def _inputs(graph: str, batch: int) -> dict[str, np.ndarray]:
+    manifest = read_manifest(VERSION)
+    rng = np.random.default_rng(7)
+    if graph == "encoder":
+        return {IMAGES: rng.random((batch, *manifest.image_shape), dtype=np.float32)}
+    return {LATENTS: rng.standard_normal((batch, manifest.latent_dim), dtype=np.float32)}
+
+
+def _graph(role: str, placement: Placement) -> Graph:
+    return Graph(VERSION / f"{role}.onnx", placement=placement)
+
+
+@pytest.mark.parametrize("role", GRAPHS)
+@pytest.mark.parametrize(("tf32", "bound"), [(False, EXACT), (True, TF32_BOUND)])
+def test_cuda_matches_cpu_per_precision_setting(role: str, tf32: bool, bound: float) -> None:
+    feeds = _inputs(role, 256)
+    expected = _graph(role, Placement(CPU)).run(feeds, OUTPUTS[role])
+    graph = _graph(role, Placement(CUDA, tf32=tf32))
+    assert graph.provider == CUDA and graph.tf32 is tf32
+    assert f"TF32 {'on' if tf32 else 'off'}" in graph.describe()
+    got = graph.run(feeds, OUTPUTS[role])
+    for name in OUTPUTS[role]:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize("role", GRAPHS)
+@pytest.mark.parametrize("batch", [1, 300])
+def test_every_data_path_equals_a_plain_session_run(role: str, batch: int) -> None:
+    graph = _graph(role, Placement(CUDA))
+    feeds = _inputs(role, batch)
+    names = list(OUTPUTS[role])
+    plain = dict(zip(names, graph.session.run(names, feeds), strict=True))
+    for path in DATA_PATHS:
+        graph.data_path = path
+        got = graph.run(feeds, names)
+        for name in names:
+            np.testing.assert_allclose(got[name], plain[name], rtol=0, atol=1e-6, err_msg=path)
+
+
+def test_a_cuda_session_does_not_log_the_plugin_ep_lookup(capfd: pytest.CaptureFixture[str]) -> None:
+    _graph("decoder", Placement(CUDA))
+    assert "No registered plugin EP device found" not in capfd.readouterr().err
+
+
+def test_the_service_on_cuda_answers_decode() -> None:
+    from benchmarks import workloads
+
+    server = spawn_server(ROOT / "models", "--device", "cuda", model="mnist")
+    try:
+        server.wait_serving()
+        checked = workloads.prepare(server.target, "decode", 4)
+        assert checked.response_bytes > 4 * 28 * 28 * 4  # four float32 images came back
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert f"on {CUDA}" in log
+    assert "No registered plugin EP device found" not in log
