@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
+from wire.channel import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +147,10 @@ def _alive(pid: int) -> bool:
 
 def _sample_calls(server: ServerProcess, calls: int) -> None:
     for seed in range(calls):
-        with grpc.insecure_channel(server.target) as channel:  # a new connection each: both workers
+        # A new connection each, so both workers get some; with the clients' retry policy, as a
+        # connection the kernel handed to a worker just killed is reset, and a client tries again.
+        options = channel_options(DEFAULT_MAX_MESSAGE_BYTES)
+        with grpc.insecure_channel(server.target, options=options) as channel:
             vae_pb2_grpc.VaeServiceStub(channel).Sample(pb.SampleRequest(n=1, seed=seed), timeout=30)
 
 
@@ -157,6 +161,7 @@ def test_a_killed_worker_is_replaced_and_its_counts_stay_in_the_sums(tiny_model_
         assert server.metric("vae_requests_total", method="Sample", code="OK") == 40
         killed = _worker_pids(server)[0]
         os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: not _alive(killed), 30, "worker 0 gone")
         _sample_calls(server, 10)  # the other worker answers meanwhile: every call succeeds
         wait_until(lambda: _worker_pids(server)[0] != killed, 120, "worker 0 replaced")
         wait_until(_all_loaded(server, "1"), 120, "the replacement loaded")
