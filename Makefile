@@ -22,7 +22,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[serve,train,dev,tracing]'
+	$(VENV)/bin/pip install --quiet -e '.[serve,train,dev,tracing,diffusers]'
 	touch $@
 
 $(SERVE_VENV)/.installed: pyproject.toml

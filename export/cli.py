@@ -25,11 +25,17 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from repository.placement import select_placement
+    from repository.runtime import available_providers
     from repository.verify import verify_version
 
     if not args.path.is_dir():
         raise FileNotFoundError(f"{args.path} is not a directory; pass a version, e.g. models/mnist/1")
-    report = verify_version(args.path)
+    if args.cuda_tf32 and args.device == "cpu":
+        raise ValueError("--cuda-tf32 applies to --device cuda or cuda:N only")
+    # On a machine without CUDA, `--device cuda` stops here with the extra to install.
+    placement = select_placement(args.device, available_providers(), tf32=args.cuda_tf32)
+    report = verify_version(args.path, placement=placement)
     for check in report.checks:
         print(f"{'ok  ' if check.passed else 'FAIL'}  {check.name}: {check.message}")
     print(f"{args.path}: {'verified' if report.ok else f'{len(report.failures)} check(s) failed'}")
@@ -75,7 +81,18 @@ def register(commands: Any) -> None:
     verify = commands.add_parser(
         "verify",
         help="check a model version: hashes, shapes, pairing, a batch",
-        epilog="example:\n  vae verify models/mnist/1",
+        epilog="examples:\n  vae verify models/mnist/1\n  vae verify models/mnist/2 --device cuda",
     )
     verify.add_argument("path", type=Path, help="a version directory, e.g. models/mnist/1")
+    verify.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda / cuda:N: also run the check batch there, which must match the CPU within "
+        "1e-4 (needs the gpu extra)",
+    )
+    verify.add_argument(
+        "--cuda-tf32",
+        action="store_true",
+        help="on CUDA, with TF32 math, as `vae serve --cuda-tf32`: then within 1e-2 (docs/gpu.md)",
+    )
     verify.set_defaults(handler=_verify)

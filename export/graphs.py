@@ -7,6 +7,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from export.errors import ExportError
 from repository.contract import graph_contract, graph_metadata
-from repository.manifest import BATCH_AXIS, GRAPHS, GraphEntry, file_sha256
+from repository.manifest import BATCH_AXIS, GRAPHS, GraphEntry, TensorInfo, file_sha256
 from training.model import VAE
 
 # torchlib's own opset: newer would make the exporter run a version converter, older ones lack ops
@@ -75,10 +76,14 @@ def write_graphs(
         "encoder": (torch.zeros(_TRACE_BATCH, *config.image_shape), *labels),
         "decoder": (torch.zeros(_TRACE_BATCH, config.latent_dim), *labels),
     }
+    batch = torch.export.Dim(BATCH_AXIS)
     graphs = {}
     for role in GRAPHS:
         inputs, outputs = contract[role]
-        proto = _to_onnx(modules[role], examples[role], [t.name for t in inputs], [t.name for t in outputs])
+        # Every input shares the one batch axis (forward's parameter names, in order).
+        dynamic = tuple({0: batch} for _ in examples[role])
+        names = [t.name for t in inputs], [t.name for t in outputs]
+        proto = to_onnx(modules[role], examples[role], *names, dynamic_shapes=dynamic)
         _name_batch_axis(proto)
         metadata = graph_metadata(
             name=name,
@@ -90,35 +95,45 @@ def write_graphs(
             graph=role,
             classes=config.classes,
         )
-        onnx.helper.set_model_props(proto, metadata)
-        onnx.checker.check_model(proto, full_check=True)
-        file = f"{role}.onnx"
-        # Serialised in one piece: torch's own save defaults to an external-data side file.
-        (directory / file).write_bytes(proto.SerializeToString())
-        graphs[role] = GraphEntry(
-            file=file, sha256=file_sha256(directory / file), inputs=inputs, outputs=outputs
-        )
+        graphs[role] = save_graph(proto, directory / f"{role}.onnx", metadata, inputs, outputs)
     return graphs
 
 
-def _to_onnx(
+def save_graph(
+    proto: onnx.ModelProto,
+    path: Path,
+    metadata: dict[str, str],
+    inputs: tuple[TensorInfo, ...],
+    outputs: tuple[TensorInfo, ...],
+) -> GraphEntry:
+    """Write one graph with its metadata, checked by onnx; its manifest entry."""
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    # Serialised in one piece: torch's own save defaults to an external-data side file.
+    path.write_bytes(proto.SerializeToString())
+    return GraphEntry(file=path.name, sha256=file_sha256(path), inputs=inputs, outputs=outputs)
+
+
+def to_onnx(
     module: torch.nn.Module,
     examples: tuple[torch.Tensor, ...],
     input_names: list[str],
     output_names: list[str],
+    *,
+    dynamic_shapes: tuple[dict[int, Any], ...],
 ) -> onnx.ModelProto:
-    batch = torch.export.Dim(BATCH_AXIS)
+    """Trace `module` at `examples` into one ONNX model, the axes in dynamic_shapes left dynamic."""
     with _quiet_exporter():
         program = torch.onnx.export(
             module.eval(),
             examples,
             dynamo=True,
             input_names=input_names,
-            # Every input shares the one batch axis (forward's parameter names, in order).
-            dynamic_shapes=tuple({0: batch} for _ in examples),
+            # Without dynamic_shapes the exporter fixes every axis at the example's size.
+            dynamic_shapes=dynamic_shapes,
             output_names=output_names,
             opset_version=OPSET,
-            external_data=False,
+            external_data=False,  # one self-contained file, no .onnx.data beside it
             verbose=False,
         )
     if program is None:  # only the legacy exporter returns None

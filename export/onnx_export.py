@@ -20,7 +20,7 @@ from export.graphs import OPSET, write_graphs
 from export.parity import PARITY_BATCH_SIZES, check_parity
 from export.prior_file import write_prior
 from repository.layout import publish_version, stage_version
-from repository.manifest import Manifest, write_manifest
+from repository.manifest import Manifest, v1_specs, write_manifest
 from repository.prior import load_prior
 from repository.runtime import Graph
 from repository.scoring import ScoringUnsupported, score_reference
@@ -131,9 +131,7 @@ def export_model(
             name=name,
             version=staged.version,
             created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            latent_dim=config.latent_dim,
-            image_shape=config.image_shape,
-            likelihood=config.likelihood,
+            **v1_specs(config.latent_dim, config.image_shape, config.likelihood),
             opset=OPSET,
             pairing_id=pairing_id,
             graphs=graphs,

@@ -1,6 +1,8 @@
 """model.json: the schema of a version's manifest and its tensor names, reading and writing it.
 
-Imports neither torch nor onnx; see docs/export.md for each field.
+Reads format_version 1 and 2 and writes the lowest that expresses a manifest, so that a repository
+of models that format 1 can describe stays readable by older servers. Imports neither torch nor onnx;
+see docs/export.md for each field.
 """
 
 from __future__ import annotations
@@ -15,16 +17,36 @@ from pathlib import Path
 from typing import Any
 
 from repository.errors import ManifestError
-from repository.manifest_fields import Fields, is_positive_int
 
-FORMAT_VERSION = 1
+# Re-exported (`as`): callers name the entries and the axes through this module, as before the split.
+from repository.manifest_entries import PRIOR_KIND as PRIOR_KIND
+from repository.manifest_entries import PRIORS_TRAINED as PRIORS_TRAINED
+from repository.manifest_entries import Fp16Entry as Fp16Entry
+from repository.manifest_entries import GraphEntry as GraphEntry
+from repository.manifest_entries import PriorEntry as PriorEntry
+from repository.manifest_entries import Shape as Shape
+from repository.manifest_entries import TensorInfo as TensorInfo
+from repository.manifest_entries import classes, fp16_entry, graph_entry, prior_entry, score_reference
+from repository.manifest_fields import Fields
+from repository.model_spec import BATCH_AXIS as BATCH_AXIS
+from repository.model_spec import (
+    DETERMINISTIC,
+    LIKELIHOODS,
+    ImageSpec,
+    LatentSpec,
+    flat_specs,
+    image_sizes,
+    v1_model,
+    v2_model,
+)
+
+FORMAT_VERSIONS = (1, 2)
 MANIFEST_FILE = "model.json"
 GRAPHS = ("encoder", "decoder")
-BATCH_AXIS = "batch"
-LIKELIHOODS = ("bernoulli", "gaussian")
-# The graph contract's tensor names: encoder x -> (mu, logvar); decoder z -> probs (+ logits if Bernoulli).
+# The graph contract's tensor names: encoder x -> (mu, logvar); decoder z -> probs (+ logits if
+# Bernoulli), or image for a deterministic decoder.
 IMAGES, MU, LOGVAR = "x", "mu", "logvar"
-LATENTS, PROBS, LOGITS = "z", "probs", "logits"
+LATENTS, PROBS, LOGITS, DECODED_IMAGE = "z", "probs", "logits", "image"
 # A conditional model's class index, int64 [batch], a second input of both graphs.
 LABELS = "y"
 LABEL_DTYPE = "int64"
@@ -35,90 +57,26 @@ def feeds(name: str, values: Any, labels: Any | None) -> dict[str, Any]:
     return {name: values} if labels is None else {name: values, LABELS: labels}
 
 
-# A learned prior is exported as a mixture of diagonal Gaussians, whichever prior training learned.
-PRIOR_KIND = "mixture"
-PRIORS_TRAINED = ("mixture", "vamp")
 # Names become directory names and Prometheus label values; keep them plain.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-Shape = tuple[int | str, ...]
 
-
-@dataclass(frozen=True, kw_only=True)
-class TensorInfo:
-    """One graph input or output: name, element type and shape ("batch" for the dynamic axis)."""
-
-    name: str
-    dtype: str
-    shape: Shape
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True, kw_only=True)
-class GraphEntry:
-    """One float32 graph file of a version, its hash and its interface."""
-
-    file: str
-    sha256: str
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "sha256": self.sha256,
-            "inputs": [t.to_json() for t in self.inputs],
-            "outputs": [t.to_json() for t in self.outputs],
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class Fp16Entry:
-    """A half-precision copy of a graph (float32 inputs and outputs) and how far it is from float32."""
-
-    file: str
-    sha256: str
-    max_abs_diff: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256, "max_abs_diff": self.max_abs_diff}
-
-
-@dataclass(frozen=True, kw_only=True)
-class PriorEntry:
-    """A learned prior, exported as a mixture of diagonal Gaussians in one hashed file (repository/prior.py).
-
-    trained_as: what training learned ("mixture" or "vamp"); kind: what the file holds, always "mixture".
-    """
-
-    kind: str
-    trained_as: str
-    components: int
-    file: str
-    sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "trained_as": self.trained_as,
-            "components": self.components,
-            "file": self.file,
-            "sha256": self.sha256,
-        }
+def v1_specs(latent_dim: int, image_shape: tuple[int, int, int], likelihood: str) -> dict[str, Any]:
+    """Manifest's image, latent and decoder_output for what format_version 1 says of a model."""
+    image, latent = flat_specs(latent_dim, image_shape)
+    return {"image": image, "latent": latent, "decoder_output": likelihood}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """The contents of model.json (format_version 1); see docs/export.md for each field."""
+    """The contents of model.json; see docs/export.md for each field."""
 
     name: str
     version: int
     created: str  # ISO-8601, UTC
-    latent_dim: int
-    image_shape: tuple[int, int, int]
-    likelihood: str
+    image: ImageSpec
+    latent: LatentSpec
+    decoder_output: str  # one of DECODER_OUTPUTS
     opset: int
     pairing_id: str
     graphs: Mapping[str, GraphEntry]  # keys: exactly GRAPHS
@@ -126,7 +84,7 @@ class Manifest:
     parity_max_abs_diff: Mapping[str, float]  # keys: exactly GRAPHS
     parity_batch_sizes: tuple[int, ...]
     eval: Mapping[str, Any] | None
-    training: Mapping[str, Any]
+    training: Mapping[str, Any]  # {} for a model this project did not train
     # Score's log-likelihood over the test set at export: the baseline input drift is measured against.
     # Optional and not hashed, so versions exported before it stay valid.
     score_reference: Mapping[str, Any] | None = None
@@ -135,10 +93,130 @@ class Manifest:
     classes: tuple[str, ...] = ()
     # A learned prior; None is N(0, I), and model.json omits the field, so earlier versions stay valid.
     prior: PriorEntry | None = None
+    # Format 2: whether samples of the prior are worth decoding, and a likelihood worth scoring.
+    # Format 1 models have both (Score still needs a likelihood its files determine).
+    has_prior: bool = True
+    scorable: bool = True
+    # Format 2: the image sizes (H, W) parity ran at, for a model that takes any size.
+    parity_image_sizes: tuple[tuple[int, int], ...] = ()
+    # Format 2: where an imported model came from (its format, class, config and weights' hash).
+    source: Mapping[str, Any] | None = None
 
     @property
     def conditional(self) -> bool:
         return bool(self.classes)
+
+    @property
+    def is_spatial(self) -> bool:
+        return self.latent.spatial
+
+    @property
+    def fixed_image_shape(self) -> tuple[int, int, int] | None:
+        """[C, H, W] of a fixed-size model; None for one that takes any size (see divisibility)."""
+        size = self.image.size
+        return None if size is None else (self.image.channels, *size)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Format 1's [C, H, W]; a model that takes any size has none (use fixed_image_shape)."""
+        shape = self.fixed_image_shape
+        if shape is None:
+            raise ManifestError(
+                f"model {self.name!r} version {self.version} takes images of any size (multiples of "
+                f"{self.divisibility}): it has no fixed image_shape"
+            )
+        return shape
+
+    @property
+    def latent_dim(self) -> int:
+        """Format 1's D; a spatial latent has none (use latent_shape)."""
+        if self.is_spatial:
+            raise ManifestError(
+                f"model {self.name!r} version {self.version} has spatial latents "
+                f"{self.latent.shape_json()}: latent_dim is defined for flat latents only"
+            )
+        return self.latent.channels
+
+    @property
+    def likelihood(self) -> str:
+        """Format 1's name for decoder_output (bernoulli or gaussian; image for a deterministic decoder)."""
+        return self.decoder_output
+
+    @property
+    def divisibility(self) -> int:
+        """Image sides must be multiples of this."""
+        return self.image.multiple_of
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The range of images: the encoder's input, and the decoder's image output."""
+        return self.image.value_range
+
+    @property
+    def scaling(self) -> tuple[float, float]:
+        """(scaling_factor, shift_factor): a diffusion pipeline's latents are (z - shift) * scaling."""
+        return self.latent.scaling_factor, self.latent.shift_factor
+
+    @property
+    def image_output(self) -> str:
+        """The decoder output that holds the image: probs, or image for a deterministic decoder."""
+        return DECODED_IMAGE if self.decoder_output == DETERMINISTIC else PROBS
+
+    def latent_shape(self, image_hw: tuple[int, int] | None = None) -> tuple[int, ...]:
+        """One item's latent shape, for an image of size image_hw (a spatial model of any size needs it).
+
+        Raises ValueError, with the rule, for a size the model does not take.
+        """
+        if not self.is_spatial:
+            return (self.latent.channels,)
+        height, width = self._image_size(image_hw)
+        factor = self.latent.downsampling or 1
+        return (self.latent.channels, height // factor, width // factor)
+
+    def decoded_image_shape(self, latent_hw: tuple[int, int] | None = None) -> tuple[int, int, int]:
+        """One item's image shape, decoded from a latent of size latent_hw (spatial models of any size)."""
+        if not self.is_spatial or self.image.size is not None:
+            return self.image_shape
+        if latent_hw is None or min(latent_hw) < 1:
+            raise ValueError(f"model {self.name!r} decodes latents of any size: give their (h, w)")
+        factor = self.latent.downsampling or 1
+        return (self.image.channels, latent_hw[0] * factor, latent_hw[1] * factor)
+
+    def _image_size(self, image_hw: tuple[int, int] | None) -> tuple[int, int]:
+        if self.image.size is not None:
+            if image_hw is not None and tuple(image_hw) != self.image.size:
+                raise ValueError(
+                    f"model {self.name!r} takes {list(self.image.size)} images, not {list(image_hw)}"
+                )
+            return self.image.size
+        if image_hw is None:
+            raise ValueError(f"model {self.name!r} takes images of any size: give their (H, W)")
+        m = self.divisibility
+        if min(image_hw) < 1 or any(side % m for side in image_hw):
+            raise ValueError(
+                f"model {self.name!r} takes images whose height and width are positive multiples of {m}, "
+                f"not {list(image_hw)}"
+            )
+        return image_hw[0], image_hw[1]
+
+    @property
+    def format_version(self) -> int:
+        """1 when format 1 says all of it (older readers then read it too), else 2."""
+        v1_image, v1_latent = (
+            flat_specs(self.latent.channels, self.fixed_image_shape)
+            if self.fixed_image_shape
+            else (None, None)
+        )
+        expressible = (
+            self.image == v1_image
+            and self.latent == v1_latent
+            and self.decoder_output in LIKELIHOODS
+            and self.has_prior
+            and self.scorable
+            and not self.parity_image_sizes
+            and self.source is None
+        )
+        return 1 if expressible else 2
 
     def files(self) -> dict[str, str]:
         """Every file the manifest covers (graphs and prior), mapped to its expected sha256."""
@@ -150,24 +228,41 @@ class Manifest:
         return {entry.file: entry.sha256 for entry in entries}
 
     def to_json(self) -> dict[str, Any]:
+        version = self.format_version
+        if version == 1:
+            model: dict[str, Any] = {
+                "latent_dim": self.latent_dim,
+                "image_shape": list(self.image_shape),
+                "likelihood": self.decoder_output,
+            }
+        else:
+            model = {
+                "image": self.image.to_json(),
+                "latent": self.latent.to_json(),
+                "decoder_output": self.decoder_output,
+                "has_prior": self.has_prior,
+                "scorable": self.scorable,
+            }
+        parity: dict[str, Any] = {
+            **{g: {"max_abs_diff": self.parity_max_abs_diff[g]} for g in GRAPHS},
+            "batch_sizes": list(self.parity_batch_sizes),
+        }
+        if self.parity_image_sizes:
+            parity["image_sizes"] = [list(size) for size in self.parity_image_sizes]
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
             "name": self.name,
             "version": self.version,
             "created": self.created,
-            "latent_dim": self.latent_dim,
-            "image_shape": list(self.image_shape),
-            "likelihood": self.likelihood,
+            **model,
             "opset": self.opset,
             "pairing_id": self.pairing_id,
             "graphs": {g: self.graphs[g].to_json() for g in GRAPHS},
             "fp16": None if self.fp16 is None else {g: self.fp16[g].to_json() for g in GRAPHS},
-            "parity": {
-                **{g: {"max_abs_diff": self.parity_max_abs_diff[g]} for g in GRAPHS},
-                "batch_sizes": list(self.parity_batch_sizes),
-            },
+            "parity": parity,
             "eval": None if self.eval is None else dict(self.eval),
             "training": dict(self.training),
+            **({} if self.source is None else {"source": dict(self.source)}),
             **({} if self.score_reference is None else {"score_reference": dict(self.score_reference)}),
             **({"classes": list(self.classes)} if self.classes else {}),
             **({} if self.prior is None else {"prior": self.prior.to_json()}),
@@ -201,12 +296,11 @@ def read_manifest(version_dir: Path) -> Manifest:
 
 
 def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
-    """Validate decoded model.json data; `source` names the file in error messages."""
+    """Validate decoded model.json data (format_version 1 or 2); `source` names the file in errors."""
     root = Fields(data, source, "")
-    if root.get("format_version", int) != FORMAT_VERSION:
-        raise ManifestError(
-            f"{source}: format_version is {data['format_version']!r}; this build reads {FORMAT_VERSION}"
-        )
+    format_version = root.get("format_version", int)
+    if format_version not in FORMAT_VERSIONS:
+        raise ManifestError(f"{source}: format_version is {format_version!r}; this build reads 1 and 2")
     name = root.get("name", str)
     if not NAME_PATTERN.fullmatch(name):
         raise ManifestError(f"{source}: name {name!r} is not a valid model name")
@@ -215,118 +309,29 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
         datetime.fromisoformat(created)
     except ValueError:
         raise ManifestError(f"{source}: created {created!r} is not an ISO-8601 time") from None
-    likelihood = root.get("likelihood", str)
-    if likelihood not in LIKELIHOODS:
-        raise ManifestError(f"{source}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    image_shape = root.get("image_shape", list)
-    if len(image_shape) != 3 or not all(is_positive_int(v) for v in image_shape):
-        raise ManifestError(f"{source}: image_shape must be [C, H, W] positive integers, got {image_shape}")
-
     graphs = root.child("graphs")
     fp16 = None if data.get("fp16") is None else root.child("fp16")
     parity = root.child("parity")
-    evaluation = data.get("eval")
-    if evaluation is not None and not isinstance(evaluation, dict):
-        raise ManifestError(f"{source}: eval must be an object or null")
+    for key in ("eval", "source"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ManifestError(f"{source}: {key} must be an object or null")
+    model = v1_model(root) if format_version == 1 else v2_model(root)
     return Manifest(
         name=name,
         version=root.positive_int("version"),
         created=created,
-        latent_dim=root.positive_int("latent_dim"),
-        image_shape=(image_shape[0], image_shape[1], image_shape[2]),
-        likelihood=likelihood,
+        **model,
         opset=root.positive_int("opset"),
         pairing_id=root.get("pairing_id", str),
-        graphs={g: _graph_entry(graphs.child(g)) for g in GRAPHS},
-        fp16=None if fp16 is None else {g: _fp16_entry(fp16.child(g)) for g in GRAPHS},
+        graphs={g: graph_entry(graphs.child(g)) for g in GRAPHS},
+        fp16=None if fp16 is None else {g: fp16_entry(fp16.child(g)) for g in GRAPHS},
         parity_max_abs_diff={g: parity.child(g).number("max_abs_diff") for g in GRAPHS},
         parity_batch_sizes=tuple(parity.positive_int_list("batch_sizes")),
-        eval=evaluation,
+        parity_image_sizes=image_sizes(parity) if "image_sizes" in parity.data else (),
+        eval=data.get("eval"),
         training=root.get("training", dict),
-        score_reference=None if data.get("score_reference") is None else _score_reference(root),
-        classes=_classes(root) if "classes" in data else (),
-        prior=_prior_entry(root.child("prior")) if "prior" in data else None,
+        source=data.get("source"),
+        score_reference=None if data.get("score_reference") is None else score_reference(root),
+        classes=classes(root) if "classes" in data else (),
+        prior=prior_entry(root.child("prior")) if "prior" in data else None,
     )
-
-
-def _classes(root: Fields) -> tuple[str, ...]:
-    names = root.get("classes", list)
-    if len(names) < 2 or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
-        raise ManifestError(
-            f"{root.source}: field 'classes' must list at least two distinct, non-empty names, got {names}"
-        )
-    return tuple(names)
-
-
-def _prior_entry(fields: Fields) -> PriorEntry:
-    kind, trained_as = fields.get("kind", str), fields.get("trained_as", str)
-    if kind != PRIOR_KIND or trained_as not in PRIORS_TRAINED:
-        raise ManifestError(
-            f"{fields.source}: prior must have kind {PRIOR_KIND!r} and trained_as one of {PRIORS_TRAINED}, "
-            f"got {kind!r} and {trained_as!r}"
-        )
-    return PriorEntry(
-        kind=kind,
-        trained_as=trained_as,
-        components=fields.positive_int("components"),
-        file=_file_name(fields),
-        sha256=_sha256_field(fields),
-    )
-
-
-def _score_reference(root: Fields) -> Mapping[str, Any]:
-    fields = root.child("score_reference")
-    fields.positive_int("k")
-    fields.number("median")
-    quantiles = fields.child("quantiles")
-    for key in quantiles.data:
-        quantiles.number(key)
-    return fields.data
-
-
-def _tensors(fields: Fields, key: str) -> tuple[TensorInfo, ...]:
-    result = []
-    for i, item in enumerate(fields.get(key, list)):
-        tensor = Fields(item, fields.source, f"{fields.path(key)}[{i}]")
-        shape = tensor.get("shape", list)
-        if not all(is_positive_int(d) or d == BATCH_AXIS for d in shape):
-            raise ManifestError(
-                f"{fields.source}: field {tensor.path('shape')!r} must hold positive integers "
-                f"and {BATCH_AXIS!r}, got {shape}"
-            )
-        result.append(
-            TensorInfo(name=tensor.get("name", str), dtype=tensor.get("dtype", str), shape=tuple(shape))
-        )
-    return tuple(result)
-
-
-def _graph_entry(fields: Fields) -> GraphEntry:
-    return GraphEntry(
-        file=_file_name(fields),
-        sha256=_sha256_field(fields),
-        inputs=_tensors(fields, "inputs"),
-        outputs=_tensors(fields, "outputs"),
-    )
-
-
-def _fp16_entry(fields: Fields) -> Fp16Entry:
-    return Fp16Entry(
-        file=_file_name(fields), sha256=_sha256_field(fields), max_abs_diff=fields.number("max_abs_diff")
-    )
-
-
-def _file_name(fields: Fields) -> str:
-    name: str = fields.get("file", str)
-    # A manifest must not point outside its own version directory.
-    if Path(name).name != name or name in ("", ".", ".."):
-        raise ManifestError(
-            f"{fields.source}: {fields.path('file')!r} must be a plain file name, got {name!r}"
-        )
-    return name
-
-
-def _sha256_field(fields: Fields) -> str:
-    value: str = fields.get("sha256", str)
-    if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise ManifestError(f"{fields.source}: {fields.path('sha256')!r} is not a sha256 hex digest")
-    return value

@@ -34,6 +34,11 @@ class Fields:
             raise ManifestError(f"{self.source}: field {self.path(key)!r} must be {expected}, got {value!r}")
         return value
 
+    def flag(self, key: str) -> bool:
+        if not isinstance(self.data.get(key), bool):
+            raise ManifestError(f"{self.source}: field {self.path(key)!r} must be true or false")
+        return cast(bool, self.data[key])
+
     def child(self, key: str) -> Fields:
         return Fields(self.get(key, dict), self.source, self.path(key))
 

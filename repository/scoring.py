@@ -50,6 +50,11 @@ class Likelihood:
 
 def likelihood_of(manifest: Manifest) -> Likelihood:
     """The model's p(x|z); a Gaussian decoder with a learned scale cannot be scored from its files."""
+    if not manifest.scorable:
+        raise ScoringUnsupported(
+            f"model {manifest.name!r} version {manifest.version} declares no likelihood worth scoring "
+            f"(its decoder gives {manifest.decoder_output!r})"
+        )
     if manifest.likelihood == "bernoulli":
         return Likelihood("bernoulli", LOGITS)
     model: Mapping[str, Any] = manifest.training.get("model", {})

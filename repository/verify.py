@@ -1,6 +1,7 @@
 """`vae verify`: check a repository version against its model.json with onnxruntime alone.
 
 Imports neither torch nor onnx, so the service runs the same checks before it loads a version.
+On a device (`vae verify --device cuda`), the float32 graphs also run there and must match the CPU.
 """
 
 from __future__ import annotations
@@ -12,30 +13,29 @@ from pathlib import Path
 import numpy as np
 
 from repository.comparison import (
+    DEVICE_TOLERANCE,
     FP16_TOLERANCE,
+    TF32_TOLERANCE,
     fp16_differences,
-    label_feeds,
-    probe_images,
+    graph_differences,
     probe_labels,
     probe_latents,
+    probe_size,
 )
-from repository.contract import graph_contract, graph_metadata
+from repository.contract import describe_model, manifest_contract, manifest_metadata
 from repository.errors import ManifestError, VerificationError
 from repository.manifest import (
     GRAPHS,
-    IMAGES,
     LABELS,
     LATENTS,
-    LOGITS,
-    LOGVAR,
-    MU,
-    PROBS,
     Manifest,
     TensorInfo,
     file_sha256,
     read_manifest,
 )
+from repository.placement import CPU, ON_CPU, Placement
 from repository.prior import PriorError, load_prior
+from repository.roundtrip import round_trip_problems, sizes_note
 from repository.runtime import Graph, TensorSpec
 
 VERIFY_BATCH = 8
@@ -77,8 +77,11 @@ class VerifyReport:
             raise VerificationError(f"{self.path} failed verification: {lines}")
 
 
-def verify_version(path: Path, *, intra_op_threads: int = 1) -> VerifyReport:
-    """Every check of docs/export.md on one version directory; never raises for a bad version."""
+def verify_version(path: Path, *, intra_op_threads: int = 1, placement: Placement = ON_CPU) -> VerifyReport:
+    """Every check of docs/export.md on one version directory; never raises for a bad version.
+
+    A `placement` off the CPU adds the check `device`: the float32 graphs there against the CPU's.
+    """
     checks: list[Check] = []
 
     def check(name: str, problems: list[str], ok_message: str) -> bool:
@@ -121,15 +124,41 @@ def verify_version(path: Path, *, intra_op_threads: int = 1) -> VerifyReport:
         return VerifyReport(path, manifest, tuple(checks))  # running mis-shaped graphs proves nothing
 
     encoder, decoder = (graphs[manifest.graphs[g].file] for g in GRAPHS)
-    problems = _guarded(lambda: _end_to_end_problems(encoder, decoder, manifest))
-    check("end-to-end", problems, f"a batch of {VERIFY_BATCH} round-trips")
+    problems = _guarded(lambda: round_trip_problems(encoder, decoder, manifest, VERIFY_BATCH))
+    check("end-to-end", problems, f"a batch of {VERIFY_BATCH} round-trips{sizes_note(manifest)}")
     if manifest.conditional:
         problems = _guarded(lambda: _conditioning_problems(decoder, manifest))
         check("classes", problems, f"each of the {len(manifest.classes)} classes decodes; labels matter")
     if manifest.fp16 is not None:
         problems = _guarded(lambda: _fp16_problems(graphs, manifest))
         check("fp16", problems, f"half-precision graphs within {FP16_TOLERANCE} of float32")
+    if placement.provider != CPU:
+        checks.append(_device_check(path, manifest, graphs, placement))
     return VerifyReport(path, manifest, tuple(checks))
+
+
+def _device_check(path: Path, manifest: Manifest, cpu: Mapping[str, Graph], placement: Placement) -> Check:
+    """The check batch through the float32 graphs on `placement` and on the CPU; the figures either way."""
+    tolerance = TF32_TOLERANCE if placement.tf32 else DEVICE_TOLERANCE
+    found: list[str] = []
+    problems: list[str] = []
+    try:
+        for role in GRAPHS:
+            file = manifest.graphs[role].file
+            graph = Graph(path / file, placement=placement)
+            if graph.provider != placement.provider:  # onnxruntime fell back: nothing to compare
+                problems.append(f"{file} runs on {graph.provider}, not {placement.provider} (docs/gpu.md)")
+                continue
+            differences = graph_differences(cpu[file], graph, manifest, role, tolerance, batch=VERIFY_BATCH)
+            found.append(
+                f"{graph.describe()}: " + ", ".join(f"{d.output} {d.max_abs_diff:.1e}" for d in differences)
+            )
+            problems += [f"{file} {d.output!r} {d.describe('the CPU')}" for d in differences if not d.ok]
+    except Exception as exc:  # onnxruntime raises its own exception types
+        problems.append(f"onnxruntime failed on {placement.provider}: {exc}")
+    precision = "TF32" if placement.tf32 else "exact float32"
+    summary = f"max abs difference from the CPU (allowed {tolerance:g}, {precision}): {'; '.join(found)}"
+    return Check("device", not problems, "; ".join(problems + ([summary] if found else [])))
 
 
 def _prior_problems(path: Path, manifest: Manifest) -> list[str]:
@@ -169,11 +198,7 @@ def _location_problems(path: Path, manifest: Manifest) -> list[str]:
 
 def _contract_problems(manifest: Manifest) -> list[str]:
     problems = []
-    contract = graph_contract(
-        manifest.latent_dim, manifest.image_shape, manifest.likelihood, conditional=manifest.conditional
-    )
-    conditioning = f"{len(manifest.classes)} classes" if manifest.conditional else "no classes"
-    for role, (inputs, outputs) in contract.items():
+    for role, (inputs, outputs) in manifest_contract(manifest).items():
         entry = manifest.graphs[role]
         for kind, declared, expected in (
             ("inputs", entry.inputs, inputs),
@@ -181,9 +206,8 @@ def _contract_problems(manifest: Manifest) -> list[str]:
         ):
             if declared != expected:
                 problems.append(
-                    f"model.json {role} {kind} are {_show(declared)} but latent_dim {manifest.latent_dim}, "
-                    f"image_shape {list(manifest.image_shape)}, likelihood {manifest.likelihood!r} and "
-                    f"{conditioning} require {_show(expected)}"
+                    f"model.json {role} {kind} are {_show(declared)} but {describe_model(manifest)} "
+                    f"require {_show(expected)}"
                 )
     return problems
 
@@ -221,16 +245,7 @@ def _spec_problems(graph: Graph, file: str, manifest: Manifest, role: str) -> li
 
 
 def _metadata_problems(graph: Graph, file: str, manifest: Manifest, role: str) -> list[str]:
-    expected = graph_metadata(
-        name=manifest.name,
-        version=manifest.version,
-        latent_dim=manifest.latent_dim,
-        image_shape=manifest.image_shape,
-        likelihood=manifest.likelihood,
-        pairing_id=manifest.pairing_id,
-        graph=role,
-        classes=manifest.classes,
-    )
+    expected = manifest_metadata(manifest, role)
     problems = []
     for key, value in expected.items():
         found = graph.metadata.get(key)
@@ -240,35 +255,12 @@ def _metadata_problems(graph: Graph, file: str, manifest: Manifest, role: str) -
     return problems
 
 
-def _end_to_end_problems(encoder: Graph, decoder: Graph, manifest: Manifest) -> list[str]:
-    batch, latent = VERIFY_BATCH, manifest.latent_dim
-    image = (batch, *manifest.image_shape)
-    labels = label_feeds(manifest, batch)
-    encoded = encoder.run({IMAGES: probe_images(manifest.image_shape, batch), **labels})
-    decoded = decoder.run({LATENTS: encoded[MU], **labels})
-    expectations: list[tuple[str, np.ndarray, tuple[int, ...], Callable[[np.ndarray], bool], str]] = [
-        (MU, encoded[MU], (batch, latent), _finite, "finite"),
-        (LOGVAR, encoded[LOGVAR], (batch, latent), _finite, "finite"),
-        (PROBS, decoded[PROBS], image, lambda a: bool(((a >= 0) & (a <= 1)).all()), "in [0, 1]"),
-    ]
-    if LOGITS in decoded:
-        expectations.append((LOGITS, decoded[LOGITS], image, _finite, "finite"))
-    problems = []
-    for name, array, shape, ok, wanted in expectations:
-        if array.shape != shape:
-            problems.append(f"{name} has shape {list(array.shape)}, expected {list(shape)}")
-        elif array.dtype != np.float32:
-            problems.append(f"{name} is {array.dtype}, expected float32")
-        elif not ok(array):
-            problems.append(f"{name} is not {wanted}")
-    return problems
-
-
 def _conditioning_problems(decoder: Graph, manifest: Manifest) -> list[str]:
     """One latent decoded under every class: each must run, and the label must change the picture."""
     classes = len(manifest.classes)
-    z = np.repeat(probe_latents(manifest.latent_dim, 1), classes, axis=0)
-    probs = decoder.run({LATENTS: z, LABELS: probe_labels(classes, classes)}, (PROBS,))[PROBS]
+    z = np.repeat(probe_latents(manifest.latent_shape(probe_size(manifest)), 1), classes, axis=0)
+    output = manifest.image_output
+    probs = decoder.run({LATENTS: z, LABELS: probe_labels(classes, classes)}, (output,))[output]
     if not _finite(probs):
         return ["decoding under some class gives NaN or Inf"]
     if np.array_equal(probs.min(axis=0), probs.max(axis=0)):

@@ -143,13 +143,18 @@ class Batcher:
         # loop, and those that queued while it ran.
         self._expected = 1
         self._gathering = False  # the pending timer is a gather, which an arrival may cut short
-        self._enough_items = max_batch_items  # queued items that start a batch at once; see warm_up
+        self.enough_items = max_batch_items  # queued items that start a batch at once; see warm_up
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def queued_items(self) -> int:
         return self._queued
+
+    @property
+    def item_seconds(self) -> float:
+        """Admission's measured cost per item of a full batch (0 before warm_up)."""
+        return self._admission.item_seconds
 
     def admit_work(self, count: int, deadline: float | None, group: ExpiryGroup | None = None) -> None:
         """Refuse now (Expired, QueueFull) work of `count` items that will come in parts, as submit would.
@@ -198,7 +203,7 @@ class Batcher:
             elif self._max_delay_s:
                 if self._timer is None:
                     self._timer = loop.call_later(self._max_delay_s, self._dispatch)
-            elif len(self._queue) >= self._expected or self._queued >= self._enough_items:
+            elif len(self._queue) >= self._expected or self._queued >= self.enough_items:
                 if self._gathering:
                     self._dispatch()
                 elif self._timer is None:
@@ -300,7 +305,7 @@ class Batcher:
         self._expected = len(batch) + len(self._queue)
         if not self._queue:
             self._set_idle()
-        elif self._queued >= self._enough_items:
+        elif self._queued >= self.enough_items:
             self._dispatch()
         else:
             self._gather(asyncio.get_running_loop())
@@ -360,7 +365,7 @@ class Batcher:
         cheapest = min(per_item.values())
         largest = max(per_item)
         self._admission.measured(largest, per_item[largest] * largest)
-        self._enough_items = min(size for size, cost in per_item.items() if cost <= KNEE * cheapest)
+        self.enough_items = min(size for size, cost in per_item.items() if cost <= KNEE * cheapest)
 
     async def close(self) -> None:
         """Refuse new requests, let admitted ones finish, then stop the worker thread."""

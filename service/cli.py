@@ -11,21 +11,29 @@ from wire.caller_flags import add_tls_flags, client_tls, quiet_grpc, rpc_error_l
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service import event_loop, logs
+    from repository.placement import select_placement
+    from repository.runtime import available_providers
+    from service import event_loop, logs, security
     from service.server import create_server
+    from service.sizing import sized
 
     config = ServiceConfig.load(vars(args), os.environ)
     logs.configure(config)
     from service.workers import reserve_port, serve_workers
 
-    # A taken port is refused here, in one line, before any model loads or worker starts.
+    # A taken port or an unreadable file is refused here, in one line, before any log line, model
+    # load or worker start.
     for name in ("port", "metrics_port"):
         reserve_port(config.host, getattr(config, name), name).close()
+    security.check_files(config)
+    # The device decides what auto means (workers, batch limit): chosen once, before any worker starts.
+    placement = select_placement(config.device, available_providers(), tf32=config.cuda_tf32)
+    config = sized(config, placement.provider)
     if config.workers > 1:
         return serve_workers(config)
 
     async def run() -> None:
-        server, _ = create_server(config)
+        server, _ = create_server(config, placement=placement)
         await server.serve()
 
     event_loop.run(run(), config.event_loop)

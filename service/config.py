@@ -19,10 +19,13 @@ from wire.channel import DEFAULT_MAX_MESSAGE_BYTES
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+# A count that follows the device unless set: `auto` (or 0) in flags, variables and fields, resolved
+# once the placement is known (service/sizing.py).
+AUTO = 0
 
 
-def _option(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _option(default: Any, help: str, *, auto: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "auto": auto})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,9 +41,15 @@ class ServiceConfig:
     port: int = _option(50051, "gRPC port (0 picks a free one)")
     metrics_port: int = _option(8000, "Prometheus /metrics HTTP port (0 picks a free one)")
     device: str = _option("auto", "auto, cpu, cuda or cuda:N (auto takes CUDA when onnxruntime offers it)")
-    # onnxruntime sizes its CPU pools to the host, not the container, so the counts are explicit.
+    # TF32 is the CUDA provider's own default, ~1e-3 off the CPU; exact float32 is ~1e-6 (docs/gpu.md).
+    cuda_tf32: bool = _option(
+        False, "on CUDA, let matmuls and convolutions round their inputs to TF32: faster, ~1e-3 off float32"
+    )
     workers: int = _option(
-        1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its own batchers and sessions"
+        AUTO,
+        "server processes sharing the gRPC port (SO_REUSEPORT), each with its own batchers and sessions "
+        "(auto: 1 on CPU; on CUDA one per 4 cores, at most 8)",
+        auto=True,
     )
     # systemd's StartLimitBurst idea: replacing forever would hide a crash loop from the orchestrator.
     worker_restarts: int = _option(
@@ -48,11 +57,16 @@ class ServiceConfig:
         "with --workers, dead workers are replaced; more deaths than this within the window end the service",
     )
     worker_restart_window_seconds: float = _option(60.0, "the window --worker-restarts counts deaths in")
+    # onnxruntime sizes its CPU pools to the host, not the container, so the counts are explicit.
     intra_op_threads: int = _option(1, "onnxruntime threads per graph run (CPU)")
     inter_op_threads: int = _option(1, "onnxruntime threads across independent nodes (CPU)")
     # Spinning threads burn the cores the gRPC event loop needs on a small machine.
     spinning: bool = _option(False, "let onnxruntime's idle CPU threads spin instead of sleeping")
-    max_batch_items: int = _option(256, "items per executed batch at most; larger requests are split")
+    max_batch_items: int = _option(
+        AUTO,
+        "items per executed batch at most; larger requests are split (auto: 256 on CPU, 4096 on CUDA)",
+        auto=True,
+    )
     max_delay_ms: float = _option(
         0.0, "wait at most this long after the first item for more (0: run at once)"
     )
@@ -133,8 +147,11 @@ class ServiceConfig:
             "max_send_message_bytes",
         )
         for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if name in _AUTO_FIELDS and value < 0:
+                raise ValueError(f"{name} must be auto (or 0) or at least 1, got {value}")
+            if name not in _AUTO_FIELDS and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if self.max_queue_items < self.max_batch_items:
             raise ValueError(
                 f"max_queue_items ({self.max_queue_items}) must be at least max_batch_items "
@@ -208,6 +225,11 @@ class ServiceConfig:
         return cls(**values)
 
 
+_AUTO_FIELDS = frozenset(
+    spec.name for spec in dataclasses.fields(ServiceConfig) if spec.metadata.get("auto", False)
+)
+
+
 def config_from_flags(flags: Sequence[str], env: Mapping[str, str]) -> ServiceConfig:
     """The configuration `vae serve FLAGS` would run with, given environment `env`."""
     parser = argparse.ArgumentParser(prog="vae serve")
@@ -219,10 +241,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ServiceConfig field; None means "not given", so VAE_* and defaults still apply."""
     for spec in dataclasses.fields(ServiceConfig):
         kind = type(spec.default)
-        help = f"{spec.metadata['help']} [{env_var(spec.name)}; default {spec.default}]"
+        default = "auto" if spec.metadata.get("auto", False) else spec.default
+        help = f"{spec.metadata['help']} [{env_var(spec.name)}; default {default}]"
         if kind is bool:
             parser.add_argument(
                 flag(spec.name), action=argparse.BooleanOptionalAction, default=None, help=help
+            )
+        elif spec.metadata.get("auto", False):
+            parser.add_argument(
+                flag(spec.name), type=_count_or_auto, default=None, metavar="N|auto", help=help
             )
         else:
             parser.add_argument(
@@ -243,8 +270,23 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _count_or_auto(raw: str) -> int:
+    """A flag's text `auto` as AUTO, else its integer (argparse prints the error with the flag)."""
+    if raw.strip().lower() == "auto":
+        return AUTO
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {raw!r}") from None
+
+
 def _parse(name: str, kind: type[Any], raw: str) -> Any:
     """An environment variable's text as the field's type."""
+    if name in _AUTO_FIELDS:
+        try:
+            return _count_or_auto(raw)
+        except argparse.ArgumentTypeError:
+            raise ValueError(f"{env_var(name)} must be an integer or auto, got {raw!r}") from None
     if kind is bool:
         if raw.strip().lower() in _TRUE | _FALSE:
             return raw.strip().lower() in _TRUE

@@ -37,9 +37,9 @@ def largest_item_bytes(repo: Path) -> int:
         for version in list_versions(repo, name):
             try:
                 manifest = read_manifest(repo / name / str(version))
+                item = 4 * max(math.prod(manifest.image_shape), manifest.latent_dim) + _LABEL_BYTES
             except RepositoryError:
-                continue  # refused when loaded, with the reason
-            item = 4 * max(math.prod(manifest.image_shape), manifest.latent_dim) + _LABEL_BYTES
+                continue  # refused when loaded, with the reason (models of any size: not served yet)
             largest = max(largest, item)
     return largest
 

@@ -143,6 +143,20 @@ async def load_model(
         # One full batch: Score's admission needs its cost per item before its first request.
         await model.scoring.decoder.warm_up(latent, sizes[-1:])
     log.info("loaded %s on %s, warmed batch sizes %s", label, model.provider, sizes)
+    for role, graph, graph_batcher in (
+        ("encoder", encoder, model.encoder),
+        ("decoder", decoder, model.decoder),
+    ):
+        log.info(
+            "%s %s: %s; batches of at most %d items, started at once from %d (the knee), %.3g µs per item "
+            "in a full batch",
+            label,
+            role,
+            graph.describe(),
+            graph_batcher.max_batch_items,
+            graph_batcher.enough_items,
+            graph_batcher.item_seconds * 1e6,
+        )
     return model
 
 

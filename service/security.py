@@ -51,6 +51,13 @@ def server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def check_files(config: ServiceConfig) -> None:
+    """Read every file the settings name: ValueError or OSError, naming it, for one that cannot be used."""
+    server_credentials(config)
+    if config.auth_token_file:
+        read_token(Path(config.auth_token_file))
+
+
 def _read(config: ServiceConfig, name: str) -> bytes:
     return read_file(Path(getattr(config, name)), setting(name))
 

@@ -1,6 +1,7 @@
 """The gRPC server: VaeService, grpc.health.v1 and reflection on one port, Prometheus on another.
 
-Lifecycle: `create_server(config)` binds the port; `start()` begins answering with health
+Lifecycle: `create_server(config)` binds the port (a --workers process binds it once its models are
+loaded); `start()` begins answering with health
 NOT_SERVING; `load_models()` verifies, loads and warms every version, then flips health to SERVING;
 `reload()` (SIGHUP, or every --reload-interval-seconds) loads versions that appeared since;
 `stop()` flips health back, refuses new calls, lets admitted ones finish within the grace period,
@@ -35,6 +36,7 @@ from service.loading import load_new_versions, load_repository
 from service.metrics import Metrics, serve_metrics
 from service.registry import Registry
 from service.servicer import VaeServicer
+from service.sizing import with_batch_limit
 from service.version_watch import VersionWatch
 
 if TYPE_CHECKING:
@@ -79,8 +81,25 @@ def tracing_from(config: ServiceConfig, env: Mapping[str, str]) -> Tracing | Non
 class VaeServer:
     """One server process's gRPC server, models, metrics endpoint and health."""
 
-    def __init__(self, config: ServiceConfig, *, tracing: Tracing | None = None) -> None:
-        """`tracing`: spans go there (tests); by default, where config and OTEL_* variables say."""
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        tracing: Tracing | None = None,
+        placement: Placement | None = None,
+        bind: bool = True,
+    ) -> None:
+        """`tracing`: spans go there (tests); by default, where config and OTEL_* variables say.
+
+        `placement`: where the graphs run, when the caller has chosen it; by default config.device's.
+        `bind`: take the gRPC port now; else listen() takes it. grpc listens as soon as it binds, so a
+        --workers process, which shares its port, binds only once its models are loaded.
+        """
+        self.placement = placement or select_placement(
+            config.device, available_providers(), tf32=config.cuda_tf32
+        )
+        # An auto batch limit follows the device, before anything reads it.
+        config = with_batch_limit(config, self.placement.provider)
         self.config = config
         self.tracing = tracing if tracing is not None else tracing_from(config, os.environ)
         self.metrics = Metrics()
@@ -116,6 +135,18 @@ class VaeServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc
         )
+        self.port = 0
+        if bind:
+            self._bind()
+        self.metrics_port = 0
+        self._http: WSGIServer | None = None
+        self._stopping = False
+        self._loaded = False
+        self._loading = asyncio.Lock()  # one look at the repository at a time
+        self._tasks: set[asyncio.Task[None]] = set()  # reloads and polling, kept until done
+
+    def _bind(self) -> None:
+        config = self.config
         address = f"{config.host}:{config.port}"
         credentials = security.server_credentials(config)
         try:
@@ -131,36 +162,40 @@ class VaeServer:
             if credentials is not None:
                 fix += f", {setting('tls_cert')} and {setting('tls_key')} (valid PEM, a matching pair)"
             raise ValueError(f"cannot listen on {address} (the port may be in use); {fix}")
-        self.metrics_port = 0
-        self._http: WSGIServer | None = None
-        self._stopping = False
-        self._placement: Placement | None = None
-        self._loading = asyncio.Lock()  # one look at the repository at a time
-        self._tasks: set[asyncio.Task[None]] = set()  # reloads and polling, kept until done
 
-    async def start(self) -> None:
-        """Answer from now on: health NOT_SERVING, RPCs UNAVAILABLE until load_models() is done."""
+    async def start(self, *, listen: bool = True) -> None:
+        """Answer from now on: health NOT_SERVING, RPCs UNAVAILABLE until load_models() is done.
+
+        listen=False opens only the metrics port; listen() opens the gRPC port later.
+        """
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._http = serve_metrics(self.config.metrics_port, self.config.host, self.metrics.registry)
         self.metrics_port = self._http.server_port
+        if listen:
+            await self.listen()
+
+    async def listen(self) -> None:
+        """Answer on the gRPC port: from now on the kernel hands it connections."""
+        if not self.port:
+            self._bind()
         await self.grpc.start()
         log.info(
-            "gRPC on port %d, metrics on port %d; requests up to %d bytes, answers up to %d; loading models",
+            "gRPC on port %d, metrics on port %d; requests up to %d bytes, answers up to %d%s",
             self.port,
             self.metrics_port,
             self.receive_limit,
             self.config.max_send_message_bytes,
+            "" if self._loaded else "; loading models",
         )
 
     async def load_models(self) -> None:
         """Verify, load and warm every version in the repository, then report SERVING."""
-        placement = select_placement(self.config.device, available_providers())
         async with self._loading:
             await load_repository(
-                self.registry, self.watch, self.config, placement, self.metrics, self.tracing
+                self.registry, self.watch, self.config, self.placement, self.metrics, self.tracing
             )
-            self._placement = placement
+            self._loaded = True
         if not self._stopping:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info(
@@ -170,12 +205,12 @@ class VaeServer:
 
     async def reload(self) -> None:
         """Load, warm and switch to versions that appeared in the repository; the old ones keep serving."""
-        if self._placement is None or self._stopping:
+        if not self._loaded or self._stopping:
             return  # the first load is still under way, or the server is going away
         async with self._loading:
             try:
                 loaded = await load_new_versions(
-                    self.registry, self.watch, self.config, self._placement, self.metrics, self.tracing
+                    self.registry, self.watch, self.config, self.placement, self.metrics, self.tracing
                 )
             except RepositoryError as exc:
                 log.error("reload failed; still serving what was loaded: %s", exc)
@@ -219,10 +254,13 @@ class VaeServer:
         while time.monotonic() < linger and time.perf_counter() - self.drain.last_arrival < DRAIN_QUIET_S:
             await asyncio.sleep(0.01)
 
-    async def serve(self, on_started: Callable[[VaeServer], None] | None = None) -> None:
+    async def serve(self, on_serving: Callable[[VaeServer], None] | None = None) -> None:
         """start, load_models, and run until SIGTERM or SIGINT; then stop gracefully.
 
-        `on_started` runs once the ports answer (a worker tells its supervisor its metrics port).
+        With `on_serving` (a --workers process, which then tells its supervisor its metrics port),
+        the gRPC port opens only once the models are loaded: the kernel spreads a shared port's
+        connections over the processes listening on it, and must not hand one to a worker that
+        would answer UNAVAILABLE while it loads (a replacement joining, or any worker at start).
         """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -230,15 +268,16 @@ class VaeServer:
             loop.add_signal_handler(signum, stop.set)
         # Installed at once: SIGHUP's default action would end the process.
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
-        await self.start()
-        if on_started is not None:
-            on_started(self)
+        await self.start(listen=on_serving is None)
         loading = asyncio.ensure_future(self.load_models())
         stopped = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait((loading, stopped), return_when=asyncio.FIRST_COMPLETED)
             if loading.done():
                 loading.result()  # a model that failed to load ends the process here
+                if on_serving is not None:
+                    await self.listen()
+                    on_serving(self)
                 if self.config.reload_interval_seconds:
                     self._spawn(self._poll())
                 await stopped
@@ -254,7 +293,13 @@ class VaeServer:
             await self.health.set(name, status)
 
 
-def create_server(config: ServiceConfig, *, tracing: Tracing | None = None) -> tuple[VaeServer, int]:
-    """A server bound to config.port (0 picks a free one) and that port; call within the event loop."""
-    server = VaeServer(config, tracing=tracing)
+def create_server(
+    config: ServiceConfig,
+    *,
+    tracing: Tracing | None = None,
+    placement: Placement | None = None,
+    bind: bool = True,
+) -> tuple[VaeServer, int]:
+    """A server bound to config.port (0 picks a free one), and that port (0: not bound); call in the loop."""
+    server = VaeServer(config, tracing=tracing, placement=placement, bind=bind)
     return server, server.port

@@ -101,13 +101,13 @@ def _worker(config: ServiceConfig, index: int, ready: Connection, supervisor: in
 
     logs.configure(config, worker=index)
 
-    def started(server: VaeServer) -> None:
+    def serving(server: VaeServer) -> None:
         ready.send(server.metrics_port)
         ready.close()
 
     async def run() -> None:
-        server, _ = create_server(config)
-        await server.serve(on_started=started)
+        server, _ = create_server(config, bind=False)
+        await server.serve(on_serving=serving)
 
     event_loop.run(run(), config.event_loop)
 

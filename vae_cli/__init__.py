@@ -18,7 +18,14 @@ from typing import Any
 
 from repository.errors import VaeError
 
-SUBCOMMAND_MODULES = ("training.cli", "export.cli", "service.cli", "client.cli", "benchmarks.cli")
+SUBCOMMAND_MODULES = (
+    "training.cli",
+    "export.cli",
+    "export.import_cli",
+    "service.cli",
+    "client.cli",
+    "benchmarks.cli",
+)
 # The pyproject.toml extra that installs each dependency a subcommand may find missing.
 EXTRA_OF = {
     "torch": "train",
@@ -27,6 +34,9 @@ EXTRA_OF = {
     "onnxconverter_common": "train",
     "tensorboard": "train",
     "tqdm": "train",
+    "diffusers": "diffusers",
+    "safetensors": "diffusers",
+    "huggingface_hub": "diffusers",
     "onnxruntime": "serve",
     "grpc": "serve",
     "grpc_health": "serve",

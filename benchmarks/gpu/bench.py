@@ -57,13 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision-batches", type=int, nargs="+", default=[256, 4096], help="batches timed per TF32 setting"
     )
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4], help="worker counts to serve with")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        nargs="+",
+        default=[1, "auto"],
+        help="worker counts to serve with, or auto",
+    )
     parser.add_argument(
         "--loads", nargs="+", choices=list(service.LOADS_BY_NAME), default=list(service.LOADS_BY_NAME)
     )
     parser.add_argument("--load-s", type=float, default=1.5, help="measured seconds per load")
     parser.add_argument("--load-warmup-s", type=float, default=0.5, help="warm-up seconds per load")
     return parser
+
+
+def _workers(text: str) -> int | str:
+    """A --workers value as `vae serve` takes it: a count, or auto."""
+    return "auto" if text == "auto" else int(text)
 
 
 def main(argv: list[str] | None = None) -> int:

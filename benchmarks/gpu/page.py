@@ -6,7 +6,7 @@ import textwrap
 from typing import Any
 
 from benchmarks.gpu.inprocess import GRAPH_METHODS, METHODS, PLAIN, RESIDENT
-from benchmarks.gpu.service import LOADS_BY_NAME, cell
+from benchmarks.gpu.service import LOADS, LOADS_BY_NAME, cell, workers
 
 INTRO = """# GPU serving
 
@@ -74,7 +74,48 @@ PRECISION_BASELINE = (
     "TF32 (the CUDA provider's default) rounds the inputs of matmuls and convolutions to a 10-bit "
     "mantissa: on the baseline's H200 that put CUDA ~1.5e-3 off the CPU; with `use_tf32=0` it is "
     "within ~1e-6, and the difference in speed showed only at large batches (0.69x decoder, 0.84x "
-    "encoder at 4,096). The service therefore runs exact float32 unless asked (`Placement.tf32`)."
+    "encoder at 4,096). The service therefore runs exact float32 unless asked: `vae serve --cuda-tf32` "
+    "(`VAE_CUDA_TF32=1`) trades 1.2–1.45x at 4,096 items for outputs ~1.5e-3 off, under one grey "
+    "level of an 8-bit image (1/255) but 15 times export's parity bound (1e-4). The startup log says per "
+    "graph which it runs (`TF32 off`). `vae verify VERSION --device cuda` runs the version's check "
+    "batch through both graphs on CUDA and on the CPU and fails past 1e-4 (exact float32; logits "
+    "relative to their scale, as export's parity), printing the difference; with `--cuda-tf32` the "
+    "bound is 1e-2, float16's, since TF32 keeps float16's 10-bit mantissa. On the H200 host with this "
+    "code (2026-12-04), `vae verify models/mnist/2 --device cuda` found mu 2.3e-6, logvar 1.3e-6, probs "
+    "6.0e-7 and logits 1.9e-5 off the CPU, and with `--cuda-tf32` 1.0e-3, 6.6e-4, 8.2e-4 and 5.8e-3."
+)
+BATCHING = (
+    "`--max-batch-items auto`, the default, is 256 on the CPU and 4,096 on CUDA. On the CPU the cost "
+    "per item is flat from a few dozen items up (the baseline's 16 threads: 17–18k items/s from 64 to "
+    "4,096; 2 cores: [benchmarks.md](benchmarks.md)), so a larger batch only makes callers wait. The "
+    "baseline's plain CUDA run went from 0.86M items/s at 256 to 1.95M at 4,096 and 2.10M at 16,384: "
+    "4,096 takes most of the gain at a quarter of the largest batch. The warm-up times every power of "
+    "two up to the limit, and the batcher starts a batch at once from its knee (the smallest size "
+    "within 5% of the cheapest cost per item), so small loads do not wait for company. The startup "
+    "log says per graph its provider, precision, batch limit, knee and measured cost per item of a "
+    "full batch: admission (`service/admission.py`) turns that cost into the wait ahead of a request, "
+    "against its deadline and `--max-queue-delay-ms`; the item bound, 65,536 queued items, is a memory "
+    "backstop that must hold one batch."
+)
+WORKERS = (
+    "`--workers auto`, the default, is 1 on the CPU and, on CUDA, one per 4 usable cores (its CPU "
+    "affinity, or its cgroup's CPU quota where lower), at most 8: 4 on the baseline's 16 cores. One "
+    "grpc.aio process answered at most ~4.5k small calls/s there, on CUDA as on the CPU: its event "
+    "loop is the wall, not the device. Four independent workers, each with its own sessions and CUDA "
+    "context, answered 2.6x as many Decode calls (11,600/s) and 2.6x the Sample n=256 items/s (32 "
+    "callers against 16), with the load generator on the same cores. Each worker runs an event loop, "
+    "grpc's threads and a thread per batcher: 4 cores each is the measured configuration, scaled with "
+    "the host. The same H200 host with this code (2026-12-04, `python3 -m benchmarks.gpu --sections "
+    "service --workers 1 auto 8`, 3 s per load after 1 s, the load generator's 4 processes on the same "
+    "16 cores): Decode 1 latent x 64 callers 3,900 calls/s with 1 worker, 10,744 with auto (4), 4,774 "
+    "with 8; Sample n=256 uint8 x 16 callers 228k, 546k and 483k items/s; Decode 1,024 latents x 8 "
+    "callers refused none of 452, 682 and 692 calls. An earlier run of 2 s per load gave 3,860 and "
+    "5,360 Decode calls/s for 1 and auto: windows this short vary. Eight workers ran slower than four on "
+    "these 16 cores shared with the clients; the cap of 8 also bounds the CUDA contexts and the copies "
+    "of every version that each worker holds. On the CPU the workers' sessions would take the cores "
+    "their front ends need, so auto stays 1 there. Front ends feeding one device executor over shared "
+    "memory (batches across all callers, one CUDA context) are not built: auto rests on the independent "
+    "workers' measured gain, and this page's service table measures 1 against auto."
 )
 
 
@@ -94,11 +135,16 @@ def _findings(document: dict[str, Any] | None) -> str:
     sweep, parity = sections.get("sweep", {}), sections.get("parity", {})
     data_path = _data_path_text(sweep) if sweep.get("status") == "ok" else None
     precision = _precision_text(parity) if parity.get("status") == "ok" else None
+    serving = sections.get("service", {})
+    scaling = _workers_text(serving) if serving.get("status") == "ok" else None
     paragraphs = [
         "**Data path.** " + DATA_PATH_BASELINE,
         *([f"Measured below: {data_path}"] if data_path else []),
         "**Precision.** " + PRECISION_BASELINE,
         *([f"Measured below: {precision}"] if precision else []),
+        "**Batch limit.** " + BATCHING,
+        "**Workers.** " + WORKERS,
+        *([f"Measured below: {scaling}"] if scaling else []),
     ]
     return "\n\n".join(["## Findings", *(textwrap.fill(text, 100) for text in paragraphs)])
 
@@ -145,6 +191,21 @@ def _precision_text(parity: dict[str, Any]) -> str:
         f"max abs difference from the CPU at {parity['batch']} items: {diffs}. TF32 off against on, "
         f"items/s of `Graph.run`: {speed}."
     )
+
+
+def _workers_text(service: dict[str, Any]) -> str | None:
+    """`auto` workers against one, per load whose figure is a rate; None without both configurations."""
+    by_count = {c["workers"]: c["loads"] for c in service["configs"] if "started_s" in c}
+    auto = next((c for c in service["configs"] if c["workers"] == "auto"), None)
+    if 1 not in by_count or auto is None or "auto" not in by_count:
+        return None
+    ratios = []
+    for load in LOADS:
+        key = {"calls": "requests_per_s", "items": "items_per_s"}.get(load.figure)
+        one, many = by_count[1].get(load.name, {}), by_count["auto"].get(load.name, {})
+        if key and one.get(key) and many.get(key):
+            ratios.append(f"{load.title} {many[key] / one[key]:.2f}x")
+    return f"`--workers {workers(auto)}` against 1: " + ("; ".join(ratios) or "no load ran in both") + "."
 
 
 def _measured(document: dict[str, Any]) -> str:
@@ -237,7 +298,7 @@ def _parity(parity: dict[str, Any]) -> str:
 
 def _service(service: dict[str, Any]) -> str:
     configs = service["configs"]
-    header = " | ".join(f"{service['device']}, {c['workers']} worker(s)" for c in configs)
+    header = " | ".join(f"{service['device']}, {workers(c)} worker(s)" for c in configs)
     rows = [
         f"### The service (`vae serve --device {service['device']}`; each load "
         f"{service['seconds_per_load']} s after {service['warmup']} s of warm-up)",
@@ -254,7 +315,7 @@ def _service(service: dict[str, Any]) -> str:
             row.append(cell(load, record) if record else f"not run ({_brief(failed)})" if failed else "—")
         rows.append(f"| {load.title} | " + " | ".join(row) + " |")
     notes = [
-        f"- {c['workers']} worker(s): "
+        f"- {workers(c)} worker(s): "
         + (
             f"serving {c['started_s']:.1f} s after start; {c['plugin_ep_log_lines']} plugin-EP log lines"
             if "started_s" in c

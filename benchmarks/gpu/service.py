@@ -1,4 +1,4 @@
-"""The service under issue 29's loads: `vae serve --device D` with 1 and N workers, under `vae bench`'s load.
+"""The service under issue 29's loads: `vae serve --device D`, 1 and `auto` workers, under `vae bench`.
 
 Each configuration is one server process, started on free loopback ports, loaded with every load in
 turn (a short warm-up, then a measured window), and stopped. A load that would end after the
@@ -8,6 +8,7 @@ deadline is recorded as skipped.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +23,9 @@ START_ALLOWANCE_S = 20.0
 LOAD_OVERHEAD_S = 2.0
 PLUGIN_EP_LINE = "No registered plugin EP device found"
 # Server log lines worth keeping in the record: what loaded where, and anything gone wrong.
-NOTABLE = ("loaded ", "WARNING", "ERROR", "[W:", "[E:")
+NOTABLE = ("loaded ", "auto: ", "WARNING", "ERROR", "[W:", "[E:")
+# What `--workers auto` became (service/sizing.py logs it).
+AUTO_WORKERS_LINE = re.compile(r"workers auto: (\d+) on ")
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ def measure(
     repo: Path,
     model: str,
     device: str,
-    workers: Sequence[int],
+    workers: Sequence[int | str],
     loads: Sequence[Load],
     *,
     seconds: float,
@@ -141,9 +144,17 @@ def _serve(
         server.stop()
         text = log.read_text(errors="replace")
         config["plugin_ep_log_lines"] = text.count(PLUGIN_EP_LINE)
+        if count == "auto" and (auto := AUTO_WORKERS_LINE.search(text)):
+            config["auto_workers"] = int(auto[1])
         config["notable_log_lines"] = [line for line in text.splitlines() if any(w in line for w in NOTABLE)][
             :40
         ]
+
+
+def workers(config: dict[str, Any]) -> str:
+    """A configuration's worker count as asked, and what `auto` became: "1", "auto (4)"."""
+    auto = config.get("auto_workers")
+    return f"{config['workers']}" + (f" ({auto})" if auto is not None else "")
 
 
 def cell(load: Load, record: dict[str, Any]) -> str:

@@ -147,11 +147,13 @@ def _alive(pid: int) -> bool:
 
 def _sample_calls(server: ServerProcess, calls: int) -> None:
     for seed in range(calls):
-        # A new connection each, so both workers get some; with the clients' retry policy, as a
-        # connection the kernel handed to a worker just killed is reset, and a client tries again.
-        options = channel_options(DEFAULT_MAX_MESSAGE_BYTES)
+        # A new connection each (grpc otherwise shares one between channels to the same address,
+        # and a connection to the worker just killed is reset), so both workers get some.
+        options = [*channel_options(DEFAULT_MAX_MESSAGE_BYTES), ("grpc.use_local_subchannel_pool", 1)]
         with grpc.insecure_channel(server.target, options=options) as channel:
-            vae_pb2_grpc.VaeServiceStub(channel).Sample(pb.SampleRequest(n=1, seed=seed), timeout=30)
+            # wait_for_ready: a connection reset as a replacement opens the port is tried again.
+            stub = vae_pb2_grpc.VaeServiceStub(channel)
+            stub.Sample(pb.SampleRequest(n=1, seed=seed), timeout=30, wait_for_ready=True)
 
 
 def test_a_killed_worker_is_replaced_and_its_counts_stay_in_the_sums(tiny_model_repo: Path) -> None:

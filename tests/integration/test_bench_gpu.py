@@ -15,7 +15,7 @@ def test_every_section_reports_numbers(tmp_path: Path) -> None:
         [
             *("--device", "cpu", "--out", str(tmp_path), "--budget-s", "120"),
             *("--batches", "1", "8", "--cell-s", "0.01", "--precision-batches", "8"),
-            *("--workers", "1", "2", "--loads", *loads, "--load-s", "0.5", "--load-warmup-s", "0.1"),
+            *("--workers", "1", "auto", "--loads", *loads, "--load-s", "0.5", "--load-warmup-s", "0.1"),
         ]
     )
     sections = json.loads((tmp_path / "gpu.json").read_text())["sections"]
@@ -37,7 +37,8 @@ def test_every_section_reports_numbers(tmp_path: Path) -> None:
     assert counts["skipped"] > 0 and counts["failed"] == counts["errors"] == 0, sections["tests"]  # no CUDA
 
     configs = sections["service"]["configs"]
-    assert [c["workers"] for c in configs] == [1, 2]
+    assert [c["workers"] for c in configs] == [1, "auto"]
+    assert configs[1]["auto_workers"] == 1  # auto on the CPU
     for config in configs:
         assert config["started_s"] > 0 and config["plugin_ep_log_lines"] == 0
         assert set(config["loads"]) == set(loads)
@@ -50,4 +51,6 @@ def test_every_section_reports_numbers(tmp_path: Path) -> None:
     page = (tmp_path / "gpu.md").read_text()
     assert "## Measured" in page and "## Baseline (2026-12-04" in page
     assert "| graph-plain |" in page and "| Decode 1 latent, 64 callers |" in page
+    assert "| cpu, 1 worker(s) | cpu, auto (1) worker(s) |" in page
+    assert "Measured below: `--workers auto (1)` against 1: Decode 1 latent, 64 callers " in page
     assert "Measured below: `Graph.run` against a bare `session.run`" in page

@@ -1,4 +1,5 @@
-"""The CUDA path on a real device: parity per TF32 setting, Graph's data paths, quiet logs, the service.
+"""The CUDA path on a real device: parity per TF32 setting, Graph's data paths, quiet logs, `vae verify
+--device cuda`, the service and its startup lines.
 
 Skipped, with the reason, where onnxruntime offers no CUDAExecutionProvider; `make bench-gpu` runs
 these and reports their counts.
@@ -6,6 +7,7 @@ these and reports their counts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ from helpers.servers import spawn_server
 from repository.manifest import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, PROBS, read_manifest
 from repository.placement import CPU, CUDA, Placement
 from repository.runtime import DATA_PATHS, Graph, available_providers
+from service.sizing import CUDA_BATCH_ITEMS, auto_workers, usable_cores
+from vae_cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = ROOT / "models" / "mnist" / "2"
@@ -75,6 +79,22 @@ def test_a_cuda_session_does_not_log_the_plugin_ep_lookup(capfd: pytest.CaptureF
     assert "No registered plugin EP device found" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize(("tf32", "bound"), [(False, EXACT), (True, TF32_BOUND)])
+def test_vae_verify_on_cuda_reports_its_difference_from_the_cpu(
+    tf32: bool, bound: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", str(VERSION), "--device", "cuda", *(["--cuda-tf32"] if tf32 else [])]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if " device: " in line]
+    precision = "TF32" if tf32 else "exact float32"
+    assert line.startswith(
+        f"ok    device: max abs difference from the CPU (allowed {bound:g}, {precision}): "
+    )
+    assert line.count(f"on {CUDA} device 0, float32, TF32 {'on' if tf32 else 'off'}") == 2
+    # logits are bounded relative to their scale (repository/comparison.py); the others absolutely.
+    figures = [float(f) for f in re.findall(r"\b(?:mu|logvar|probs) (\S+?)(?:,|;|$)", line)]
+    assert len(figures) == 3 and max(figures) <= bound, line
+
+
 def test_the_service_on_cuda_answers_decode() -> None:
     from benchmarks import workloads
 
@@ -88,3 +108,19 @@ def test_the_service_on_cuda_answers_decode() -> None:
     log = server.log_text()
     assert f"on {CUDA}" in log
     assert "No registered plugin EP device found" not in log
+    # auto under --device cuda: workers by the cores, the batch limit by the device, exact float32.
+    assert f"workers auto: {auto_workers(CUDA, usable_cores())} on {CUDA}" in log
+    for role in GRAPHS:
+        assert (
+            f"mnist/2 {role}: {role}.onnx on {CUDA} device 0, float32, TF32 off; "
+            f"batches of at most {CUDA_BATCH_ITEMS} items"
+        ) in log
+
+
+def test_the_service_runs_tf32_when_asked() -> None:
+    server = spawn_server(ROOT / "models", "--device", "cuda", "--cuda-tf32", "--workers", "1", model="mnist")
+    try:
+        server.wait_serving()
+    finally:
+        server.stop()
+    assert f"mnist/2 decoder: decoder.onnx on {CUDA} device 0, float32, TF32 on;" in server.log_text()

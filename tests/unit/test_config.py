@@ -11,7 +11,7 @@ import pytest
 
 from service import event_loop
 from service.cli import register
-from service.config import ServiceConfig, config_from_flags
+from service.config import AUTO, ServiceConfig, config_from_flags
 
 
 def serve_args(*argv: str) -> dict[str, object]:
@@ -54,7 +54,9 @@ def test_every_field_has_a_flag() -> None:
         ({"VAE_SPINNING": "maybe"}, "VAE_SPINNING must be one of 1/0, true/false"),
         ({"VAE_PORT": "70000"}, "port must be in 0..65535"),
         ({"VAE_DEVICE": "tpu"}, "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
-        ({"VAE_MAX_BATCH_ITEMS": "0"}, "max_batch_items must be at least 1, got 0"),
+        ({"VAE_MAX_BATCH_ITEMS": "-1"}, "max_batch_items must be auto (or 0) or at least 1, got -1"),
+        ({"VAE_WORKERS": "many"}, "VAE_WORKERS must be an integer or auto, got 'many'"),
+        ({"VAE_MAX_REQUEST_ITEMS": "0"}, "max_request_items must be at least 1, got 0"),
         (
             {"VAE_MAX_QUEUE_ITEMS": "8", "VAE_MAX_BATCH_ITEMS": "16"},
             "max_queue_items (8) must be at least max_batch_items",
@@ -118,3 +120,37 @@ def test_wrong_types_are_rejected_naming_the_field_and_the_type(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         ServiceConfig(**values)  # type: ignore[arg-type]
+
+
+def test_workers_and_batch_limit_take_auto_from_flags_and_environment() -> None:
+    assert (ServiceConfig().workers, ServiceConfig().max_batch_items) == (AUTO, AUTO)  # the defaults
+    config = ServiceConfig.load(serve_args("--workers", "auto"), {"VAE_MAX_BATCH_ITEMS": "Auto"})
+    assert (config.workers, config.max_batch_items) == (AUTO, AUTO)
+    config = ServiceConfig.load(
+        serve_args("--workers", "2"), {"VAE_WORKERS": "auto", "VAE_MAX_BATCH_ITEMS": "64"}
+    )
+    assert (config.workers, config.max_batch_items) == (2, 64)  # a number still parses, the flag still wins
+    assert ServiceConfig.load({}, {"VAE_WORKERS": "auto"}).workers == AUTO
+
+
+def test_a_count_that_is_neither_a_number_nor_auto_is_refused_by_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        serve_args("--workers", "many")
+    assert "--workers: expected an integer or auto, got 'many'" in capsys.readouterr().err
+
+
+def test_help_shows_auto_defaults_and_the_tf32_switch(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        serve_args("--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--workers N|auto" in text and "[VAE_WORKERS; default auto]" in text
+    assert "[VAE_MAX_BATCH_ITEMS; default auto]" in text and "(auto: 256 on CPU, 4096 on CUDA)" in text
+    assert "--cuda-tf32, --no-cuda-tf32" in text and "[VAE_CUDA_TF32; default False]" in text
+
+
+def test_cuda_tf32_is_off_unless_asked() -> None:
+    assert ServiceConfig().cuda_tf32 is False
+    assert ServiceConfig.load(serve_args("--cuda-tf32"), {}).cuda_tf32 is True
+    assert ServiceConfig.load({}, {"VAE_CUDA_TF32": "1"}).cuda_tf32 is True

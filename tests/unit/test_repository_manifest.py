@@ -20,6 +20,7 @@ from repository.manifest import (
     file_sha256,
     parse_manifest,
     read_manifest,
+    v1_specs,
     write_manifest,
 )
 
@@ -34,9 +35,7 @@ def _manifest(**changes: Any) -> Manifest:
         name="toy",
         version=3,
         created="2025-01-02T03:04:05Z",
-        latent_dim=4,
-        image_shape=(1, 8, 8),
-        likelihood="bernoulli",
+        **v1_specs(4, (1, 8, 8), "bernoulli"),
         opset=18,
         pairing_id="0" * 32,
         graphs=graphs,
@@ -165,7 +164,7 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("format_version", 2, "format_version is 2; this build reads 1"),
+        ("format_version", 3, "format_version is 3; this build reads 1 and 2"),
         ("version", _DELETE, "missing field 'version'"),
         ("version", 0, "field 'version' must be positive"),
         ("latent_dim", True, "field 'latent_dim' must be int, got True"),

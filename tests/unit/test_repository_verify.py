@@ -13,6 +13,8 @@ import pytest
 
 from repository.errors import VerificationError
 from repository.manifest import file_sha256
+from repository.placement import CUDA, Placement
+from repository.runtime import available_providers
 from repository.verify import verify_version
 from vae_cli import main
 
@@ -187,3 +189,38 @@ def test_vae_verify_command(version: Path, capsys: pytest.CaptureFixture[str]) -
 
     assert main(["verify", str(version.parent / "9")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+NO_CUDA = pytest.mark.skipif(CUDA in available_providers(), reason="tests the machine without CUDA")
+
+
+@NO_CUDA
+def test_vae_verify_on_cuda_without_cuda_says_which_extra_to_install(
+    version: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", str(version), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("vae verify: error: device cuda needs onnxruntime's CUDAExecutionProvider")
+    assert "install the gpu extra (onnxruntime-gpu) or use --device cpu" in err
+
+
+def test_vae_verify_on_the_cpu_is_what_it_was(version: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(version), "--device", "cpu"]) == 0
+    checks = [line.split()[1].rstrip(":") for line in capsys.readouterr().out.splitlines()[:-1]]
+    assert checks == ALL_CHECKS  # no device check
+    assert main(["verify", str(version), "--cuda-tf32"]) == 2
+    assert "--cuda-tf32 applies to --device cuda or cuda:N only" in capsys.readouterr().err
+
+
+@NO_CUDA
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_a_device_that_falls_back_to_the_cpu_fails_the_device_check(version: Path) -> None:
+    # onnxruntime runs a session on the CPU when CUDA cannot start: comparing that with the CPU
+    # would pass with a difference of 0 and prove nothing.
+    report = verify_version(version, placement=Placement(CUDA))
+    assert [c.name for c in report.failures] == ["device"]
+    assert report.failures[0].message == (
+        "encoder.onnx runs on CPUExecutionProvider, not CUDAExecutionProvider (docs/gpu.md); "
+        "decoder.onnx runs on CPUExecutionProvider, not CUDAExecutionProvider (docs/gpu.md)"
+    )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from repository.manifest import LOGITS, PROBS, Manifest
+from repository.manifest import LOGITS, PROBS, Manifest, v1_specs
 from repository.prior import GaussianMixture, Prior, StandardNormal
 from repository.scoring import Likelihood, Scorer, ScoringUnsupported, likelihood_of
 from training.losses import log_likelihood
@@ -25,9 +25,7 @@ def _manifest(likelihood: str, learned_scale: bool) -> Manifest:
         name="toy",
         version=1,
         created="2025-01-02T03:04:05Z",
-        latent_dim=D,
-        image_shape=IMAGE,
-        likelihood=likelihood,
+        **v1_specs(D, IMAGE, likelihood),
         opset=18,
         pairing_id="0" * 32,
         graphs={},  # not read by likelihood_of
