@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from service.batch_types import Items
 from service.batcher import Batcher
@@ -35,8 +35,16 @@ DRAINING = "the server is shutting down; retry on another replica"
 # A client's deadline passes on its own clock before the server's (the request's transit), and it
 # then cancels the call: a cancellation this close to the deadline is the deadline's.
 DEADLINE_SLACK_S = 0.05
-Handler = Callable[[Any, "Call"], Awaitable[Message]]
-StreamHandler = Callable[[Any, "Call"], AsyncIterator[Message]]
+
+
+class Response(Protocol):
+    """What a handler answers: a message, or service/codec.py's Reply, which writes its tensors itself."""
+
+    def SerializeToString(self) -> bytes: ...  # protobuf's name
+
+
+Handler = Callable[[Any, "Call"], Awaitable[Response]]
+StreamHandler = Callable[[Any, "Call"], AsyncIterator[Response]]
 
 
 class Drain:

@@ -45,8 +45,8 @@ class Trimmer:
 
     def _start(self) -> None:
         self._pending = False
-        # A failed call's exception, its traceback and the frames holding the request are a cycle:
-        # young, and cheap to collect now rather than at the collector's next full pass.
-        gc.collect(1)
+        # A failed call's exception, its traceback and the frames holding the request are a cycle,
+        # which only the collector frees; a long call's may have aged into the oldest generation.
+        gc.collect()
         if self._trim is not None:
             asyncio.get_running_loop().run_in_executor(None, self._trim, 0)

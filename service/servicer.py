@@ -1,9 +1,9 @@
 """The vae.v1.VaeService RPCs: validate at the edge, batch through the model's graphs, answer.
 
 Each method is request -> checked arrays -> batcher(s) -> response; service/calls.py wraps it with
-parsing, admission, status mapping, metrics and trailers. Responses are built in place: each array
-is copied once, into the message. A conditional model's items go to its batchers Labelled, each with
-its class, which the batcher keeps with its item through any batch.
+parsing, admission, status mapping, metrics and trailers. Each response array is copied once, into
+the bytes sent (service/codec.py's Reply). A conditional model's items go to its batchers Labelled,
+each with its class, which the batcher keeps with its item through any batch.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from service import codec, latents
 from service.batch_types import Items, labelled
 from service.batcher import Batcher
 from service.calls import Call, Calls, Handler, StreamHandler
+from service.codec import Reply
 from service.config import ServiceConfig
 from service.errors import FailedPrecondition, InvalidArgument
 from service.metrics import Metrics
@@ -62,7 +63,7 @@ class VaeServicer:
 
     # --- handlers: request -> checked arrays -> batches -> response ------------------------------
 
-    async def _encode(self, request: pb.EncodeRequest, call: Call) -> pb.EncodeResponse:
+    async def _encode(self, request: pb.EncodeRequest, call: Call) -> Reply[pb.EncodeResponse]:
         model = self._registry.resolve(request.model)
         images = codec.images(request.images, model.image_shape, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, len(images))
@@ -70,15 +71,15 @@ class VaeServicer:
         self._check_size(len(images) * (2 + k) * model.latent_dim * 4)
         mu, logvar = await call.run(model.encoder, labelled(images, y))
         call.items = len(images)
-        response = pb.EncodeResponse(model=model.ref)
-        tensors.put(response.mu, mu)
-        tensors.put(response.logvar, logvar)
+        response = Reply(pb.EncodeResponse(model=model.ref))
+        response.put("mu", mu)
+        response.put("logvar", logvar)
         if k:
             rng = latents.stream(_seed(request), self._rng)
-            tensors.put(response.z, latents.posterior(rng, mu, logvar, k))
+            response.put("z", latents.posterior(rng, mu, logvar, k))
         return response
 
-    async def _decode(self, request: pb.DecodeRequest, call: Call) -> pb.DecodeResponse:
+    async def _decode(self, request: pb.DecodeRequest, call: Call) -> Reply[pb.DecodeResponse]:
         model = self._registry.resolve(request.model)
         z = codec.latents(request.latents, model.latent_dim, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, len(z))
@@ -86,11 +87,11 @@ class VaeServicer:
         self._check_size(self._image_bytes(model, len(z), dtype))
         (pixels,) = await call.run(model.decoder, labelled(z, y))
         call.items = len(z)
-        response = pb.DecodeResponse(model=model.ref)
-        codec.put_images(response.images, pixels, dtype)
+        response = Reply(pb.DecodeResponse(model=model.ref))
+        response.put_images("images", pixels, dtype)
         return response
 
-    async def _sample(self, request: pb.SampleRequest, call: Call) -> pb.SampleResponse:
+    async def _sample(self, request: pb.SampleRequest, call: Call) -> Reply[pb.SampleResponse]:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, n)
@@ -99,9 +100,11 @@ class VaeServicer:
         z = model.prior.sample(latents.stream(_seed(request), self._rng), n, temperature)
         (pixels,) = await call.run(model.decoder, labelled(z, y))
         call.items = n
-        return _generated(pb.SampleResponse(model=model.ref), pixels, dtype, z)
+        return _generated(Reply(pb.SampleResponse(model=model.ref)), pixels, dtype, z)
 
-    async def _sample_stream(self, request: pb.SampleRequest, call: Call) -> AsyncIterator[pb.SampleResponse]:
+    async def _sample_stream(
+        self, request: pb.SampleRequest, call: Call
+    ) -> AsyncIterator[Reply[pb.SampleResponse]]:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_stream_items)
         y = codec.labels(request.labels, model.manifest, n)
@@ -123,9 +126,9 @@ class VaeServicer:
         async with aclosing(_pipelined(call, model.decoder, chunks(), depth=2)) as decoded:
             async for z, (pixels,) in decoded:
                 call.items += len(z)
-                yield _generated(pb.SampleResponse(model=model.ref), pixels, dtype, z)
+                yield _generated(Reply(pb.SampleResponse(model=model.ref)), pixels, dtype, z)
 
-    async def _reconstruct(self, request: pb.ReconstructRequest, call: Call) -> pb.ReconstructResponse:
+    async def _reconstruct(self, request: pb.ReconstructRequest, call: Call) -> Reply[pb.ReconstructResponse]:
         model = self._registry.resolve(request.model)
         images = codec.images(request.images, model.image_shape, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, len(images))
@@ -134,12 +137,12 @@ class VaeServicer:
         mu, _ = await call.run(model.encoder, labelled(images, y))
         (pixels,) = await call.run(model.decoder, labelled(mu, y))
         call.items = len(images)
-        response = pb.ReconstructResponse(model=model.ref)
-        codec.put_images(response.images, pixels, dtype)
-        tensors.put(response.error, latents.reconstruction_error(images, pixels))
+        response = Reply(pb.ReconstructResponse(model=model.ref))
+        response.put_images("images", pixels, dtype)
+        response.put("error", latents.reconstruction_error(images, pixels))
         return response
 
-    async def _interpolate(self, request: pb.InterpolateRequest, call: Call) -> pb.InterpolateResponse:
+    async def _interpolate(self, request: pb.InterpolateRequest, call: Call) -> Reply[pb.InterpolateResponse]:
         model = self._registry.resolve(request.model)
         steps = codec.count(request.steps, "steps", 2, self._config.max_request_items)
         dtype = codec.output_dtype(request.output_dtype)
@@ -167,9 +170,9 @@ class VaeServicer:
         path = latents.interpolate(ends[0], ends[1], steps, spherical)
         (pixels,) = await call.run(model.decoder, labelled(path, y))
         call.items = steps
-        return _generated(pb.InterpolateResponse(model=model.ref), pixels, dtype, path)
+        return _generated(Reply(pb.InterpolateResponse(model=model.ref)), pixels, dtype, path)
 
-    async def _score(self, request: pb.ScoreRequest, call: Call) -> pb.ScoreResponse:
+    async def _score(self, request: pb.ScoreRequest, call: Call) -> Reply[pb.ScoreResponse]:
         model = self._registry.resolve(request.model)
         images = codec.images(request.images, model.image_shape, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, len(images))
@@ -194,11 +197,11 @@ class VaeServicer:
         observed = self._metrics.score_log_likelihood.labels(model.manifest.name, model.manifest.version)
         for value in scores.log_likelihood.tolist():
             observed.observe(value)
-        response = pb.ScoreResponse(model=model.ref)
-        tensors.put(response.log_likelihood, scores.log_likelihood)
-        tensors.put(response.elbo, scores.elbo)
-        tensors.put(response.kl, scores.kl)
-        tensors.put(response.reconstruction_error, latents.reconstruction_error(images, pixels))
+        response = Reply(pb.ScoreResponse(model=model.ref))
+        response.put("log_likelihood", scores.log_likelihood)
+        response.put("elbo", scores.elbo)
+        response.put("kl", scores.kl)
+        response.put("reconstruction_error", latents.reconstruction_error(images, pixels))
         return response
 
     async def _decode_chunks(self, call: Call, decoder: Batcher, scorer: Scorer) -> None:
@@ -279,10 +282,10 @@ async def _pipelined(
 Generated = TypeVar("Generated", pb.SampleResponse, pb.InterpolateResponse)
 
 
-def _generated(response: Generated, pixels: np.ndarray, dtype: int, z: np.ndarray) -> Generated:
-    """Images and the latents they were decoded from, written into the response in place."""
-    codec.put_images(response.images, pixels, dtype)
-    tensors.put(response.latents, z)
+def _generated(response: Reply[Generated], pixels: np.ndarray, dtype: int, z: np.ndarray) -> Reply[Generated]:
+    """Images and the latents they were decoded from."""
+    response.put_images("images", pixels, dtype)
+    response.put("latents", z)
     return response
 
 

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from repository.manifest import Manifest
+from repository.manifest import Manifest, v1_specs
 from service import codec
 from service.errors import InvalidArgument, status_of
 from vae.v1 import vae_pb2 as pb
@@ -140,10 +140,36 @@ def test_tensors_round_trip_little_endian() -> None:
 
 def test_uint8_images_round_to_the_nearest_level() -> None:
     pixels = np.array([0.0, 0.5, 1.0, 0.999, 0.001], np.float32)
-    message = pb.Tensor()
-    codec.put_images(message, pixels, pb.DTYPE_UINT8)
+    given = pixels.copy()
+    reply = codec.Reply(pb.DecodeResponse())
+    reply.put_images("images", pixels, pb.DTYPE_UINT8)
+    message = pb.DecodeResponse.FromString(reply.SerializeToString()).images
     assert message.dtype == pb.DTYPE_UINT8
     assert list(tensors.to_numpy(message, "images")) == [0, 128, 255, 255, 0]
+    np.testing.assert_array_equal(pixels, given)  # the batch's array is not quantized in place
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.linspace(0, 1, 4096 * 6, dtype=np.float32).reshape(4096, 1, 2, 3),  # varints of 2 bytes
+        np.arange(300, dtype=np.uint8).reshape(3, 100)[:, ::-1],  # not contiguous: copied first
+        np.arange(5, dtype=">f4"),  # big-endian: written little-endian, as the wire says
+        np.zeros((1, 0), np.float32),  # no data: protobuf leaves the field out
+        np.float32(7.0).reshape(()),  # no shape: left out too
+    ],
+)
+def test_reply_writes_the_bytes_protobuf_would(values: np.ndarray) -> None:
+    """Reply's hand-written tensor fields, in any order put, serialize exactly as the message would."""
+    reply = codec.Reply(pb.SampleResponse(model=pb.ModelRef(name="mnist", version=2)))
+    first = values.reshape(-1)[:1]
+    reply.put("latents", first)
+    reply.put("images", values)
+    message = pb.SampleResponse(model=pb.ModelRef(name="mnist", version=2))
+    tensors.put(message.images, values)
+    tensors.put(message.latents, first)
+    assert reply.SerializeToString() == message.SerializeToString()
+    assert reply.model == message.model
 
 
 def _manifest(classes: tuple[str, ...], name: str = "cvae") -> Manifest:
@@ -152,9 +178,7 @@ def _manifest(classes: tuple[str, ...], name: str = "cvae") -> Manifest:
         name=name,
         version=1,
         created="2025-01-02T03:04:05Z",
-        latent_dim=LATENT,
-        image_shape=IMAGE,
-        likelihood="bernoulli",
+        **v1_specs(LATENT, IMAGE, "bernoulli"),
         opset=18,
         pairing_id="0" * 32,
         graphs={},
