@@ -1,6 +1,7 @@
 """The arguments of `vae client`; client/commands.py runs each command.
 
-Its commands: sample|sample-stream|encode|decode|reconstruct|interpolate|score|list-models|info
+Its commands: sample|sample-stream|encode|decode|reconstruct|interpolate|score|list-models|info, and
+the bulk jobs encode-folder|decode-store (client/bulk.py)
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ def register(commands: Any) -> None:
     encode = client.add_parser(
         "encode",
         parents=[common, labelled],
-        help="images -> mu.npy, logvar.npy (z.npy)",
-        epilog="example:\n  vae client encode samples/sample_0000.png samples/sample_0001.png --out codes/",
+        help="images -> mu.npy, logvar.npy (z.npy); or --out FILE.npy: the mean latents alone",
+        epilog="examples:\n  vae client encode samples/sample_0000.png samples/sample_0001.png --out codes/\n"
+        "  vae client encode photo.png --model sd-vae --out latents.npy\n"
+        "images of several sizes go in one request per size; into a folder, as mu_HxW.npy ...",
     )
-    encode.add_argument("images", type=Path, nargs="+", help="PNG files or .npy arrays")
+    encode.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...) or .npy arrays")
     encode.add_argument("--samples", type=int, default=0, help="posterior samples per image")
     encode.add_argument("--seed", type=int, default=None, help="seed of the posterior samples")
     encode.set_defaults(handler=handlers.encode)
@@ -86,10 +89,11 @@ def register(commands: Any) -> None:
     decode = client.add_parser(
         "decode",
         parents=[common, labelled],
-        help="latents (.npy, [n, D]) -> images",
-        epilog="example:\n  vae client decode codes/mu.npy --out decoded/",
+        help="latents (.npy, [n, ...]) -> images, a PNG each",
+        epilog="examples:\n  vae client decode codes/mu.npy --out decoded/\n"
+        "  vae client decode latents.npy --model sd-vae --out decoded/",
     )
-    decode.add_argument("latents", type=Path, help=".npy of latents, [n, D] or [D]")
+    decode.add_argument("latents", type=Path, help=".npy of latents: [n, D], [n, C, h, w], or one [D]")
     decode.set_defaults(handler=handlers.decode)
 
     reconstruct = client.add_parser(
@@ -145,3 +149,32 @@ def register(commands: Any) -> None:
         epilog="example:\n  vae client info --model mnist --version 1",
     )
     info.set_defaults(handler=handlers.info)
+
+    bulk = argparse.ArgumentParser(add_help=False, parents=[which])
+    bulk.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    bulk.add_argument("--batch", type=int, default=16, help="images a request")
+    folder = client.add_parser(
+        "encode-folder",
+        parents=[bulk],
+        help="a folder or list of images -> a latent store: .npy shards and index.jsonl; resumable",
+        epilog="example:\n  vae client encode-folder photos/ --model sd-vae --out store/ --concurrency 4\n"
+        "run it again after an interruption: finished shards are kept, their images skipped.\n"
+        "exit 1 when any image failed (listed on stderr); running it again retries them",
+    )
+    folder.add_argument(
+        "source", type=Path, help="folder (png, jpg, jpeg, webp, recursively) or a file listing images"
+    )
+    folder.add_argument("--out", type=Path, required=True, help="the store's folder, made or added to")
+    folder.add_argument("--shard-size", type=int, default=1024, help="images a shard, at most")
+    folder.set_defaults(handler=handlers.encode_folder)
+
+    store = client.add_parser(
+        "decode-store",
+        parents=[bulk],
+        help="a latent store -> a PNG per image, named after its source; resumable",
+        epilog="example:\n  vae client decode-store store/ --out decoded/\n"
+        "--model: the model that encoded the store unless given; PNGs already there are skipped",
+    )
+    store.add_argument("store", type=Path, help="a folder written by encode-folder")
+    store.add_argument("--out", type=Path, required=True, help="output folder")
+    store.set_defaults(handler=handlers.decode_store)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wire.caller_flags import client_tls, client_token, quiet_grpc, rpc_error_line
@@ -18,15 +19,17 @@ from wire.caller_flags import client_tls, client_token, quiet_grpc, rpc_error_li
 if TYPE_CHECKING:
     import numpy as np
 
-    from client.clients import VaeClient
+    from client.bulk import Report
+    from client.clients import AsyncVaeClient, VaeClient
     from client.requests import ImageDType
 
 
 @contextmanager
-def _client(args: argparse.Namespace) -> Iterator[VaeClient]:
+def _client(args: argparse.Namespace, *, out_file: bool = False) -> Iterator[VaeClient]:
     """A client for --target; a failed call becomes a one-line error naming its status.
 
-    An --out that cannot be written to is refused first, before the server does any work.
+    An --out that cannot be written to (a folder, or with `out_file` one file) is refused first,
+    before the server does any work.
     """
     quiet_grpc()
     import grpc
@@ -36,7 +39,7 @@ def _client(args: argparse.Namespace) -> Iterator[VaeClient]:
     from repository.errors import CommandError
 
     if "out" in args:
-        check_out(args.out)
+        check_out(args.out, file=out_file)
     tls = client_tls(args)
     credentials = None if tls is None else tls.credentials()
     try:
@@ -116,14 +119,42 @@ def sample_stream(args: argparse.Namespace) -> int:
 
 
 def encode(args: argparse.Namespace) -> int:
-    from client.image_files import image_batch, read_inputs
+    """One request per image size; --out FILE.npy holds the means of one size, a folder everything."""
+    from client.image_files import model_channels, read_inputs, size_groups
 
     files = read_inputs(args.images)
-    with _client(args) as client:
-        images = image_batch(files, client.model_info(**_pick(args)).image_shape[0])
-        result = client.encode(images, samples=args.samples, seed=args.seed, labels=args.label, **_pick(args))
-    _answered(result.model)
-    return _write(args, "", None, mu=result.mu, logvar=result.logvar, z=result.z)
+    sizes = list(dict.fromkeys(file.size for file in files))
+    to_file = args.out.suffix == ".npy"
+    if to_file and (len(sizes) > 1 or args.samples):
+        raise ValueError(
+            f"--out {args.out} holds one array of mean latents, of images of one size and no samples; "
+            f"these are {len(sizes)} sizes: pass --out DIR, or use `vae client encode-folder`"
+            if len(sizes) > 1
+            else f"--out {args.out} holds the mean latents only: pass --out DIR for z.npy"
+        )
+    with _client(args, out_file=to_file) as client:
+        groups = size_groups(files, model_channels(client.model_info(**_pick(args))))
+        options = {"samples": args.samples, "seed": args.seed, "labels": args.label, **_pick(args)}
+        results = {shape: client.encode(images, **options) for shape, images in groups.items()}
+    first = next(iter(results.values()))
+    _answered(first.model)
+    if to_file:
+        return _write_file(args.out, first.mu)
+    # Several sizes: their latents differ in shape, so each size has its own files, named after it.
+    for shape, result in results.items():
+        suffix = "" if len(results) == 1 else "_" + "x".join(map(str, shape[1:]))
+        arrays = {f"{name}{suffix}": getattr(result, name) for name in ("mu", "logvar", "z")}
+        _write(args, "", None, **arrays)
+    return 0
+
+
+def _write_file(path: Path, array: np.ndarray) -> int:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+    print(path)
+    return 0
 
 
 def decode(args: argparse.Namespace) -> int:
@@ -137,22 +168,22 @@ def decode(args: argparse.Namespace) -> int:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from client.image_files import image_batch, read_inputs
+    from client.image_files import image_batch, model_channels, read_inputs
 
     files = read_inputs(args.images)
     with _client(args) as client:
-        images = image_batch(files, client.model_info(**_pick(args)).image_shape[0])
+        images = image_batch(files, model_channels(client.model_info(**_pick(args))))
         result = client.reconstruct(images, output_dtype=_image_dtype(args), labels=args.label, **_pick(args))
     _answered(result.model)
     return _write(args, "reconstruction", result.images, error=result.error)
 
 
 def interpolate(args: argparse.Namespace) -> int:
-    from client.image_files import read_inputs
+    from client.image_files import model_channels, read_inputs
 
     files = read_inputs([args.start, args.end])
     with _client(args) as client:
-        channels = client.model_info(**_pick(args)).image_shape[0]
+        channels = model_channels(client.model_info(**_pick(args)))
         ends = [file.endpoint(channels) for file in files]
         result = client.interpolate(
             ends[0],
@@ -172,11 +203,11 @@ def score(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from client.image_files import read_inputs
+    from client.image_files import model_channels, read_inputs
 
     files = read_inputs(args.images)
     with _client(args) as client:
-        channels = client.model_info(**_pick(args)).image_shape[0]
+        channels = model_channels(client.model_info(**_pick(args)))
         per_file = [file.images(channels) for file in files]
         # A .npy may hold several images: name each by its file and index.
         names = [
@@ -232,3 +263,61 @@ def info(args: argparse.Namespace) -> int:
     _answered((info.name, info.version))
     print(json.dumps(dataclasses.asdict(info), indent=2))
     return 0
+
+
+def _run_job(args: argparse.Namespace, work: Callable[[AsyncVaeClient], Awaitable[Report]]) -> int:
+    """`work` with an asyncio client for --target; prints its summary; exit 1 when any image failed."""
+    quiet_grpc()
+    import asyncio
+
+    import grpc
+
+    from client.bulk import summary
+    from client.clients import AsyncVaeClient
+    from repository.errors import CommandError
+
+    tls = client_tls(args)
+    credentials = None if tls is None else tls.credentials()
+
+    async def run() -> Report:
+        async with AsyncVaeClient(
+            args.target, timeout=args.timeout, credentials=credentials, token=client_token(args)
+        ) as client:
+            return await work(client)
+
+    try:
+        report = asyncio.run(run())
+    except grpc.RpcError as exc:  # the model cannot be asked for at all; per-request refusals are failures
+        raise CommandError(rpc_error_line(exc, tls=tls is not None)) from exc
+    print(summary(report, "encoded" if args.rpc == "encode-folder" else "decoded"), file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+def _printed(path: Path) -> None:
+    print(path, flush=True)  # as written: a long job shows its progress to scripts too
+
+
+def encode_folder(args: argparse.Namespace) -> int:
+    from client import bulk
+    from client.image_files import check_out
+    from client.store import IMAGE_SUFFIXES, list_sources
+
+    job = bulk.Job(args.model, args.version, args.concurrency, args.batch, args.shard_size)
+    sources = list_sources(args.source)
+    if not sources:
+        raise ValueError(f"{args.source}: no images in it ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    check_out(args.out)
+    return _run_job(args, lambda client: bulk.encode_folder(client, sources, args.out, job, _printed))
+
+
+def decode_store(args: argparse.Namespace) -> int:
+    from client import bulk
+    from client.image_files import check_out
+    from client.store import LatentStore
+
+    job = bulk.Job(args.model, args.version, args.concurrency, args.batch)
+    store = LatentStore.read(args.store)
+    check_out(args.out)
+    if args.model and (args.model, args.version) != (store.model, store.version):
+        print(f"decoding with {args.model}; {store.model}/{store.version} encoded the store", file=sys.stderr)
+    return _run_job(args, lambda client: bulk.decode_store(client, store, args.out, job, _printed))

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+if TYPE_CHECKING:
+    from client.results import ModelInfo
+
 # PIL modes for the channel counts a PNG can hold; other counts travel as .npy.
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+PNG_OR_NPY = "; pass PNG files or .npy arrays"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,13 @@ class InputFile:
         pixels = np.asarray(self.data.convert(_MODES[channels]))
         return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))[None]
 
+    @property
+    def size(self) -> tuple[int, ...]:
+        """(H, W), known before the server says how many channels it wants."""
+        if isinstance(self.data, np.ndarray):
+            return tuple(self.data.shape[-2:])
+        return self.data.height, self.data.width
+
     def endpoint(self, channels: int) -> np.ndarray:
         """An interpolation endpoint: a .npy of rank 1 is a latent [D]; anything else one image [C, H, W]."""
         if isinstance(self.data, np.ndarray) and self.data.ndim == 1:
@@ -41,32 +54,69 @@ class InputFile:
         return image
 
 
+@contextmanager
+def _reading(path: Path, hint: str = "") -> Iterator[None]:
+    """What Pillow raises for a file it cannot read becomes a ValueError naming the file and why."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file{hint}") from None
+    except OSError as exc:  # unreadable, or a truncated image
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+
+
+def model_channels(info: ModelInfo) -> int:
+    """The channels images must have: image_channels, or for a server older than it image_shape's first."""
+    return info.image_channels or info.image_shape[0]
+
+
+def read_image(path: Path, hint: str = "") -> Image.Image:
+    """The image in `path`, decoded now."""
+    with _reading(path, hint), Image.open(path) as image:
+        image.load()
+    return image
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file's header alone: cheap, and refuses what is no image file as read_image does."""
+    with _reading(path), Image.open(path) as image:
+        return image.height, image.width
+
+
 def read_inputs(paths: Sequence[Path]) -> list[InputFile]:
     """PNG files (one image each) and .npy arrays, each read and decoded now."""
-    files = []
-    for path in paths:
-        if path.suffix == ".npy":
-            files.append(InputFile(path, np.load(path)))
-            continue
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except UnidentifiedImageError:
-            raise ValueError(f"{path}: not an image file; pass PNG files or .npy arrays") from None
-        except OSError as exc:  # unreadable, or a truncated image
-            raise ValueError(f"{path}: {exc.strerror or exc}") from None
-        files.append(InputFile(path, image))
-    return files
+    return [
+        InputFile(path, np.load(path) if path.suffix == ".npy" else read_image(path, PNG_OR_NPY))
+        for path in paths
+    ]
+
+
+def size_groups(files: Sequence[InputFile], channels: int) -> dict[tuple[int, ...], np.ndarray]:
+    """The files' images as one [n, C, H, W] array per image shape, in the order given: one request each."""
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for file in files:
+        images = file.images(channels)
+        groups.setdefault(images.shape[1:], []).append(images)
+    return {shape: np.concatenate(arrays) for shape, arrays in groups.items()}
 
 
 def image_batch(files: Sequence[InputFile], channels: int) -> np.ndarray:
-    """The files' images as one [n, C, H, W] array."""
-    return np.concatenate([file.images(channels) for file in files])
+    """The files' images as one [n, C, H, W] array, for an RPC that answers one array of images."""
+    groups = size_groups(files, channels)
+    if len(groups) > 1:
+        sizes = ", ".join("x".join(map(str, shape[1:])) for shape in groups)
+        raise ValueError(f"these images have different sizes ({sizes}); pass one size per command")
+    return next(iter(groups.values()))
 
 
-def check_out(out: Path) -> None:
-    """Refuse an output directory that cannot be made, before the server does any work."""
-    for path in (out, *out.parents):
+def check_out(out: Path, *, file: bool = False) -> None:
+    """Refuse an output that cannot be made, before the server does any work.
+
+    `out` is a directory to write into, or with `file` one file to write (its folder is made).
+    """
+    if file and out.is_dir():
+        raise ValueError(f"--out {out} is a directory; name the .npy file to write")
+    for path in (out.parent, *out.parents) if file else (out, *out.parents):
         if path.exists():
             if not path.is_dir():
                 raise ValueError(f"--out {out}: {path} is a file; name a directory to write into")
@@ -74,15 +124,19 @@ def check_out(out: Path) -> None:
 
 
 def read_latents(path: Path) -> np.ndarray:
-    """A .npy of latents, [n, D] or one [D] -> [n, D]."""
+    """A .npy of latents, [n, ...] as `vae client encode` writes them, or one flat latent [D] -> [1, D].
+
+    A latent of any shape travels as it is ([n, D], or spatial [n, C, h, w]); the server checks it
+    against the model's. One spatial latent needs its batch axis: [1, C, h, w].
+    """
     if path.suffix != ".npy":
         raise ValueError(
-            f"{path}: decode takes latents, a .npy array [n, D] such as mu.npy from `vae client encode`; "
+            f"{path}: decode takes latents, a .npy array [n, ...] such as mu.npy from `vae client encode`; "
             "to pass images through the model use `vae client reconstruct`"
         )
     latents: np.ndarray = np.load(path)
-    if latents.ndim not in (1, 2):
-        raise ValueError(f"{path}: latents must be [n, D] or [D], got shape {list(latents.shape)}")
+    if latents.ndim == 0:
+        raise ValueError(f"{path}: latents must be [n, ...] or [D], got a scalar")
     return latents[None] if latents.ndim == 1 else latents
 
 
@@ -95,13 +149,17 @@ def write_images(images: np.ndarray, out: Path, prefix: str, as_npy: bool, first
         return [save_array(out, prefix, images)]
     out.mkdir(parents=True, exist_ok=True)
     pixels = images if images.dtype == np.uint8 else (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
-    paths = []
-    for i, image in enumerate(pixels, start=first):
-        path = out / f"{prefix}_{i:04d}.png"
-        channels = image.shape[0]
-        Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0)).save(path)
-        paths.append(path)
+    paths = [out / f"{prefix}_{i:04d}.png" for i in range(first, first + len(pixels))]
+    for path, image in zip(paths, pixels, strict=True):
+        save_png(image, path)
     return paths
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """One uint8 image [C, H, W] (1, 3 or 4 channels) as a PNG."""
+    if pixels.shape[0] not in _MODES:
+        raise ValueError(f"{path}: a PNG holds 1, 3 or 4 channels, not {pixels.shape[0]}; write .npy instead")
+    Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path, format="PNG")
 
 
 def save_array(out: Path, name: str, array: np.ndarray) -> Path:

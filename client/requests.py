@@ -55,13 +55,16 @@ def encode_request(
     model: str = "",
     version: int = 0,
     labels: Labels = None,
+    scaled: bool = False,
 ) -> pb.EncodeRequest:
+    """`scaled`: latents as a diffusion pipeline uses them, (z - shift_factor) * scaling_factor."""
     return pb.EncodeRequest(
         model=model_ref(model, version),
         images=images_tensor(images),
         samples=samples,
         seed=seed,
         labels=_labels(labels),
+        scaled=scaled,
     )
 
 
@@ -72,12 +75,15 @@ def decode_request(
     model: str = "",
     version: int = 0,
     labels: Labels = None,
+    scaled: bool = False,
 ) -> pb.DecodeRequest:
+    """Latents [n, D] or spatial [n, C, h, w]; `scaled`: a diffusion pipeline's (the server unscales)."""
     return pb.DecodeRequest(
         model=model_ref(model, version),
         latents=tensor(np.asarray(latents, dtype=np.float32)),
         output_dtype=_OUTPUT_DTYPES[output_dtype],
         labels=_labels(labels),
+        scaled=scaled,
     )
 
 
@@ -90,7 +96,10 @@ def sample_request(
     model: str = "",
     version: int = 0,
     labels: Labels = None,
+    height: int = 0,
+    width: int = 0,
 ) -> pb.SampleRequest:
+    """`height`, `width`: the image size, for a model that takes any size (0: its fixed size)."""
     return pb.SampleRequest(
         model=model_ref(model, version),
         n=n,
@@ -98,6 +107,8 @@ def sample_request(
         temperature=temperature,
         output_dtype=_OUTPUT_DTYPES[output_dtype],
         labels=_labels(labels),
+        height=height,
+        width=width,
     )
 
 
@@ -151,8 +162,12 @@ def interpolate_request(
     model: str = "",
     version: int = 0,
     label: int | None = None,
+    latents: bool = False,
 ) -> pb.InterpolateRequest:
-    """Endpoints of rank 1 are latents [D]; of rank 3 images [C, H, W]. `label`: the path's class."""
+    """Endpoints: latents [D], images [C, H, W], or spatial latents [C, h, w] with `latents` set.
+
+    `label`: the path's class.
+    """
     ends = np.stack([np.asarray(start), np.asarray(end)])
     request = pb.InterpolateRequest(
         model=model_ref(model, version),
@@ -161,7 +176,7 @@ def interpolate_request(
         output_dtype=_OUTPUT_DTYPES[output_dtype],
         labels=_labels(label),
     )
-    if ends.ndim == 2:
+    if ends.ndim == 2 or latents:
         request.latents.CopyFrom(tensor(ends.astype(np.float32)))
     elif ends.ndim == 4:
         request.images.CopyFrom(images_tensor(ends))

@@ -67,6 +67,18 @@ class ModelInfo:
     max_request_items: int
     classes: tuple[str, ...]  # a conditional model's class names, label i is classes[i]; else empty
     prior: str  # "normal", "mixture" or "vamp"; "" from a server older than learned priors
+    # Contract version 2 (docs/api.md); zeros and empties from a server older than it.
+    image_channels: int = 0
+    image_size: tuple[int, ...] = ()  # (H, W); empty: any multiple of image_multiple_of
+    image_multiple_of: int = 0
+    value_range: tuple[float, ...] = ()  # (low, high)
+    latent_channels: int = 0
+    latent_downsampling: int = 0  # 0: a flat latent [latent_channels]
+    scaling_factor: float = 0.0
+    shift_factor: float = 0.0
+    decoder_output: str = ""
+    has_prior: bool = False
+    scorable: bool = False
 
 
 def _model(ref: pb.ModelRef) -> tuple[str, int]:
@@ -123,6 +135,17 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         max_request_items=info.max_request_items,
         classes=tuple(info.classes),
         prior=info.prior,
+        image_channels=info.image_channels,
+        image_size=tuple(info.image_size),
+        image_multiple_of=info.image_multiple_of,
+        value_range=tuple(info.value_range),
+        latent_channels=info.latent_channels,
+        latent_downsampling=info.latent_downsampling,
+        scaling_factor=info.scaling_factor,
+        shift_factor=info.shift_factor,
+        decoder_output=info.decoder_output,
+        has_prior=info.has_prior,
+        scorable=info.scorable,
     )
 
 

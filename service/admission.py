@@ -12,7 +12,10 @@ wait it would have. A request is refused when
   RESOURCE_EXHAUSTED. Its own items do not count here: a long request (a Score of many draws)
   is bounded by its deadline.
 
-The item bound stays as a backstop on memory. The cost per item is the warm-up's time for a full
+The item bound stays as a backstop on memory, and beside it a bound in bytes (`--max-queue-bytes`):
+65,536 MNIST images are 205 MB, but 65,536 RGB 512x512 images would be 206 GB. A batcher serves
+items of one shape (service/buckets.py), so its queued bytes are its queued items times the bytes of
+one. The cost per item is the warm-up's time for a full
 batch, then a moving average of the full batches that ran: a busy device or a noisy neighbour
 raises it, and admission follows.
 """
@@ -37,10 +40,12 @@ class Admission:
         *,
         max_queue_items: int,
         max_queue_delay_s: float,
+        max_queue_bytes: int = 0,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._name = name
         self.max_queue_items = max_queue_items
+        self.max_queue_bytes = max_queue_bytes  # 0: no bound in bytes
         self._max_delay_s = max_queue_delay_s
         self._clock = clock
         self.item_seconds = 0.0  # cost per item in a full batch; 0 until measured: admits by items only
@@ -56,12 +61,20 @@ class Admission:
         """How long a request of `count` items behind `ahead` queued or running items would take."""
         return (ahead + count) * self.item_seconds
 
-    def check_items(self, queued: int, count: int) -> None:
-        """QueueFull when `count` more items beside `queued` waiting ones would pass the memory backstop."""
+    def check_items(self, queued: int, count: int, item_bytes: int = 0) -> None:
+        """QueueFull when `count` more items beside `queued` waiting ones would pass a memory backstop.
+
+        `item_bytes`: the bytes of one item; every item of a batcher's queue has the same shape.
+        """
         if queued + count > self.max_queue_items:
             raise QueueFull(
                 f"{self._name}: queue full ({queued} of {self.max_queue_items} items waiting, "
                 f"this request adds {count}); retry with backoff"
+            )
+        if self.max_queue_bytes and (queued + count) * item_bytes > self.max_queue_bytes:
+            raise QueueFull(
+                f"{self._name}: queue full ({queued * item_bytes} of {self.max_queue_bytes} bytes waiting, "
+                f"this request adds {count * item_bytes}); retry with backoff"
             )
 
     def check_time(self, ahead: int, count: int, deadline: float | None) -> None:

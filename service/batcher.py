@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from service.admission import Admission
+from service.batch_requests import QueuedRequest, Slice
 from service.batch_types import (
     BatcherClosed,
     BatchFailed,
@@ -46,52 +47,13 @@ from service.batch_types import (
     Outcome,
     Result,
     RunBatch,
+    item_bytes,
     join,
 )
+from service.warm_up import knee
 
 log = logging.getLogger(__name__)
 
-# A batch size whose cost per item is within this factor of the cheapest is past the knee. 1.25
-# stopped the encoder at batches of 4, where a busy core still gained from 16 (docs/benchmarks.md).
-KNEE = 1.05
-
-
-class _Request:
-    __slots__ = (
-        "admitted",
-        "compute",
-        "deadline",
-        "future",
-        "group",
-        "items",
-        "left",
-        "next",
-        "pieces",
-        "trace",
-    )
-
-    def __init__(
-        self,
-        items: Items,
-        deadline: float | None,
-        future: asyncio.Future[Result],
-        trace: Any,
-        group: ExpiryGroup | None,
-    ) -> None:
-        self.items = items
-        self.deadline = deadline
-        self.future = future
-        self.trace = trace  # opaque to the batcher: what the BatchTracer links the batch to
-        self.group = group
-        self.admitted = time.perf_counter()
-        self.next = 0  # first item not yet handed to a batch
-        self.left = len(items)  # items whose outputs have not come back
-        self.pieces: list[tuple[np.ndarray, ...]] = []
-        self.compute = 0.0
-
-
-# One slice of a request in a batch: (request, first item, item count).
-_Slice = tuple[_Request, int, int]
 # A worker job: the loop to report to, the callback that takes the outcome, the parts to concatenate.
 _Job = tuple[asyncio.AbstractEventLoop, Callable[[Outcome], None], list[Items]]
 
@@ -110,6 +72,7 @@ class Batcher:
         name: str = "batcher",
         max_gather_s: float = 0.0,
         max_queue_delay_s: float = 0.0,
+        max_queue_bytes: int = 0,
         tracer: BatchTracer | None = None,
     ) -> None:
         if max_batch_items < 1 or max_queue_items < max_batch_items or max_delay_s < 0:
@@ -120,7 +83,10 @@ class Batcher:
         self.max_batch_items = max_batch_items
         self._max_delay_s = max_delay_s
         self._admission = Admission(
-            name, max_queue_items=max_queue_items, max_queue_delay_s=max_queue_delay_s
+            name,
+            max_queue_items=max_queue_items,
+            max_queue_delay_s=max_queue_delay_s,
+            max_queue_bytes=max_queue_bytes,
         )
         self._observer = observer
         self._tracer = tracer
@@ -132,7 +98,7 @@ class Batcher:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
         self._worker.start()
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[QueuedRequest] = deque()
         self._queued = 0  # items admitted but not yet handed to a batch
         self._running = False
         self._running_items = 0
@@ -146,6 +112,11 @@ class Batcher:
         self.enough_items = max_batch_items  # queued items that start a batch at once; see warm_up
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or running: closing it now waits for nothing."""
+        return self._idle.is_set()
 
     @property
     def queued_items(self) -> int:
@@ -189,10 +160,10 @@ class Batcher:
         count = len(items)
         if count < 1:
             raise ValueError("a request needs at least one item")
-        self._admission.check_items(self._queued, count)
+        self._admission.check_items(self._queued, count, item_bytes(items) // count)
         self._timely(count, deadline, group)
         loop = asyncio.get_running_loop()
-        request = _Request(items, deadline, loop.create_future(), trace, group)
+        request = QueuedRequest(items, deadline, loop.create_future(), trace, group)
         self._queue.append(request)
         self._queued += count
         self._idle.clear()
@@ -237,9 +208,9 @@ class Batcher:
         parts = [request.items[first : first + count] for request, first, count in batch]
         self._jobs.put((asyncio.get_running_loop(), partial(self._finish, batch), parts))
 
-    def _take(self) -> list[_Slice]:
+    def _take(self) -> list[Slice]:
         """Slices from the head of the queue; drops cancelled and expired requests on the way."""
-        batch: list[_Slice] = []
+        batch: list[Slice] = []
         room = self.max_batch_items
         now = time.perf_counter()
         while self._queue and room:
@@ -250,7 +221,7 @@ class Batcher:
             if expired or request.future.done():
                 self._queue.popleft()
                 self._queued -= pending
-                if expired and (request.group is None or request.group.first_expiry()):
+                if expired and request.counts_expiry():
                     self._observer.request_expired()
                 if not request.future.done():
                     request.future.set_exception(Expired("deadline passed while queued"))
@@ -277,7 +248,7 @@ class Batcher:
                 outcome = exc
             loop.call_soon_threadsafe(done, outcome)
 
-    def _finish(self, batch: list[_Slice], outcome: Outcome) -> None:
+    def _finish(self, batch: list[Slice], outcome: Outcome) -> None:
         """Event loop: scatter a batch's outputs to its requests, then start the next batch."""
         self._running = False
         self._running_items = 0
@@ -310,7 +281,7 @@ class Batcher:
         else:
             self._gather(asyncio.get_running_loop())
 
-    def _trace(self, batch: list[_Slice], items: int, started: float, seconds: float) -> None:
+    def _trace(self, batch: list[Slice], items: int, started: float, seconds: float) -> None:
         served = [
             (r.trace, r.admitted, count, first == 0) for r, first, count in batch if r.trace is not None
         ]
@@ -323,26 +294,17 @@ class Batcher:
         if not lengths or any(length != items for length in lengths):
             raise RuntimeError(f"run_batch returned first axes {lengths} for a batch of {items} items")
 
-    def _scatter(self, batch: list[_Slice], outputs: Sequence[np.ndarray], seconds: float) -> None:
+    def _scatter(self, batch: list[Slice], outputs: Sequence[np.ndarray], seconds: float) -> None:
         now = time.perf_counter()
         offset = 0
         for request, first, count in batch:
             piece = tuple(output[offset : offset + count] for output in outputs)
             offset += count
-            if request.future.done():
-                continue
-            request.compute += seconds
-            request.left -= count
-            if first == 0 and request.left == 0:
-                result = piece
-            else:
-                request.pieces.append(piece)
-                if request.left:
-                    continue
-                result = tuple(np.concatenate(parts) for parts in zip(*request.pieces, strict=True))
-            waited = now - request.admitted - request.compute
-            self._observer.request_waited(waited)
-            request.future.set_result(Result(result, waited, request.compute))
+            if (
+                not request.future.done()
+                and (waited := request.deliver(first, piece, seconds, now)) is not None
+            ):
+                self._observer.request_waited(waited)
 
     def _set_idle(self) -> None:
         if not self._queue and not self._running:
@@ -360,12 +322,9 @@ class Batcher:
                 raise outcome
             self._check(outcome[0], size)
             per_item[size] = outcome[1] / size
-        # Past the knee, where a bigger batch no longer costs less per item, gathering gains nothing
-        # and only stalls a pipeline (Reconstruct's encoder waiting for callers busy in the decoder).
-        cheapest = min(per_item.values())
         largest = max(per_item)
         self._admission.measured(largest, per_item[largest] * largest)
-        self.enough_items = min(size for size, cost in per_item.items() if cost <= KNEE * cheapest)
+        self.enough_items = knee(per_item)
 
     async def close(self) -> None:
         """Refuse new requests, let admitted ones finish, then stop the worker thread."""
@@ -373,9 +332,3 @@ class Batcher:
         await self._idle.wait()
         self._jobs.put(None)
         await asyncio.to_thread(self._worker.join)
-
-
-def bucket_sizes(max_batch_items: int) -> list[int]:
-    """Powers of two up to max_batch_items, and max_batch_items itself: the sizes warmed at start."""
-    sizes = [1 << i for i in range(max_batch_items.bit_length()) if 1 << i <= max_batch_items]
-    return sizes if sizes[-1] == max_batch_items else [*sizes, max_batch_items]

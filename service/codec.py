@@ -32,44 +32,90 @@ M = TypeVar(
 )
 
 
-def _check_shape(what: str, got: tuple[int, ...], item_shape: tuple[int, ...], max_items: int) -> None:
-    """[batch, *item_shape] with 1 <= batch <= max_items."""
-    if len(got) != 1 + len(item_shape) or tuple(got[1:]) != item_shape:
-        expected = ", ".join(["batch", *map(str, item_shape)])
+# One item's shape; None stands for a side of any size (a model that takes any image size).
+ItemShape = tuple[int | None, ...]
+
+
+def _check_shape(what: str, got: tuple[int, ...], item_shape: ItemShape, max_items: int) -> None:
+    """[batch, *item_shape] with 1 <= batch <= max_items; a None side matches any positive size."""
+    if len(got) != 1 + len(item_shape) or any(
+        want is not None and side != want for side, want in zip(got[1:], item_shape, strict=True)
+    ):
+        expected = ", ".join(["batch", *("*" if side is None else str(side) for side in item_shape)])
         raise InvalidArgument(f"{what}: shape must be [{expected}], got {list(got)}")
     if not 1 <= got[0] <= max_items:
         raise InvalidArgument(f"{what}: batch must be in 1..{max_items}, got {got[0]}")
 
 
+def image_spec(manifest: Manifest) -> tuple[ItemShape, int, tuple[float, float]]:
+    """What `images` checks for a model: [C, H, W] (None sides: any size), multiple_of, value range."""
+    fixed = manifest.fixed_image_shape
+    shape: ItemShape = fixed if fixed is not None else (manifest.image.channels, None, None)
+    return shape, manifest.divisibility, manifest.value_range
+
+
 def images(
-    tensor: pb.Tensor, image_shape: tuple[int, ...], max_items: int, what: str = "images"
+    tensor: pb.Tensor,
+    image_shape: ItemShape,
+    max_items: int,
+    what: str = "images",
+    *,
+    multiple_of: int = 1,
+    value_range: tuple[float, float] = (0.0, 1.0),
 ) -> np.ndarray:
-    """float32 [batch, C, H, W] in [0, 1]; uint8 input is scaled by 1/255."""
+    """float32 [batch, C, H, W] in value_range; uint8 input maps 0..255 onto it.
+
+    A None side in image_shape takes any positive multiple of `multiple_of`.
+    """
     values = array(tensor, what, (FLOAT32, UINT8))
     _check_shape(what, values.shape, image_shape, max_items)
+    if any(side % multiple_of for side in values.shape[2:]):
+        raise InvalidArgument(
+            f"{what}: height and width must be multiples of {multiple_of}, got {list(values.shape[2:])}"
+        )
+    lowest, highest = value_range
     if values.dtype == np.uint8:
-        return values.astype(np.float32) * np.float32(1 / 255)
+        if value_range == (0.0, 1.0):  # the arithmetic of format 1 models, kept bit for bit
+            return values.astype(np.float32) * np.float32(1 / 255)
+        return values.astype(np.float32) * np.float32((highest - lowest) / 255) + np.float32(lowest)
     low, high = values.min(), values.max()
     # NaN fails both comparisons, so one test covers range and finiteness.
-    if not (low >= 0 and high <= 1):
-        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if not (low >= lowest and high <= highest):
+        bad = ~np.isfinite(values) | (values < lowest) | (values > highest)
         item = int(np.argmax(bad.reshape(len(values), -1).any(axis=1)))
         if not np.isfinite(values[item]).all():
             raise InvalidArgument(f"{what}: item {item} holds a NaN or infinite value")
         raise InvalidArgument(
-            f"{what}: float32 pixel values must lie in [0, 1]; item {item} spans "
+            f"{what}: float32 pixel values must lie in [{lowest:g}, {highest:g}]; item {item} spans "
             f"[{values[item].min():g}, {values[item].max():g}]"
         )
     return values
 
 
-def latents(tensor: pb.Tensor, latent_dim: int, max_items: int, what: str = "latents") -> np.ndarray:
-    """float32 [batch, D], finite and within +-LATENT_LIMIT."""
+def model_latents(tensor: pb.Tensor, manifest: Manifest, max_items: int, what: str = "latents") -> np.ndarray:
+    """A model's latents: flat [batch, D], or spatial [batch, C, h, w] that decode to a size it takes."""
+    if not manifest.is_spatial:
+        return latents(tensor, manifest.latent_dim, max_items, what)
+    values = latents(tensor, (manifest.latent.channels, None, None), max_items, what)
+    try:
+        image = manifest.decoded_image_shape((values.shape[2], values.shape[3]))
+        expected = manifest.latent_shape((image[1], image[2]))
+    except ValueError as exc:
+        shape = list(values.shape[1:])
+        raise InvalidArgument(f"{what}: latents {shape} decode to no image the model takes: {exc}") from None
+    _check_shape(what, values.shape, expected, max_items)
+    return values
+
+
+def latents(
+    tensor: pb.Tensor, item_shape: int | ItemShape, max_items: int, what: str = "latents"
+) -> np.ndarray:
+    """float32 [batch, D] (or [batch, *item_shape]), finite and within +-LATENT_LIMIT."""
     values = array(tensor, what)
-    _check_shape(what, values.shape, (latent_dim,), max_items)
+    _check_shape(what, values.shape, (item_shape,) if isinstance(item_shape, int) else item_shape, max_items)
     # NaN fails the comparison, so one reduction covers both checks.
     if not np.abs(values).max() <= LATENT_LIMIT:
-        item = int(np.argmax(~(np.abs(values) <= LATENT_LIMIT).all(axis=1)))
+        item = int(np.argmax(~(np.abs(values) <= LATENT_LIMIT).reshape(len(values), -1).all(axis=1)))
         if not np.isfinite(values[item]).all():
             raise InvalidArgument(f"{what}: item {item} holds a NaN or infinite value")
         raise InvalidArgument(f"{what}: values must lie within ±{LATENT_LIMIT:g}; item {item} does not")
@@ -157,9 +203,14 @@ class Reply(Generic[M]):
         number = self.message.DESCRIPTOR.fields_by_name[name].number
         self._fields.append((number, field(number, values)))
 
-    def put_images(self, name: str, pixels: np.ndarray, dtype: int) -> None:
-        """Pixel means in [0, 1] as float32, or quantized to 0..255 when the client asked for uint8."""
+    def put_images(
+        self, name: str, pixels: np.ndarray, dtype: int, value_range: tuple[float, float] = (0.0, 1.0)
+    ) -> None:
+        """Images in value_range as float32, or quantized to 0..255 when the client asked for uint8."""
         if dtype == UINT8:
+            low, high = value_range
+            if low:
+                pixels = (pixels - np.float32(low)) * np.float32(1 / (high - low))
             pixels = (pixels * np.float32(255) + np.float32(0.5)).astype(np.uint8)
         self.put(name, pixels)
 

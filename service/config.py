@@ -78,6 +78,11 @@ class ServiceConfig:
     )
     # Admission is by time (service/admission.py); the item count only bounds the queue's memory.
     max_queue_items: int = _option(65536, "queued items per graph at most (a memory backstop)")
+    # Items of any size need a bound in bytes too; it is also the most one request's items may hold.
+    max_queue_bytes: int = _option(
+        256 * 2**20,
+        "queued bytes per graph and item shape at most (a memory backstop); also one request's float32 items",
+    )
     max_queue_delay_ms: float = _option(
         5000.0,
         "refuse a request (RESOURCE_EXHAUSTED) whose queued work ahead would take longer (0: no bound)",
@@ -140,6 +145,7 @@ class ServiceConfig:
             "inter_op_threads",
             "max_batch_items",
             "max_queue_items",
+            "max_queue_bytes",
             "max_request_items",
             "max_stream_items",
             "max_posterior_samples",

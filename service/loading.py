@@ -24,7 +24,6 @@ from repository.manifest import (
     LATENTS,
     LOGVAR,
     MU,
-    PROBS,
     Manifest,
     feeds,
 )
@@ -34,11 +33,13 @@ from repository.runtime import Graph
 from repository.scoring import ScoringUnsupported, likelihood_of
 from repository.verify import verify_version
 from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
-from service.batcher import Batcher, bucket_sizes
+from service.batcher import Batcher
+from service.buckets import Buckets
 from service.config import ServiceConfig
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry, Scoring
 from service.version_watch import VersionWatch, file_signature
+from service.warm_up import bucket_sizes
 from vae.v1 import vae_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ log = logging.getLogger(__name__)
 
 def open_graphs(
     path: Path, config: ServiceConfig, placement: Placement
-) -> tuple[Manifest, Prior, Graph, Graph]:
-    """Verify a version directory, then load its prior and two graphs (blocking: call in a thread)."""
+) -> tuple[Manifest, Prior | None, Graph, Graph]:
+    """Verify a version directory, then load its prior and two graphs (blocking: call in a thread).
+
+    Spatial latents have no prior object: N(0, I) is drawn at the size a request asks for.
+    """
     report = verify_version(path, intra_op_threads=config.intra_op_threads)
     report.raise_for_failures()
     if report.manifest is None:  # raise_for_failures covers it; this narrows the type
@@ -63,7 +67,8 @@ def open_graphs(
         )
         for role in GRAPHS
     ]
-    return manifest, load_prior(path, manifest), graphs[0], graphs[1]
+    prior = None if manifest.is_spatial else load_prior(path, manifest)
+    return manifest, prior, graphs[0], graphs[1]
 
 
 def _inputs(name: str, items: Items) -> dict[str, np.ndarray]:
@@ -98,6 +103,21 @@ def _scoring(
     return Scoring(likelihood, batcher(_decoder_batch(graph, likelihood.output)))
 
 
+# A model of any image size is warmed at one small size: the smallest multiple of its divisibility
+# at least this large (64x64 for factor 8). Other sizes get batchers, unwarmed, when first asked for.
+WARM_SIDE = 64
+
+
+def warm_image_shape(manifest: Manifest) -> tuple[int, int, int]:
+    """The image shape a version is warmed at: its fixed size, or a small one it takes."""
+    fixed = manifest.fixed_image_shape
+    if fixed is not None:
+        return fixed
+    m = manifest.divisibility
+    side = -(-WARM_SIDE // m) * m
+    return (manifest.image.channels, side, side)
+
+
 async def load_model(
     path: Path,
     config: ServiceConfig,
@@ -105,9 +125,14 @@ async def load_model(
     observers: Mapping[str, BatchObserver],
     tracer: BatchTracer | None = None,
 ) -> LoadedModel:
-    """Verify, load and warm up one version; every batch-size bucket runs once before it serves."""
+    """Verify, load and warm up one version; every batch-size bucket runs once before it serves.
+
+    A model of any image size is warmed at one size (warm_image_shape); see service/buckets.py.
+    """
     manifest, prior, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
     label = f"{manifest.name}/{manifest.version}"
+    image = warm_image_shape(manifest)
+    latent = manifest.latent_shape(image[1:])
 
     def batcher(run_batch: RunBatch, graph: str, name: str = "") -> Batcher:
         return Batcher(
@@ -117,17 +142,25 @@ async def load_model(
             max_gather_s=config.max_gather_ms / 1000,
             max_queue_items=config.max_queue_items,
             max_queue_delay_s=config.max_queue_delay_ms / 1000,
+            max_queue_bytes=config.max_queue_bytes,
             observer=observers[graph],
             name=f"{label}/{name or graph}",
             tracer=tracer,
         )
 
+    def buckets(run_batch: RunBatch, graph: str, shape: tuple[int, ...]) -> Buckets:
+        def make(other: tuple[int, ...]) -> Batcher:
+            return batcher(run_batch, graph, f"{graph}{list(other)}")
+
+        dynamic = manifest.fixed_image_shape is None
+        return Buckets(batcher(run_batch, graph), shape, make if dynamic else None)
+
     model = LoadedModel(
         manifest=manifest,
         provider=decoder.provider,
-        encoder=batcher(_encoder_batch(encoder), "encoder"),
-        # Decode and Sample send only the pixel means: a Bernoulli decoder's logits stay behind.
-        decoder=batcher(_decoder_batch(decoder, PROBS), "decoder"),
+        encoders=buckets(_encoder_batch(encoder), "encoder", image),
+        # Decode and Sample send only the images: a Bernoulli decoder's logits stay behind.
+        decoders=buckets(_decoder_batch(decoder, manifest.image_output), "decoder", latent),
         # Warmed at its largest batch only: it runs the decoder's session, whose sizes are warmed below.
         # Its batches count in the decoder's series: they run the same graph.
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
@@ -136,13 +169,20 @@ async def load_model(
     )
     sizes = bucket_sizes(config.max_batch_items)
     y = np.zeros(1, np.int64) if manifest.conditional else None  # class 0: any class costs the same
-    await model.encoder.warm_up(labelled(np.zeros((1, *manifest.image_shape), np.float32), y), sizes)
-    latent = labelled(np.zeros((1, manifest.latent_dim), np.float32), y)
-    await model.decoder.warm_up(latent, sizes)
+    await model.encoder.warm_up(labelled(np.zeros((1, *image), np.float32), y), sizes)
+    latents = labelled(np.zeros((1, *latent), np.float32), y)
+    await model.decoder.warm_up(latents, sizes)
     if isinstance(model.scoring, Scoring):
         # One full batch: Score's admission needs its cost per item before its first request.
-        await model.scoring.decoder.warm_up(latent, sizes[-1:])
-    log.info("loaded %s on %s, warmed batch sizes %s", label, model.provider, sizes)
+        await model.scoring.decoder.warm_up(latents, sizes[-1:])
+    log.info(
+        "loaded %s on %s, warmed batch sizes %s at images %s%s",
+        label,
+        model.provider,
+        sizes,
+        list(image),
+        "" if manifest.fixed_image_shape else " (other sizes: batchers made unwarmed when first asked for)",
+    )
     for role, graph, graph_batcher in (
         ("encoder", encoder, model.encoder),
         ("decoder", decoder, model.decoder),

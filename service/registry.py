@@ -13,6 +13,7 @@ from repository.manifest import (
 from repository.prior import Prior
 from repository.scoring import Likelihood, ScoringUnsupported
 from service.batcher import Batcher
+from service.buckets import Buckets
 from service.errors import InvalidArgument, NotFound, Unavailable
 from vae.v1 import vae_pb2 as pb
 
@@ -38,25 +39,28 @@ class LoadedModel:
     manifest: Manifest
     provider: str
     # A conditional model's batchers take Labelled items: the arrays below and a class per item.
-    encoder: Batcher  # images [n, C, H, W] -> (mu [n, D], logvar [n, D])
-    decoder: Batcher  # latents [n, D] -> (probs [n, C, H, W],)
+    # One batcher per item shape (service/buckets.py): a model of one image size has one.
+    encoders: Buckets  # images [n, C, H, W] -> (mu [n, *latent], logvar [n, *latent])
+    decoders: Buckets  # latents [n, *latent] -> (the image output [n, C, H, W]: probs or image,)
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
-    prior: Prior  # p(z): what Sample draws from and Score's log p(z)
+    prior: Prior | None  # p(z): what Sample draws from and Score's log p(z); None: spatial, N(0, I)
     ref: pb.ModelRef  # built once, copied into every response
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.manifest.image_shape
+    def encoder(self) -> Batcher:
+        """The encoder's batcher of the warmed shape (a fixed-size model's only one)."""
+        return self.encoders.warmed
 
     @property
-    def latent_dim(self) -> int:
-        return self.manifest.latent_dim
+    def decoder(self) -> Batcher:
+        """The decoder's batcher of the warmed shape (a fixed-size model's only one)."""
+        return self.decoders.warmed
 
     async def close(self) -> None:
-        batchers = [self.encoder, self.decoder]
+        closing = [self.encoders.close(), self.decoders.close()]
         if isinstance(self.scoring, Scoring):
-            batchers.append(self.scoring.decoder)
-        await asyncio.gather(*(batcher.close() for batcher in batchers))
+            closing.append(self.scoring.decoder.close())
+        await asyncio.gather(*closing)
 
 
 class Registry:

@@ -22,11 +22,13 @@ from repository.scoring import Scorer, ScoringUnsupported, draws
 from service import codec, latents
 from service.batch_types import Items, labelled
 from service.batcher import Batcher
+from service.buckets import Buckets
 from service.calls import Call, Calls, Handler, StreamHandler
 from service.codec import Reply
 from service.config import ServiceConfig
 from service.errors import FailedPrecondition, InvalidArgument
 from service.metrics import Metrics
+from service.model_info import model_info, sample_shape
 from service.registry import LoadedModel, Registry
 from vae.v1 import vae_pb2 as pb
 from wire import tensors
@@ -65,11 +67,14 @@ class VaeServicer:
 
     async def _encode(self, request: pb.EncodeRequest, call: Call) -> Reply[pb.EncodeResponse]:
         model = self._registry.resolve(request.model)
-        images = codec.images(request.images, model.image_shape, self._config.max_request_items)
+        images = self._images(request.images, model)
         y = codec.labels(request.labels, model.manifest, len(images))
         k = codec.count(request.samples, "samples", 0, self._config.max_posterior_samples)
-        self._check_size(len(images) * (2 + k) * model.latent_dim * 4)
-        mu, logvar = await call.run(model.encoder, labelled(images, y))
+        latent = model.manifest.latent_shape(images.shape[2:])
+        self._check_size(len(images) * (2 + k) * math.prod(latent) * 4)
+        mu, logvar = await self._run(call, model.encoders, labelled(images, y))
+        if request.scaled:
+            mu, logvar = latents.scale(mu, logvar, model.manifest.scaling)
         call.items = len(images)
         response = Reply(pb.EncodeResponse(model=model.ref))
         response.put("mu", mu)
@@ -81,26 +86,29 @@ class VaeServicer:
 
     async def _decode(self, request: pb.DecodeRequest, call: Call) -> Reply[pb.DecodeResponse]:
         model = self._registry.resolve(request.model)
-        z = codec.latents(request.latents, model.latent_dim, self._config.max_request_items)
+        z = self._latents(request.latents, model)
+        if request.scaled:
+            z = latents.unscale(z, model.manifest.scaling)
         y = codec.labels(request.labels, model.manifest, len(z))
         dtype = codec.output_dtype(request.output_dtype)
-        self._check_size(self._image_bytes(model, len(z), dtype))
-        (pixels,) = await call.run(model.decoder, labelled(z, y))
+        self._check_size(self._image_bytes(model, z, dtype))
+        (pixels,) = await self._run(call, model.decoders, labelled(z, y))
         call.items = len(z)
         response = Reply(pb.DecodeResponse(model=model.ref))
-        response.put_images("images", pixels, dtype)
+        response.put_images("images", pixels, dtype, model.manifest.value_range)
         return response
 
     async def _sample(self, request: pb.SampleRequest, call: Call) -> Reply[pb.SampleResponse]:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, n)
+        shape = sample_shape(model.manifest, request.height, request.width)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
-        self._check_size(self._image_bytes(model, n, dtype) + n * model.latent_dim * 4)
-        z = model.prior.sample(latents.stream(_seed(request), self._rng), n, temperature)
-        (pixels,) = await call.run(model.decoder, labelled(z, y))
+        z = _draw(model, latents.stream(_seed(request), self._rng), n, temperature, shape)
+        self._check_size(self._image_bytes(model, z, dtype) + z.nbytes)
+        (pixels,) = await self._run(call, model.decoders, labelled(z, y))
         call.items = n
-        return _generated(Reply(pb.SampleResponse(model=model.ref)), pixels, dtype, z)
+        return _generated(Reply(pb.SampleResponse(model=model.ref)), model, pixels, dtype, z)
 
     async def _sample_stream(
         self, request: pb.SampleRequest, call: Call
@@ -108,38 +116,40 @@ class VaeServicer:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_stream_items)
         y = codec.labels(request.labels, model.manifest, n)
+        shape = sample_shape(model.manifest, request.height, request.width)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
-        per_item = self._image_bytes(model, 1, dtype) + model.latent_dim * 4
+        one = np.zeros((1, *shape), np.float32)
+        per_item = self._image_bytes(model, one, dtype) + one.nbytes
+        decoder = model.decoders(one)
         # Full batches, unless that many items would not fit in one message.
-        chunk = max(
-            1, min(model.decoder.max_batch_items, self._config.max_send_message_bytes // (2 * per_item))
-        )
+        chunk = max(1, min(decoder.max_batch_items, self._config.max_send_message_bytes // (2 * per_item)))
         rng = latents.stream(_seed(request), self._rng)
 
         # Drawing chunk after chunk from one generator gives the same numbers as Sample's single draw.
         def chunks() -> Iterator[tuple[np.ndarray, Items]]:
             for start in range(0, n, chunk):
-                z = model.prior.sample(rng, min(chunk, n - start), temperature)
+                z = _draw(model, rng, min(chunk, n - start), temperature, shape)
                 yield z, labelled(z, None if y is None else y[start : start + len(z)])
 
         # Two chunks in flight: the next one computes while the previous one is sent.
-        async with aclosing(_pipelined(call, model.decoder, chunks(), depth=2)) as decoded:
+        async with aclosing(_pipelined(call, decoder, chunks(), depth=2)) as decoded:
             async for z, (pixels,) in decoded:
                 call.items += len(z)
-                yield _generated(Reply(pb.SampleResponse(model=model.ref)), pixels, dtype, z)
+                yield _generated(Reply(pb.SampleResponse(model=model.ref)), model, pixels, dtype, z)
 
     async def _reconstruct(self, request: pb.ReconstructRequest, call: Call) -> Reply[pb.ReconstructResponse]:
         model = self._registry.resolve(request.model)
-        images = codec.images(request.images, model.image_shape, self._config.max_request_items)
+        images = self._images(request.images, model)
         y = codec.labels(request.labels, model.manifest, len(images))
         dtype = codec.output_dtype(request.output_dtype)
-        self._check_size(self._image_bytes(model, len(images), dtype) + len(images) * 4)
-        mu, _ = await call.run(model.encoder, labelled(images, y))
-        (pixels,) = await call.run(model.decoder, labelled(mu, y))
+        self._check_size(self._image_bytes(model, images, dtype) + len(images) * 4)
+        mu, _ = await self._run(call, model.encoders, labelled(images, y))
+        (pixels,) = await self._run(call, model.decoders, labelled(mu, y))
         call.items = len(images)
         response = Reply(pb.ReconstructResponse(model=model.ref))
-        response.put_images("images", pixels, dtype)
-        response.put("error", latents.reconstruction_error(images, pixels))
+        low, high = model.manifest.value_range
+        response.put_images("images", pixels, dtype, (low, high))
+        response.put("error", latents.reconstruction_error(images, pixels, high - low))
         return response
 
     async def _interpolate(self, request: pb.InterpolateRequest, call: Call) -> Reply[pb.InterpolateResponse]:
@@ -153,37 +163,35 @@ class VaeServicer:
             )
         # One class for the whole path: [steps] copies of it, the first two for the endpoints.
         y = codec.labels(request.labels, model.manifest, steps, single=True)
-        self._check_size(self._image_bytes(model, steps, dtype) + steps * model.latent_dim * 4)
         which = request.WhichOneof("endpoints")
         if which == "images":
-            images = codec.images(request.images, model.image_shape, self._config.max_request_items)
-            ends, _ = await call.run(
-                model.encoder, labelled(_pair(images, "images"), None if y is None else y[:2])
-            )
+            images = _pair(self._images(request.images, model), "images")
+            ends, _ = await self._run(call, model.encoders, labelled(images, None if y is None else y[:2]))
         elif which == "latents":
-            ends = _pair(
-                codec.latents(request.latents, model.latent_dim, self._config.max_request_items), "latents"
-            )
+            ends = _pair(self._latents(request.latents, model), "latents")
         else:
-            raise InvalidArgument("endpoints: set images [2, C, H, W] or latents [2, D]")
+            raise InvalidArgument("endpoints: set images [2, C, H, W] or latents [2, D] ([2, C, h, w])")
         spherical = request.method == pb.INTERPOLATION_METHOD_SPHERICAL
         path = latents.interpolate(ends[0], ends[1], steps, spherical)
-        (pixels,) = await call.run(model.decoder, labelled(path, y))
+        self._check_size(self._image_bytes(model, path, dtype) + path.nbytes)
+        (pixels,) = await self._run(call, model.decoders, labelled(path, y))
         call.items = steps
-        return _generated(Reply(pb.InterpolateResponse(model=model.ref)), pixels, dtype, path)
+        return _generated(Reply(pb.InterpolateResponse(model=model.ref)), model, pixels, dtype, path)
 
     async def _score(self, request: pb.ScoreRequest, call: Call) -> Reply[pb.ScoreResponse]:
         model = self._registry.resolve(request.model)
-        images = codec.images(request.images, model.image_shape, self._config.max_request_items)
-        y = codec.labels(request.labels, model.manifest, len(images))
-        k = codec.count(request.samples, "samples", 1, self._config.max_score_samples)
         scoring = model.scoring
         if isinstance(scoring, ScoringUnsupported):
             raise FailedPrecondition(str(scoring))
+        if model.prior is None:
+            raise FailedPrecondition(f"model {model.manifest.name!r}: Score of spatial latents is not served")
+        images = self._images(request.images, model)
+        y = codec.labels(request.labels, model.manifest, len(images))
+        k = codec.count(request.samples, "samples", 1, self._config.max_score_samples)
         # Judged by all its decoder work before any runs: refused now rather than expiring half-way.
         scoring.decoder.admit_work(len(images) * k, call.deadline, call)
         # Drawn before any batch: the request's own stream, shared by all its images.
-        eps = draws(latents.stream(_seed(request), self._rng), k, model.latent_dim)
+        eps = draws(latents.stream(_seed(request), self._rng), k, model.manifest.latent_dim)
         mu, logvar = await call.run(model.encoder, labelled(images, y))
         scorer = Scorer(scoring.likelihood, model.prior, images, mu, logvar, eps, y)
         reconstruction = asyncio.ensure_future(call.run(model.decoder, labelled(mu, y)))
@@ -222,27 +230,44 @@ class VaeServicer:
     # --- helpers ---------------------------------------------------------------------------------
 
     def _info(self, model: LoadedModel) -> pb.ModelInfo:
-        manifest = model.manifest
-        return pb.ModelInfo(
-            name=manifest.name,
-            version=manifest.version,
-            versions=self._registry.versions(manifest.name),
-            is_default=model is self._registry.default,
-            latent_dim=manifest.latent_dim,
-            image_shape=manifest.image_shape,
-            likelihood=manifest.likelihood,
-            provider=model.provider,
-            pairing_id=manifest.pairing_id,
-            created=manifest.created,
-            max_batch_items=model.decoder.max_batch_items,
-            max_request_items=self._config.max_request_items,
-            classes=manifest.classes,
-            prior="normal" if manifest.prior is None else manifest.prior.trained_as,
+        info = model_info(model, self._config.max_request_items)
+        info.versions.extend(self._registry.versions(model.manifest.name))
+        info.is_default = model is self._registry.default
+        return info
+
+    def _images(self, tensor: pb.Tensor, model: LoadedModel) -> np.ndarray:
+        """A request's images, checked against the model, and within the bytes one request may queue."""
+        shape, multiple_of, value_range = codec.image_spec(model.manifest)
+        images = codec.images(
+            tensor, shape, self._config.max_request_items, multiple_of=multiple_of, value_range=value_range
         )
+        self._check_work(images.nbytes)
+        return images
+
+    def _latents(self, tensor: pb.Tensor, model: LoadedModel) -> np.ndarray:
+        z = codec.model_latents(tensor, model.manifest, self._config.max_request_items)
+        self._check_work(z.nbytes)
+        return z
+
+    def _check_work(self, nbytes: int) -> None:
+        """One request's items must fit in an empty queue (--max-queue-bytes), or no retry would help."""
+        if nbytes > self._config.max_queue_bytes:
+            raise InvalidArgument(
+                f"the request's items hold {nbytes} bytes as float32, over the server's limit of "
+                f"{self._config.max_queue_bytes} (--max-queue-bytes); send fewer or smaller items"
+            )
 
     @staticmethod
-    def _image_bytes(model: LoadedModel, n: int, dtype: int) -> int:
-        return n * math.prod(model.image_shape) * (1 if dtype == tensors.UINT8 else 4)
+    async def _run(call: Call, buckets: Buckets, items: Items) -> tuple[np.ndarray, ...]:
+        """`items` through the batcher of their shape."""
+        return await call.run(buckets(items), items)
+
+    @staticmethod
+    def _image_bytes(model: LoadedModel, z: np.ndarray, dtype: int) -> int:
+        """The bytes of the images that latents z (any dtype; only the shape counts) decode to."""
+        latent_hw = (z.shape[2], z.shape[3]) if z.ndim == 4 else None
+        image = model.manifest.decoded_image_shape(latent_hw)
+        return len(z) * math.prod(image) * (1 if dtype == tensors.UINT8 else 4)
 
     def _check_size(self, response_bytes: int) -> None:
         """Refuse before computing what could not be sent."""
@@ -282,11 +307,25 @@ async def _pipelined(
 Generated = TypeVar("Generated", pb.SampleResponse, pb.InterpolateResponse)
 
 
-def _generated(response: Reply[Generated], pixels: np.ndarray, dtype: int, z: np.ndarray) -> Reply[Generated]:
+def _generated(
+    response: Reply[Generated], model: LoadedModel, pixels: np.ndarray, dtype: int, z: np.ndarray
+) -> Reply[Generated]:
     """Images and the latents they were decoded from."""
-    response.put_images("images", pixels, dtype)
+    response.put_images("images", pixels, dtype, model.manifest.value_range)
     response.put("latents", z)
     return response
+
+
+def _draw(
+    model: LoadedModel, rng: np.random.Generator, n: int, temperature: float, shape: tuple[int, ...]
+) -> np.ndarray:
+    """n latents of the model's prior; spatial latents: N(0, T^2 I) of `shape`, as StandardNormal draws."""
+    if model.prior is not None:
+        return model.prior.sample(rng, n, temperature)
+    z = rng.standard_normal((n, *shape), dtype=np.float32)
+    if temperature != 1.0:
+        z *= np.float32(temperature)
+    return z
 
 
 def _seed(request: pb.SampleRequest | pb.EncodeRequest | pb.ScoreRequest) -> int | None:

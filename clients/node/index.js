@@ -78,7 +78,16 @@ function float32Tensor(values, shape) {
   return { shape: shape.map(String), dtype: 'DTYPE_FLOAT32', data: float32ToBytes(values) };
 }
 
-/** A Tensor message as {shape: numbers, values: Float32Array or Uint8Array}. */
+/** A uint8 Tensor message (images as 0..255 pixels: a quarter of float32's bytes). */
+function uint8Tensor(values, shape) {
+  if (shapeSize(shape) !== values.length) {
+    throw new RangeError(`shape [${shape}] holds ${shapeSize(shape)} values, got ${values.length}`);
+  }
+  const data = Buffer.from(values.buffer, values.byteOffset, values.length);
+  return { shape: shape.map(String), dtype: 'DTYPE_UINT8', data };
+}
+
+/** A Tensor message as {shape: numbers of any rank, values: Float32Array or Uint8Array}. */
 function fromTensor(tensor) {
   // int64 dimensions arrive as strings (longs: String); every real one is a safe integer.
   const shape = tensor.shape.map(Number);
@@ -179,14 +188,18 @@ class VaeClient {
     return { model: response.model, images: fromTensor(response.images), latents: fromTensor(response.latents) };
   }
 
-  /** Images {values in [0, 1], shape [n, C, H, W]} -> {model, mu, logvar} ([n, D] each). */
+  /**
+   * Images {shape [n, C, H, W], values: numbers in [0, 1], or a Uint8Array of 0..255 pixels sent as
+   * uint8} -> {model, mu, logvar}, each [n, ...the model's latent shape]: [n, D], or [n, C, h, w].
+   */
   async encode(images, { labels } = {}) {
-    const request = { images: float32Tensor(images.values, images.shape) };
+    const tensor = images.values instanceof Uint8Array ? uint8Tensor : float32Tensor;
+    const request = { images: tensor(images.values, images.shape) };
     const response = await this.call('Encode', withLabels(request, labels));
     return { model: response.model, mu: fromTensor(response.mu), logvar: fromTensor(response.logvar) };
   }
 
-  /** Latents {values, shape [n, D]} -> {model, images [n, C, H, W]}. */
+  /** Latents {values, shape [n, D] or [n, C, h, w]} -> {model, images [n, C, H, W]}. */
   async decode(latents, { outputDtype: dtype = 'float32', labels } = {}) {
     const request = { latents: float32Tensor(latents.values, latents.shape), output_dtype: outputDtype(dtype) };
     const response = await this.call('Decode', withLabels(request, labels));
@@ -209,4 +222,5 @@ module.exports = {
   fromTensor,
   labelList,
   loadService,
+  uint8Tensor,
 };

@@ -13,59 +13,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL
+from helpers.autoencoders import CONFIGS, build_autoencoder, import_autoencoder
 
 from repository.manifest import read_manifest
 from repository.runtime import Graph
 from repository.verify import verify_version
 from vae_cli import main
 
-# Tiny channels keep each import to seconds; the block counts give the real downsampling factors.
-CONFIGS: dict[str, dict[str, Any]] = {
-    # Stable Diffusion's shape: RGB -> 4 latent channels, factor 8.
-    "sd": {"latent_channels": 4, "block_out_channels": (8, 16, 16, 16)},
-    # Flux's: 16 latent channels, no quant convs, a shift factor.
-    "flux": {
-        "latent_channels": 16,
-        "block_out_channels": (8, 16, 16, 16),
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-        "scaling_factor": 0.3611,
-        "shift_factor": 0.1159,
-    },
-    # One channel in and out, factor 4.
-    "grey": {"in_channels": 1, "out_channels": 1, "latent_channels": 2, "block_out_channels": (8, 16, 16)},
-}
-
-
-def _build(kind: str) -> Any:
-    config = {"in_channels": 3, "out_channels": 3, **CONFIGS[kind]}
-    blocks = len(config["block_out_channels"])
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        layers_per_block=1,
-        norm_num_groups=4,
-        **config,
-    ).eval()
-
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def imported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A model saved in diffusers' format and imported with `vae import diffusers` (fp16 for sd)."""
     kind = request.param
-    root = tmp_path_factory.mktemp(kind)
-    vae = _build(kind)
-    vae.save_pretrained(root / "folder")
+    vae = build_autoencoder(kind)
     fp16 = ["--fp16"] if kind == "sd" else []
-    assert (
-        main(
-            ["import", "diffusers", str(root / "folder"), "--repo", str(root / "repo"), "--name", kind, *fp16]
-        )
-        == 0
-    )
-    return vae, root / "repo" / kind / "1"
+    return vae, import_autoencoder(vae, tmp_path_factory.mktemp(kind), kind, *fp16)
 
 
 def test_an_imported_version_verifies_and_declares_its_model(imported: tuple[Any, Path]) -> None:

@@ -111,3 +111,12 @@ def test_the_parts_of_one_call_count_one_expiry() -> None:
     asyncio.run(main())
     value = metrics.registry.get_sample_value("vae_deadline_expired_total", {"graph": "decoder"})
     assert value == 1
+
+
+def test_the_byte_backstop_counts_queued_items_of_one_shape_by_their_size() -> None:
+    gate = Admission("encoder", max_queue_items=1000, max_queue_delay_s=0.0, max_queue_bytes=1000)
+    gate.check_items(queued=1, count=8, item_bytes=100)  # 900 bytes
+    with pytest.raises(QueueFull, match=r"queue full \(200 of 1000 bytes waiting, this request adds 900\)"):
+        gate.check_items(queued=2, count=9, item_bytes=100)
+    # Small items stay bounded by the item count, as before the byte bound.
+    gate.check_items(queued=500, count=499, item_bytes=1)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from service.batch_types import BatcherClosed, BatchFailed, Expired, QueueFull
-from service.batcher import Batcher, bucket_sizes
+from service.batcher import Batcher
 from service.metrics import Metrics
+from service.warm_up import bucket_sizes
 
 pytestmark = pytest.mark.timeout(30)
 

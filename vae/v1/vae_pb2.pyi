@@ -29,17 +29,17 @@ class _DTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DType.ValueType
     DESCRIPTOR: _descriptor.EnumDescriptor
     DTYPE_UNSPECIFIED: _DType.ValueType  # 0
     DTYPE_FLOAT32: _DType.ValueType  # 1
-    """IEEE 754 single precision, little-endian. Images in [0, 1]."""
+    """IEEE 754 single precision, little-endian. Images in the model's range (ModelInfo.value_range)."""
     DTYPE_UINT8: _DType.ValueType  # 2
-    """One byte per value. Images only: 0..255 stands for 0..1."""
+    """One byte per value. Images only: 0..255 stands for the model's range, low..high ([0, 1] or [-1, 1])."""
 
 class DType(_DType, metaclass=_DTypeEnumTypeWrapper): ...
 
 DTYPE_UNSPECIFIED: DType.ValueType  # 0
 DTYPE_FLOAT32: DType.ValueType  # 1
-"""IEEE 754 single precision, little-endian. Images in [0, 1]."""
+"""IEEE 754 single precision, little-endian. Images in the model's range (ModelInfo.value_range)."""
 DTYPE_UINT8: DType.ValueType  # 2
-"""One byte per value. Images only: 0..255 stands for 0..1."""
+"""One byte per value. Images only: 0..255 stands for the model's range, low..high ([0, 1] or [-1, 1])."""
 Global___DType: _TypeAlias = DType  # noqa: Y015
 
 class _InterpolationMethod:
@@ -124,15 +124,20 @@ class EncodeRequest(_message.Message):
     SAMPLES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    SCALED_FIELD_NUMBER: _builtins.int
     samples: _builtins.int
     """Posterior samples z per image (0 = none)."""
     seed: _builtins.int
     """Seed of the posterior samples; absent: drawn at random."""
+    scaled: _builtins.bool
+    """Answer mu, logvar and z as a diffusion pipeline's latents: (z - shift_factor) * scaling_factor
+    (logvar + 2 log scaling_factor). False: the encoder's own z.
+    """
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     @_builtins.property
     def images(self) -> Global___Tensor:
-        """[batch, C, H, W], float32 in [0, 1] or uint8."""
+        """[batch, C, H, W], float32 in the model's value_range or uint8; H, W as ModelInfo says."""
 
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -148,10 +153,11 @@ class EncodeRequest(_message.Message):
         samples: _builtins.int = ...,
         seed: _builtins.int | None = ...,
         labels: _abc.Iterable[_builtins.int] | None = ...,
+        scaled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "labels", b"labels", "model", b"model", "samples", b"samples", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "labels", b"labels", "model", b"model", "samples", b"samples", "scaled", b"scaled", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -173,15 +179,15 @@ class EncodeResponse(_message.Message):
 
     @_builtins.property
     def mu(self) -> Global___Tensor:
-        """[batch, D] float32."""
+        """[batch, D] float32, or [batch, C, h, w] for spatial latents (ModelInfo.latent_downsampling > 0)."""
 
     @_builtins.property
     def logvar(self) -> Global___Tensor:
-        """[batch, D] float32."""
+        """As mu."""
 
     @_builtins.property
     def z(self) -> Global___Tensor:
-        """[batch, samples, D] float32; absent when samples is 0."""
+        """[batch, samples, D] (spatial: [batch, samples, C, h, w]) float32; absent when samples is 0."""
 
     def __init__(
         self,
@@ -207,13 +213,20 @@ class DecodeRequest(_message.Message):
     LATENTS_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    SCALED_FIELD_NUMBER: _builtins.int
     output_dtype: Global___DType.ValueType
     """Element type of the returned images: FLOAT32 (default) or UINT8."""
+    scaled: _builtins.bool
+    """The latents are a diffusion pipeline's, (z - shift_factor) * scaling_factor: the server decodes
+    latents / scaling_factor + shift_factor.
+    """
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     @_builtins.property
     def latents(self) -> Global___Tensor:
-        """[batch, D] float32."""
+        """[batch, D] float32, or [batch, C, h, w] for spatial latents: the image is [C, h*f, w*f] for
+        f = latent_downsampling, of a size the model takes.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -228,10 +241,11 @@ class DecodeRequest(_message.Message):
         latents: Global___Tensor | None = ...,
         output_dtype: Global___DType.ValueType = ...,
         labels: _abc.Iterable[_builtins.int] | None = ...,
+        scaled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latents", b"latents", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "latents", b"latents", "model", b"model", "output_dtype", b"output_dtype"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "latents", b"latents", "model", b"model", "output_dtype", b"output_dtype", "scaled", b"scaled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,6 +287,8 @@ class SampleRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
     n: _builtins.int
     """Number of images."""
     seed: _builtins.int
@@ -282,6 +298,9 @@ class SampleRequest(_message.Message):
     temperature: _builtins.float
     """Scales the prior's standard deviation; absent: 1. 0 decodes the prior mean."""
     output_dtype: Global___DType.ValueType
+    height: _builtins.int
+    """Image size, for a model that takes any size (ModelInfo.image_size empty); 0: the model's fixed size."""
+    width: _builtins.int
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     @_builtins.property
@@ -299,10 +318,12 @@ class SampleRequest(_message.Message):
         temperature: _builtins.float | None = ...,
         output_dtype: Global___DType.ValueType = ...,
         labels: _abc.Iterable[_builtins.int] | None = ...,
+        height: _builtins.int = ...,
+        width: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "model", b"model", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "labels", b"labels", "model", b"model", "n", b"n", "output_dtype", b"output_dtype", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "height", b"height", "labels", b"labels", "model", b"model", "n", b"n", "output_dtype", b"output_dtype", "seed", b"seed", "temperature", b"temperature", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -330,7 +351,7 @@ class SampleResponse(_message.Message):
 
     @_builtins.property
     def latents(self) -> Global___Tensor:
-        """[n, D] float32: the latents decoded."""
+        """[n, D] (spatial: [n, C, h, w]) float32: the latents decoded."""
 
     def __init__(
         self,
@@ -399,7 +420,7 @@ class ReconstructResponse(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___Tensor:
-        """[batch] float32: mean squared error per image, over pixels in [0, 1]."""
+        """[batch] float32: mean squared error per image, over pixels mapped to [0, 1]."""
 
     def __init__(
         self,
@@ -435,11 +456,11 @@ class InterpolateRequest(_message.Message):
     def model(self) -> Global___ModelRef: ...
     @_builtins.property
     def images(self) -> Global___Tensor:
-        """[2, C, H, W], float32 in [0, 1] or uint8: encoded to their posterior means."""
+        """[2, C, H, W], float32 in the model's value_range or uint8: encoded to their posterior means."""
 
     @_builtins.property
     def latents(self) -> Global___Tensor:
-        """[2, D] float32."""
+        """[2, D] (spatial: [2, C, h, w]) float32. The path runs over the flattened latent."""
 
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -484,7 +505,7 @@ class InterpolateResponse(_message.Message):
 
     @_builtins.property
     def latents(self) -> Global___Tensor:
-        """[steps, D] float32."""
+        """[steps, D] (spatial: [steps, C, h, w]) float32."""
 
     def __init__(
         self,
@@ -663,13 +684,25 @@ class ModelInfo(_message.Message):
     MAX_REQUEST_ITEMS_FIELD_NUMBER: _builtins.int
     CLASSES_FIELD_NUMBER: _builtins.int
     PRIOR_FIELD_NUMBER: _builtins.int
+    IMAGE_CHANNELS_FIELD_NUMBER: _builtins.int
+    IMAGE_SIZE_FIELD_NUMBER: _builtins.int
+    IMAGE_MULTIPLE_OF_FIELD_NUMBER: _builtins.int
+    VALUE_RANGE_FIELD_NUMBER: _builtins.int
+    LATENT_CHANNELS_FIELD_NUMBER: _builtins.int
+    LATENT_DOWNSAMPLING_FIELD_NUMBER: _builtins.int
+    SCALING_FACTOR_FIELD_NUMBER: _builtins.int
+    SHIFT_FACTOR_FIELD_NUMBER: _builtins.int
+    DECODER_OUTPUT_FIELD_NUMBER: _builtins.int
+    HAS_PRIOR_FIELD_NUMBER: _builtins.int
+    SCORABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     is_default: _builtins.bool
     """True for the version that answers requests naming no model and no version."""
     latent_dim: _builtins.int
+    """D of a flat latent; 0 for spatial latents (latent_channels, latent_downsampling)."""
     likelihood: _builtins.str
-    """"bernoulli" or "gaussian"."""
+    """decoder_output: "bernoulli", "gaussian" or "image"."""
     provider: _builtins.str
     """onnxruntime execution provider, e.g. "CPUExecutionProvider" or "CUDAExecutionProvider"."""
     pairing_id: _builtins.str
@@ -684,17 +717,43 @@ class ModelInfo(_message.Message):
     """The prior p(z) that Sample draws from and Score uses: "normal" (N(0, I)), or the learned prior
     the model was trained with, "mixture" or "vamp" (served as a mixture of Gaussians either way).
     """
+    image_channels: _builtins.int
+    """What a model of contract version 2 takes and gives (docs/export.md); filled for every model.
+    C of images [batch, C, H, W].
+    """
+    image_multiple_of: _builtins.int
+    latent_channels: _builtins.int
+    """Latent channels: D of a flat latent, C of a spatial one."""
+    latent_downsampling: _builtins.int
+    """f of a spatial latent [C, H / f, W / f]; 0 for a flat latent [D]."""
+    scaling_factor: _builtins.float
+    """A diffusion pipeline's latents are (z - shift_factor) * scaling_factor (EncodeRequest.scaled)."""
+    shift_factor: _builtins.float
+    decoder_output: _builtins.str
+    """"bernoulli", "gaussian" (pixel means) or "image" (a deterministic decoder)."""
+    has_prior: _builtins.bool
+    """Whether Sample is meaningful (decoding N(0, I) or the prior gives images)."""
+    scorable: _builtins.bool
+    """Whether Score is (the model has a likelihood)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Every loaded version of this model, ascending."""
 
     @_builtins.property
     def image_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """[C, H, W]."""
+        """[C, H, W]; empty for a model that takes any size (image_channels, image_multiple_of)."""
 
     @_builtins.property
     def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """A conditional model's class names: label i is classes[i]. Empty for an unconditional model."""
+
+    @_builtins.property
+    def image_size(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """[H, W] of a model of one size; empty: any size whose sides are multiples of image_multiple_of."""
+
+    @_builtins.property
+    def value_range(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """[low, high]: the range of float32 images, in and out ([0, 1] or [-1, 1]); uint8 0..255 maps onto it."""
 
     def __init__(
         self,
@@ -713,10 +772,21 @@ class ModelInfo(_message.Message):
         max_request_items: _builtins.int = ...,
         classes: _abc.Iterable[_builtins.str] | None = ...,
         prior: _builtins.str = ...,
+        image_channels: _builtins.int = ...,
+        image_size: _abc.Iterable[_builtins.int] | None = ...,
+        image_multiple_of: _builtins.int = ...,
+        value_range: _abc.Iterable[_builtins.float] | None = ...,
+        latent_channels: _builtins.int = ...,
+        latent_downsampling: _builtins.int = ...,
+        scaling_factor: _builtins.float = ...,
+        shift_factor: _builtins.float = ...,
+        decoder_output: _builtins.str = ...,
+        has_prior: _builtins.bool = ...,
+        scorable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created", b"created", "image_shape", b"image_shape", "is_default", b"is_default", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "prior", b"prior", "provider", b"provider", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created", b"created", "decoder_output", b"decoder_output", "has_prior", b"has_prior", "image_channels", b"image_channels", "image_multiple_of", b"image_multiple_of", "image_shape", b"image_shape", "image_size", b"image_size", "is_default", b"is_default", "latent_channels", b"latent_channels", "latent_dim", b"latent_dim", "latent_downsampling", b"latent_downsampling", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "prior", b"prior", "provider", b"provider", "scaling_factor", b"scaling_factor", "scorable", b"scorable", "shift_factor", b"shift_factor", "value_range", b"value_range", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,6 +16,7 @@ const {
   fromTensor,
   labelList,
   loadService,
+  uint8Tensor,
 } = require('..');
 
 function assertUnitInterval(values) {
@@ -43,6 +44,16 @@ describe('float32 helpers', () => {
   it('refuse data that is not whole floats, and shapes that do not match', () => {
     assert.throws(() => float32FromBytes(Buffer.alloc(6)), RangeError);
     assert.throws(() => float32Tensor([1, 2, 3], [2, 2]), RangeError);
+  });
+
+  it('carry tensors of any rank: spatial latents [n, C, h, w] and RGB pixels as uint8', () => {
+    const latents = float32Tensor(new Float32Array(2 * 4 * 3 * 5), [2, 4, 3, 5]);
+    assert.deepEqual(fromTensor({ ...latents, shape: latents.shape }).shape, [2, 4, 3, 5]);
+    const rgb = Uint8Array.from({ length: 3 * 2 * 2 }, (_, i) => i * 20);
+    const back = fromTensor(uint8Tensor(rgb.subarray(0), [1, 3, 2, 2]));
+    assert.deepEqual(back.shape, [1, 3, 2, 2]);
+    assert.deepEqual(Array.from(back.values), Array.from(rgb));
+    assert.throws(() => uint8Tensor(rgb, [1, 3, 2, 3]), RangeError);
   });
 
   it('read int64 shapes that arrive as strings', () => {
@@ -94,6 +105,16 @@ describe('against a server', { skip: !target && 'VAE_TARGET is not set' }, () =>
     const pixels = await client.decode(mu, { outputDtype: 'uint8' });
     assert.ok(pixels.images.values instanceof Uint8Array);
     assert.deepEqual(pixels.images.shape, images.shape);
+  });
+
+  it('encodes uint8 pixels as their float32 values in [0, 1]', async () => {
+    const { images } = await client.sample(2, { seed: 3, outputDtype: 'uint8' });
+    assert.ok(images.values instanceof Uint8Array);
+    const fromPixels = await client.encode(images);
+    const scaled = { shape: images.shape, values: Float32Array.from(images.values, (v) => v / 255) };
+    const fromFloats = await client.encode(scaled);
+    assert.deepEqual(fromPixels.mu.shape, fromFloats.mu.shape);
+    fromPixels.mu.values.forEach((v, i) => assert.ok(Math.abs(v - fromFloats.mu.values[i]) <= 1e-5, `${i}`));
   });
 
   it('gets INVALID_ARGUMENT for an invalid request and a misspelt field', async () => {
