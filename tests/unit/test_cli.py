@@ -107,7 +107,7 @@ def test_client_decode_of_an_image_says_it_takes_latents(
 ) -> None:
     (tmp_path / "x.png").write_bytes(b"")
     err = _error(["client", "decode", str(tmp_path / "x.png"), "--target", "127.0.0.1:1"], capsys)
-    assert "decode takes latents, a .npy array [n, D]" in err and "vae client reconstruct" in err
+    assert "decode takes latents, a .npy array [n, ...]" in err and "vae client reconstruct" in err
 
 
 def test_client_tls_errors_name_the_flag_and_the_file(
