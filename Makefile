@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 REPO ?= models
 MODEL ?= mnist
 
-.PHONY: help test lint format protos serve model model-cvae compare-priors bench clean system-packages
+.PHONY: help test lint format protos serve model model-cvae compare-priors bench bench-gpu clean system-packages
 
 help:
 	@echo "make serve   install the serving extra and serve the bundled model on :50051 (metrics :8000)"
@@ -18,6 +18,7 @@ help:
 	@echo "make model-cvae  reproduce models/mnist-cvae/1, the conditional model, and its judge's figures"
 	@echo "make compare-priors  the same network under the normal, mixture and VampPrior priors, briefly"
 	@echo "make bench   the side-by-side benchmark suite (docs/benchmarks.md), about 15 minutes"
+	@echo "make bench-gpu  on a GPU machine: in-process sweep, CUDA parity, gpu tests, the service (docs/gpu.md), < 4 minutes"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
