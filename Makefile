@@ -137,6 +137,5 @@ bench: $(VENV)/.bench-installed $(TRITON_VENV)/.installed
 # marked gpu and the service under issue 29's loads, in under 4 minutes; writes docs/gpu.{md,json}.
 # No venv: it runs under the GPU image's python3, with onnxruntime-gpu and the project on PYTHONPATH.
 BENCH_GPU_ARGS ?=
-.PHONY: bench-gpu
 bench-gpu:
 	$(PYTHON) -m benchmarks.gpu --repo $(REPO) --model $(MODEL) --out docs $(BENCH_GPU_ARGS)
