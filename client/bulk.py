@@ -40,6 +40,7 @@ class Job:
     concurrency: int = 4  # requests in flight
     batch: int = 16  # images a request
     shard_size: int = 1024  # images a shard, at most
+    scaled: bool = False  # encode_folder: store a diffusion pipeline's latents (store.json records it)
 
     def __post_init__(self) -> None:
         for flag, value in (("--concurrency", self.concurrency), ("--batch", self.batch)):
@@ -156,7 +157,7 @@ async def encode_folder(
     started = time.monotonic()
     info = await client.model_info(model=job.model, version=job.version)
     # The version that answered is pinned: a newer one loaded mid-run must not mix into the store.
-    store = LatentStore.open(out, info.name, info.version)
+    store = LatentStore.open(out, info.name, info.version, scaled=job.scaled)
     done = store.done()
     todo = [source for source in sources if source.key not in done]
     report = Report(skipped=len(sources) - len(todo))
@@ -172,7 +173,10 @@ async def encode_folder(
             mu = None
             if pixels is not None:
                 try:
-                    mu = (await client.encode(pixels, model=info.name, version=info.version)).mu
+                    encoded_batch = await client.encode(
+                        pixels, model=info.name, version=info.version, scaled=job.scaled
+                    )
+                    mu = encoded_batch.mu
                     report.done += len(encoded)
                 except grpc.RpcError as exc:
                     report.failures += _refused([source.key for source, _ in encoded], exc)
@@ -249,7 +253,9 @@ async def decode_store(
                 report.failures += [Failure(key, f"{batch[0].shard}: {exc}") for key in keys]
                 return
             try:
-                decoded = await client.decode(latents, output_dtype="uint8", model=model[0], version=model[1])
+                decoded = await client.decode(
+                    latents, output_dtype="uint8", model=model[0], version=model[1], scaled=store.scaled
+                )
                 images = decoded.images
             except grpc.RpcError as exc:
                 report.failures += _refused(keys, exc)

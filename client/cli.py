@@ -49,6 +49,13 @@ def register(commands: Any) -> None:
     prior.add_argument("--n", type=int, default=16, help="images")
     prior.add_argument("--seed", type=int, default=None, help="same seed, same images (default: random)")
     prior.add_argument("--temperature", type=float, default=None, help="scales the prior's std (default 1)")
+    prior.add_argument("--height", type=int, default=0, help="image height, for a model of any size")
+    prior.add_argument("--width", type=int, default=0, help="image width, for a model of any size")
+    # A diffusion pipeline's latents: (z - shift_factor) * scaling_factor (`vae client info` shows both).
+    scaled = argparse.ArgumentParser(add_help=False)
+    scaled.add_argument(
+        "--scaled", action="store_true", help="latents as a diffusion pipeline uses them (scaled and shifted)"
+    )
 
     client = commands.add_parser(
         "client",
@@ -60,7 +67,8 @@ def register(commands: Any) -> None:
         parents=[common, prior, labelled],
         help="images from the prior",
         epilog="examples:\n  vae client sample --n 16 --seed 7 --out samples/\n"
-        "  vae client sample --model mnist-cvae --label 7 --n 16",
+        "  vae client sample --model mnist-cvae --label 7 --n 16\n"
+        "  vae client sample --model sd-vae --height 512 --width 768 --n 4",
     )
     sample.set_defaults(handler=handlers.sample)
 
@@ -75,10 +83,10 @@ def register(commands: Any) -> None:
 
     encode = client.add_parser(
         "encode",
-        parents=[common, labelled],
+        parents=[common, labelled, scaled],
         help="images -> mu.npy, logvar.npy (z.npy); or --out FILE.npy: the mean latents alone",
         epilog="examples:\n  vae client encode samples/sample_0000.png samples/sample_0001.png --out codes/\n"
-        "  vae client encode photo.png --model sd-vae --out latents.npy\n"
+        "  vae client encode photo.png --model sd-vae --scaled --out latents.npy\n"
         "images of several sizes go in one request per size; into a folder, as mu_HxW.npy ...",
     )
     encode.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...) or .npy arrays")
@@ -88,10 +96,10 @@ def register(commands: Any) -> None:
 
     decode = client.add_parser(
         "decode",
-        parents=[common, labelled],
+        parents=[common, labelled, scaled],
         help="latents (.npy, [n, ...]) -> images, a PNG each",
         epilog="examples:\n  vae client decode codes/mu.npy --out decoded/\n"
-        "  vae client decode latents.npy --model sd-vae --out decoded/",
+        "  vae client decode latents.npy --model sd-vae --scaled --out decoded/",
     )
     decode.add_argument("latents", type=Path, help=".npy of latents: [n, D], [n, C, h, w], or one [D]")
     decode.set_defaults(handler=handlers.decode)
@@ -145,9 +153,10 @@ def register(commands: Any) -> None:
     info = client.add_parser(
         "info",
         parents=[which],
-        help="one model version's shapes, classes, provider and limits, as JSON",
+        help="one model version's images, latent, scaling, prior, classes, provider and limits",
         epilog="example:\n  vae client info --model mnist --version 1",
     )
+    info.add_argument("--json", action="store_true", help="print every ModelInfo field as JSON")
     info.set_defaults(handler=handlers.info)
 
     bulk = argparse.ArgumentParser(add_help=False, parents=[which])
@@ -155,10 +164,11 @@ def register(commands: Any) -> None:
     bulk.add_argument("--batch", type=int, default=16, help="images a request")
     folder = client.add_parser(
         "encode-folder",
-        parents=[bulk],
+        parents=[bulk, scaled],
         help="a folder or list of images -> a latent store: .npy shards and index.jsonl; resumable",
         epilog="example:\n  vae client encode-folder photos/ --model sd-vae --out store/ --concurrency 4\n"
         "run it again after an interruption: finished shards are kept, their images skipped.\n"
+        "--scaled stores a diffusion pipeline's latents; store.json records it, and decode-store unscales\n"
         "exit 1 when any image failed (listed on stderr); running it again retries them",
     )
     folder.add_argument(
@@ -173,7 +183,8 @@ def register(commands: Any) -> None:
         parents=[bulk],
         help="a latent store -> a PNG per image, named after its source; resumable",
         epilog="example:\n  vae client decode-store store/ --out decoded/\n"
-        "--model: the model that encoded the store unless given; PNGs already there are skipped",
+        "--model: the model that encoded the store unless given; PNGs already there are skipped;\n"
+        "latents stored --scaled are decoded as such (store.json records it)",
     )
     store.add_argument("store", type=Path, help="a folder written by encode-folder")
     store.add_argument("--out", type=Path, required=True, help="output folder")

@@ -78,7 +78,18 @@ def _pick(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "version": args.version}
 
 
+def _size(args: argparse.Namespace) -> tuple[int, int]:
+    """--height and --width: both (a model of any size), or neither (its fixed size)."""
+    if (args.height > 0) != (args.width > 0) or min(args.height, args.width) < 0:
+        raise ValueError(
+            f"--height {args.height} --width {args.width}: pass both, positive, for a model of any size, "
+            "or neither for a model of one size (`vae client info` says which)"
+        )
+    return args.height, args.width
+
+
 def sample(args: argparse.Namespace) -> int:
+    size = _size(args)
     with _client(args) as client:
         result = client.sample(
             args.n,
@@ -86,6 +97,8 @@ def sample(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             output_dtype=_image_dtype(args),
             labels=args.label,
+            height=size[0],
+            width=size[1],
             **_pick(args),
         )
     _answered(result.model)
@@ -99,6 +112,7 @@ def sample_stream(args: argparse.Namespace) -> int:
 
     latents: list[np.ndarray] = []
     written = 0
+    size = _size(args)
     with _client(args) as client:
         chunks = client.sample_stream(
             args.n,
@@ -106,6 +120,8 @@ def sample_stream(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             output_dtype="uint8",
             labels=args.label,
+            height=size[0],
+            width=size[1],
             **_pick(args),
         )
         for chunk in chunks:
@@ -134,7 +150,8 @@ def encode(args: argparse.Namespace) -> int:
         )
     with _client(args, out_file=to_file) as client:
         groups = size_groups(files, model_channels(client.model_info(**_pick(args))))
-        options = {"samples": args.samples, "seed": args.seed, "labels": args.label, **_pick(args)}
+        options = {"samples": args.samples, "seed": args.seed, "labels": args.label, "scaled": args.scaled}
+        options.update(_pick(args))
         results = {shape: client.encode(images, **options) for shape, images in groups.items()}
     first = next(iter(results.values()))
     _answered(first.model)
@@ -162,7 +179,9 @@ def decode(args: argparse.Namespace) -> int:
 
     latents = read_latents(args.latents)
     with _client(args) as client:
-        result = client.decode(latents, output_dtype=_image_dtype(args), labels=args.label, **_pick(args))
+        result = client.decode(
+            latents, output_dtype=_image_dtype(args), labels=args.label, scaled=args.scaled, **_pick(args)
+        )
     _answered(result.model)
     return _write(args, "decoded", result.images)
 
@@ -258,10 +277,12 @@ def info(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
+    from client.describe import describe
+
     with _client(args) as client:
         info = client.model_info(**_pick(args))
     _answered((info.name, info.version))
-    print(json.dumps(dataclasses.asdict(info), indent=2))
+    print(json.dumps(dataclasses.asdict(info), indent=2) if args.json else "\n".join(describe(info)))
     return 0
 
 
@@ -302,7 +323,7 @@ def encode_folder(args: argparse.Namespace) -> int:
     from client.image_files import check_out
     from client.store import IMAGE_SUFFIXES, list_sources
 
-    job = bulk.Job(args.model, args.version, args.concurrency, args.batch, args.shard_size)
+    job = bulk.Job(args.model, args.version, args.concurrency, args.batch, args.shard_size, args.scaled)
     sources = list_sources(args.source)
     if not sources:
         raise ValueError(f"{args.source}: no images in it ({', '.join(sorted(IMAGE_SUFFIXES))})")

@@ -1,13 +1,14 @@
 """A latent store on disk: .npy shards of mean latents, an index of what each row is, resumable writes.
 
-    STORE/store.json        {"format": 1, "model": NAME, "version": N, "stored": "mu"}
+    STORE/store.json        {"format": 1, "model": NAME, "version": N, "stored": "mu", "scaled": false}
     STORE/index.jsonl       one line per image: {"path", "size": [H, W], "shard", "row", "model", "version"}
     STORE/shard-00000.npy   float32 [rows, *latent_shape]: the encoder's mean, one row per image
 
 A shard is written whole to a temporary file and renamed into place, then its index lines are appended
 in one write: an image is in the store once its line is, and a rerun skips it. A shard the index does
 not name (a run stopped between the rename and the append) and leftover temporary files are removed
-when the store is opened again.
+when the store is opened again. `scaled`: the rows are a diffusion pipeline's latents,
+(mu - shift_factor) * scaling_factor (false where store.json predates the key).
 """
 
 from __future__ import annotations
@@ -79,11 +80,14 @@ def _atomic_write(path: Path, write: Any) -> None:
 class LatentStore:
     """A store opened for reading, or for adding shards encoded by one model version."""
 
-    def __init__(self, root: Path, model: str, version: int, entries: list[Entry]) -> None:
+    def __init__(
+        self, root: Path, model: str, version: int, entries: list[Entry], *, scaled: bool = False
+    ) -> None:
         self.root = root
         self.model = model
         self.version = version
         self.entries = entries
+        self.scaled = scaled
         named = {entry.shard for entry in entries}
         self._next = 1 + max((int(name.removeprefix("shard-")[:-4]) for name in named), default=-1)
 
@@ -95,16 +99,17 @@ class LatentStore:
         meta = json.loads((root / META).read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{root}: store format {meta.get('format')}, this client reads {FORMAT}")
-        return cls(root, meta["model"], meta["version"], list(_read_index(root / INDEX)))
+        entries = list(_read_index(root / INDEX))
+        return cls(root, meta["model"], meta["version"], entries, scaled=bool(meta.get("scaled", False)))
 
     @classmethod
-    def open(cls, root: Path, model: str, version: int) -> LatentStore:
-        """A store to add to, made if new; one made by another model version is refused, not mixed."""
+    def open(cls, root: Path, model: str, version: int, *, scaled: bool = False) -> LatentStore:
+        """A store to add to, made if new; one of another model version or scaling is refused, not mixed."""
         if root.exists() and not root.is_dir():
             raise ValueError(f"--out {root} is a file; name a folder for the store")
         if not (root / META).exists():
             root.mkdir(parents=True, exist_ok=True)
-            meta = {"format": FORMAT, "model": model, "version": version, "stored": "mu"}
+            meta = {"format": FORMAT, "model": model, "version": version, "stored": "mu", "scaled": scaled}
             _atomic_write(root / META, lambda handle: handle.write(json.dumps(meta).encode()))
         store = cls.read(root)
         if (store.model, store.version) != (model, version):
@@ -112,6 +117,9 @@ class LatentStore:
                 f"{root} holds latents of {store.model}/{store.version}, not {model}/{version}: "
                 f"pass --model {store.model} --version {store.version}, or another --out"
             )
+        if store.scaled != scaled:
+            held, flag = ("scaled", "pass --scaled") if store.scaled else ("unscaled", "drop --scaled")
+            raise ValueError(f"{root} holds {held} latents: {flag}, or another --out")
         store._clean()
         return store
 

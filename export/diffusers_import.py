@@ -2,9 +2,9 @@
 
 The encoder graph gives the mean and log-variance of diffusers' `encode(x).latent_dist`, the decoder
 graph `decode(z).sample` clamped to [-1, 1], as every diffusers pipeline clamps it before it makes
-pixels. Both take any batch and any image size that is a multiple of the downsampling factor. Parity
-against diffusers in torch is checked before anything is written; weights are read from the folder
-only, never fetched.
+pixels. Both take any batch and any image size that is a multiple of the downsampling factor, or
+the one size `image_size` fixes. Parity against diffusers in torch is checked before anything is
+written; weights are read from the folder only, never fetched.
 """
 
 from __future__ import annotations
@@ -116,9 +116,18 @@ def read_folder(folder: Path) -> dict[str, Any]:
 
 
 def import_diffusers(
-    folder: Path, repo: Path, name: str, *, version: int | None = None, fp16: bool = False
+    folder: Path,
+    repo: Path,
+    name: str,
+    *,
+    version: int | None = None,
+    fp16: bool = False,
+    image_size: tuple[int, int] | None = None,
 ) -> Path:
-    """Import the AutoencoderKL in `folder` as repo/name/version (default: the next free one)."""
+    """Import the AutoencoderKL in `folder` as repo/name/version (default: the next free one).
+
+    `image_size` (H, W) fixes the size the graphs take (their spatial axes static); None: any size.
+    """
     read_folder(folder)
     from diffusers import AutoencoderKL
 
@@ -136,13 +145,18 @@ def import_diffusers(
             f"{config.out_channels} channels; Reconstruct needs both the same"
         )
     factor = 2 ** (len(config.block_out_channels) - 1)
+    if image_size is not None and any(side % factor for side in image_size):
+        raise ExportError(
+            f"--image-size {image_size[0]}x{image_size[1]}: both sides must be multiples of the model's "
+            f"downsampling factor {factor}"
+        )
     with stage_version(repo, name, version) as staged:
         manifest = Manifest(
             name=name,
             version=staged.version,
             created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             image=ImageSpec(
-                channels=config.in_channels, size=None, multiple_of=factor, value_range=VALUE_RANGE
+                channels=config.in_channels, size=image_size, multiple_of=factor, value_range=VALUE_RANGE
             ),
             latent=LatentSpec(
                 channels=config.latent_channels,
@@ -159,7 +173,9 @@ def import_diffusers(
             fp16=None,
             parity_max_abs_diff={},
             parity_batch_sizes=PARITY_BATCH_SIZES,
-            parity_image_sizes=tuple((h * factor, w * factor) for h, w in PARITY_SIZES),
+            parity_image_sizes=(image_size,)
+            if image_size
+            else tuple((h * factor, w * factor) for h, w in PARITY_SIZES),
             eval=None,
             training={},
             source=_source(folder, vae),
@@ -190,18 +206,24 @@ def _source(folder: Path, vae: Any) -> dict[str, Any]:
 
 def _write_graphs(vae: Any, directory: Path, manifest: Manifest) -> dict[str, GraphEntry]:
     factor = manifest.latent.downsampling or 1
-    h, w = _TRACE_LATENT
     batch, lh, lw = torch.export.Dim(BATCH_AXIS), torch.export.Dim("h"), torch.export.Dim("w")
+    encoder_axes: dict[int, Any] = {0: batch, 2: factor * lh, 3: factor * lw}
+    decoder_axes: dict[int, Any] = {0: batch, 2: lh, 3: lw}
+    if manifest.image.size is None:
+        h, w = _TRACE_LATENT
+    else:  # a fixed size: only the batch axis stays dynamic
+        h, w = (side // factor for side in manifest.image.size)
+        encoder_axes, decoder_axes = {0: batch}, {0: batch}
     traced = {
         "encoder": (
             EncoderGraph(vae),
             torch.zeros(_TRACE_BATCH, manifest.image.channels, h * factor, w * factor),
-            {0: batch, 2: factor * lh, 3: factor * lw},
+            encoder_axes,
         ),
         "decoder": (
             DecoderGraph(vae),
             torch.zeros(_TRACE_BATCH, manifest.latent.channels, h, w),
-            {0: batch, 2: lh, 3: lw},
+            decoder_axes,
         ),
     }
     contract = manifest_contract(manifest)

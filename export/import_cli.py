@@ -11,9 +11,19 @@ def _diffusers(args: argparse.Namespace) -> int:
     from export.diffusers_import import import_diffusers, read_folder
 
     read_folder(args.folder)  # a wrong folder is refused before torch and diffusers load
-    path = import_diffusers(args.folder, args.repo, args.name, version=args.version, fp16=args.fp16)
+    path = import_diffusers(
+        args.folder, args.repo, args.name, version=args.version, fp16=args.fp16, image_size=args.image_size
+    )
     print(f"imported {path}")
     return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    """--image-size HxW: two positive integers."""
+    height, _, width = text.partition("x")
+    if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise argparse.ArgumentTypeError(f"expected HxW, two positive integers (e.g. 512x768), got {text!r}")
+    return int(height), int(width)
 
 
 def register(commands: Any) -> None:
@@ -42,5 +52,12 @@ def register(commands: Any) -> None:
     diffusers.add_argument("--version", type=int, default=None, help="default: the next free version")
     diffusers.add_argument(
         "--fp16", action="store_true", help="also write half-precision copies (for GPUs; checked within 1e-2)"
+    )
+    diffusers.add_argument(
+        "--image-size",
+        type=_size,
+        default=None,
+        metavar="HxW",
+        help="fix the image size the graphs take (default: any size, multiples of the downsampling)",
     )
     diffusers.set_defaults(handler=_diffusers)

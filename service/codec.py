@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from repository.manifest import Manifest
+from service.config import setting
 from service.errors import InvalidArgument
 from vae.v1 import vae_pb2 as pb
 from wire.tensors import FLOAT32, NUMPY, UINT8, array, dtype_name, field
@@ -47,11 +48,30 @@ def _check_shape(what: str, got: tuple[int, ...], item_shape: ItemShape, max_ite
         raise InvalidArgument(f"{what}: batch must be in 1..{max_items}, got {got[0]}")
 
 
-def image_spec(manifest: Manifest) -> tuple[ItemShape, int, tuple[float, float]]:
-    """What `images` checks for a model: [C, H, W] (None sides: any size), multiple_of, value range."""
+def check_pixels(what: str, height: int, width: int, max_pixels: int, lead: str = "") -> None:
+    """An image size a caller chose (a model of any size) holds at most max_pixels pixels.
+
+    What one image costs grows with its pixels (docs/any-vae.md measures the SD 1.x VAE), so the
+    limit bounds one image's memory; larger images would need tiling, which is not served.
+    """
+    if height * width > max_pixels:
+        raise InvalidArgument(
+            f"{what}: {lead or 'images of'} {height}x{width}: {height * width} pixels per image, over the "
+            f"server's limit of {max_pixels} set by {setting('max_image_pixels')}; send smaller images, "
+            "or raise the limit"
+        )
+
+
+def model_images(tensor: pb.Tensor, manifest: Manifest, max_items: int, max_pixels: int) -> np.ndarray:
+    """A model's images: its fixed [C, H, W], or any size it takes of at most max_pixels pixels."""
     fixed = manifest.fixed_image_shape
     shape: ItemShape = fixed if fixed is not None else (manifest.image.channels, None, None)
-    return shape, manifest.divisibility, manifest.value_range
+    values = images(
+        tensor, shape, max_items, multiple_of=manifest.divisibility, value_range=manifest.value_range
+    )
+    if fixed is None:
+        check_pixels("images", values.shape[2], values.shape[3], max_pixels)
+    return values
 
 
 def images(
@@ -92,18 +112,25 @@ def images(
     return values
 
 
-def model_latents(tensor: pb.Tensor, manifest: Manifest, max_items: int, what: str = "latents") -> np.ndarray:
-    """A model's latents: flat [batch, D], or spatial [batch, C, h, w] that decode to a size it takes."""
+def model_latents(
+    tensor: pb.Tensor, manifest: Manifest, max_items: int, max_pixels: int, what: str = "latents"
+) -> np.ndarray:
+    """A model's latents: flat [batch, D], or spatial [batch, C, h, w] that decode to a size it takes.
+
+    A model of any size decodes latents to images of at most max_pixels pixels.
+    """
     if not manifest.is_spatial:
         return latents(tensor, manifest.latent_dim, max_items, what)
     values = latents(tensor, (manifest.latent.channels, None, None), max_items, what)
+    shape = list(values.shape[1:])
     try:
         image = manifest.decoded_image_shape((values.shape[2], values.shape[3]))
         expected = manifest.latent_shape((image[1], image[2]))
     except ValueError as exc:
-        shape = list(values.shape[1:])
         raise InvalidArgument(f"{what}: latents {shape} decode to no image the model takes: {exc}") from None
     _check_shape(what, values.shape, expected, max_items)
+    if manifest.fixed_image_shape is None:
+        check_pixels(what, image[1], image[2], max_pixels, f"{shape} decode to images of")
     return values
 
 

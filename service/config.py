@@ -83,6 +83,11 @@ class ServiceConfig:
         256 * 2**20,
         "queued bytes per graph and item shape at most (a memory backstop); also one request's float32 items",
     )
+    # One image's memory grows with its pixels: SD 1.x's decoder takes 4.4 GiB at 1024x1024 (docs/any-vae.md).
+    max_image_pixels: int = _option(
+        1024 * 1024,
+        "height x width of an image at most, for models of any size (latents: the images they decode to)",
+    )
     max_queue_delay_ms: float = _option(
         5000.0,
         "refuse a request (RESOURCE_EXHAUSTED) whose queued work ahead would take longer (0: no bound)",
@@ -146,6 +151,7 @@ class ServiceConfig:
             "max_batch_items",
             "max_queue_items",
             "max_queue_bytes",
+            "max_image_pixels",
             "max_request_items",
             "max_stream_items",
             "max_posterior_samples",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from repository.manifest import Manifest
+from service.codec import check_pixels
 from service.errors import FailedPrecondition, InvalidArgument
 from service.registry import LoadedModel
 from vae.v1 import vae_pb2 as pb
@@ -44,11 +45,11 @@ def model_info(model: LoadedModel, max_request_items: int) -> pb.ModelInfo:
     )
 
 
-def sample_shape(manifest: Manifest, height: int, width: int) -> tuple[int, ...]:
+def sample_shape(manifest: Manifest, height: int, width: int, max_pixels: int) -> tuple[int, ...]:
     """One latent's shape for Sample at height x width (0 x 0: the model's fixed size).
 
     FailedPrecondition for a model without a prior worth sampling; InvalidArgument for a size it
-    does not take.
+    does not take, or of more than max_pixels pixels.
     """
     if not manifest.has_prior:
         raise FailedPrecondition(
@@ -64,6 +65,9 @@ def sample_shape(manifest: Manifest, height: int, width: int) -> tuple[int, ...]
             "leave them 0"
         )
     try:
-        return manifest.latent_shape(size)
+        shape = manifest.latent_shape(size)
     except ValueError as exc:
         raise InvalidArgument(f"height, width: {exc}") from None
+    if size is not None and fixed is None:
+        check_pixels("height, width", height, width, max_pixels)
+    return shape

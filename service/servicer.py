@@ -102,7 +102,7 @@ class VaeServicer:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, n)
-        shape = sample_shape(model.manifest, request.height, request.width)
+        shape = sample_shape(model.manifest, request.height, request.width, self._config.max_image_pixels)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
         z = _draw(model, latents.stream(_seed(request), self._rng), n, temperature, shape)
         self._check_size(self._image_bytes(model, z, dtype) + z.nbytes)
@@ -116,7 +116,7 @@ class VaeServicer:
         model = self._registry.resolve(request.model)
         n = codec.count(request.n, "n", 1, self._config.max_stream_items)
         y = codec.labels(request.labels, model.manifest, n)
-        shape = sample_shape(model.manifest, request.height, request.width)
+        shape = sample_shape(model.manifest, request.height, request.width, self._config.max_image_pixels)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
         one = np.zeros((1, *shape), np.float32)
         per_item = self._image_bytes(model, one, dtype) + one.nbytes
@@ -237,15 +237,16 @@ class VaeServicer:
 
     def _images(self, tensor: pb.Tensor, model: LoadedModel) -> np.ndarray:
         """A request's images, checked against the model, and within the bytes one request may queue."""
-        shape, multiple_of, value_range = codec.image_spec(model.manifest)
-        images = codec.images(
-            tensor, shape, self._config.max_request_items, multiple_of=multiple_of, value_range=value_range
+        images = codec.model_images(
+            tensor, model.manifest, self._config.max_request_items, self._config.max_image_pixels
         )
         self._check_work(images.nbytes)
         return images
 
     def _latents(self, tensor: pb.Tensor, model: LoadedModel) -> np.ndarray:
-        z = codec.model_latents(tensor, model.manifest, self._config.max_request_items)
+        z = codec.model_latents(
+            tensor, model.manifest, self._config.max_request_items, self._config.max_image_pixels
+        )
         self._check_work(z.nbytes)
         return z
 

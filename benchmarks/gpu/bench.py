@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import conditions
+from benchmarks import any_vae, conditions
 from benchmarks.gpu import inprocess, page, service
 from repository.manifest import read_manifest
 from repository.placement import select_placement
@@ -33,8 +33,16 @@ from repository.runtime import available_providers, onnxruntime_version
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPU_TESTS = "tests/integration/test_gpu.py"
 SECTIONS = ("sweep", "parity", "tests", "service")
+# Asked for by name only: Stable Diffusion's VAE (benchmarks/any_vae.py; importing it needs diffusers).
+OPTIONAL = ("any-vae",)
 # Seconds a section needs at least to be worth starting.
-MINIMUM_S = {"sweep": 5.0, "parity": 5.0, "tests": 20.0, "service": service.START_ALLOWANCE_S}
+MINIMUM_S = {
+    "sweep": 5.0,
+    "parity": 5.0,
+    "tests": 20.0,
+    "service": service.START_ALLOWANCE_S,
+    "any-vae": 60.0,
+}
 # What the parity and the tests take on an H200 host, with room: the sweep and the tests end early
 # enough to leave the later sections these (and the service its estimate).
 PARITY_S, TESTS_S = 15.0, 45.0
@@ -48,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", type=int, default=2, help="model version for the in-process sections")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="writes OUT/gpu.json and OUT/gpu.md")
     parser.add_argument("--budget-s", type=float, default=210.0, help="seconds for all sections together")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL, default=list(SECTIONS))
     parser.add_argument(
         "--batches", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096, 16384], help="sweep batches"
     )
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             "parity": lambda: _parity(args, version_dir),
             "tests": lambda: _tests(deadline - _reserve(args, "tests")),
             "service": lambda: _service(args, Path(scratch), deadline),
+            "any-vae": lambda: _any_vae(args.device),
         }
         for name in args.sections:
             _section(sections, name, started, deadline, MINIMUM_S[name], steps[name])
@@ -190,6 +199,12 @@ def _parity(args: argparse.Namespace, version_dir: Path) -> dict[str, Any]:
     return inprocess.parity(
         version_dir, manifest, placement, args.parity_batch, args.precision_batches, args.cell_s
     )
+
+
+def _any_vae(device: str) -> dict[str, Any]:
+    """benchmarks/any_vae.py's figures on the device, with its defaults (SD 1.x at 256 and 512 px)."""
+    flags = ["--device", device]
+    return any_vae.measure(any_vae.build_parser().parse_args(flags), flags)
 
 
 def _tests(deadline: float) -> dict[str, Any]:

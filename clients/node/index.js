@@ -1,5 +1,5 @@
 'use strict';
-// A small Node.js client of vae.v1.VaeService: Sample, Encode and Decode, and float32 helpers.
+// A small Node.js client of vae.v1.VaeService: Sample, Encode, Decode, GetModelInfo, and float32 helpers.
 // It loads protos/vae/v1/vae.proto at run time with @grpc/proto-loader, so no generated code exists
 // to go stale. README.md shows its use; docs/api.md ("Clients in other languages") says why each
 // setting below matters.
@@ -173,11 +173,24 @@ class VaeClient {
   }
 
   /**
-   * n images from the prior: {model, images [n, C, H, W], latents [n, D]}. A conditional model takes
-   * `labels` (here and in encode and decode): one class index for all, or an array with one per item.
+   * The model's ModelInfo message as the server sends it, every field of the proto included (loaded at
+   * run time): image_channels, image_size ([] for any size, multiples of image_multiple_of),
+   * value_range, latent_channels, latent_downsampling (0: a flat latent), scaling_factor,
+   * shift_factor, decoder_output, has_prior, scorable, classes, ...
    */
-  async sample(n, { seed, temperature, outputDtype: dtype = 'float32', labels } = {}) {
-    const request = { n, output_dtype: outputDtype(dtype) };
+  async modelInfo() {
+    const info = await this.call('GetModelInfo', {});
+    // int64 fields arrive as strings (longs: String); these are small counts and sizes.
+    return { ...info, image_shape: info.image_shape.map(Number), image_size: info.image_size.map(Number) };
+  }
+
+  /**
+   * n images from the prior: {model, images [n, C, H, W], latents [n, ...]}. A conditional model takes
+   * `labels` (here and in encode and decode): one class index for all, or an array with one per item.
+   * `height` and `width`: the size, for a model that takes any size.
+   */
+  async sample(n, { seed, temperature, outputDtype: dtype = 'float32', labels, height = 0, width = 0 } = {}) {
+    const request = { n, output_dtype: outputDtype(dtype), height, width };
     if (seed !== undefined) {
       request.seed = String(seed); // uint64: a string keeps seeds above 2**53 exact
     }
@@ -191,17 +204,22 @@ class VaeClient {
   /**
    * Images {shape [n, C, H, W], values: numbers in [0, 1], or a Uint8Array of 0..255 pixels sent as
    * uint8} -> {model, mu, logvar}, each [n, ...the model's latent shape]: [n, D], or [n, C, h, w].
+   * `scaled`: latents as a diffusion pipeline uses them, (z - shift_factor) * scaling_factor.
    */
-  async encode(images, { labels } = {}) {
+  async encode(images, { labels, scaled = false } = {}) {
     const tensor = images.values instanceof Uint8Array ? uint8Tensor : float32Tensor;
-    const request = { images: tensor(images.values, images.shape) };
+    const request = { images: tensor(images.values, images.shape), scaled };
     const response = await this.call('Encode', withLabels(request, labels));
     return { model: response.model, mu: fromTensor(response.mu), logvar: fromTensor(response.logvar) };
   }
 
-  /** Latents {values, shape [n, D] or [n, C, h, w]} -> {model, images [n, C, H, W]}. */
-  async decode(latents, { outputDtype: dtype = 'float32', labels } = {}) {
-    const request = { latents: float32Tensor(latents.values, latents.shape), output_dtype: outputDtype(dtype) };
+  /** Latents {values, shape [n, D] or [n, C, h, w]} -> {model, images [n, C, H, W]}; `scaled`: a pipeline's. */
+  async decode(latents, { outputDtype: dtype = 'float32', labels, scaled = false } = {}) {
+    const request = {
+      latents: float32Tensor(latents.values, latents.shape),
+      output_dtype: outputDtype(dtype),
+      scaled,
+    };
     const response = await this.call('Decode', withLabels(request, labels));
     return { model: response.model, images: fromTensor(response.images) };
   }

@@ -1,4 +1,5 @@
-"""clients/node against a real `vae serve`: `npm ci`, then its `node --test` suite, on the tiny model."""
+"""clients/node against a real `vae serve`: `npm ci`, then its `node --test` suite, on the tiny model
+and an imported AutoencoderKL (scaled latents, ModelInfo's contract version 2 fields)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def test_node_client_matches_the_python_client_against_a_real_server(
     tiny_model_repo: Path, tmp_path: Path
 ) -> None:
     assert NPM is not None and NODE is not None, MISSING
+    from helpers.autoencoders import build_autoencoder, import_autoencoder  # torch: only when it runs
+
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_model_repo, repo)
+    # The smallest test config, given a shift, so that scaled latents show both factors (seconds).
+    version = import_autoencoder(build_autoencoder("grey", shift_factor=0.25), tmp_path / "grey", "grey")
+    shutil.copytree(version.parent, repo / "grey")
     # The locked versions from the registry; --ignore-scripts: no package needs its install script.
     install = subprocess.run(
         [NPM, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
@@ -41,7 +49,7 @@ def test_node_client_matches_the_python_client_against_a_real_server(
         check=False,
     )
     assert install.returncode == 0, f"npm ci failed in {NODE_CLIENT}:\n{install.stdout}\n{install.stderr}"
-    with serving(tiny_model_repo) as server:
+    with serving(repo) as server:
         with VaeClient(server.target) as client:
             sampled = client.sample(5, seed=7)
         expected = tmp_path / "expected.json"
@@ -60,7 +68,12 @@ def test_node_client_matches_the_python_client_against_a_real_server(
         result = subprocess.run(
             [NODE, "--test", "--test-reporter=tap", "test/"],
             cwd=NODE_CLIENT,
-            env={**os.environ, "VAE_TARGET": server.target, "VAE_EXPECTED": str(expected)},
+            env={
+                **os.environ,
+                "VAE_TARGET": server.target,
+                "VAE_EXPECTED": str(expected),
+                "VAE_SCALED_MODEL": "grey",
+            },
             capture_output=True,
             text=True,
             timeout=120,

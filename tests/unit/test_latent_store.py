@@ -42,6 +42,21 @@ def test_a_store_of_another_model_version_is_refused(tmp_path: Path) -> None:
         LatentStore.read(tmp_path / "elsewhere")
 
 
+def test_a_store_records_whether_its_latents_are_scaled_and_refuses_mixing(tmp_path: Path) -> None:
+    assert not LatentStore.open(tmp_path / "plain", "m", 1).scaled
+    scaled = LatentStore.open(tmp_path / "scaled", "m", 1, scaled=True)
+    assert scaled.scaled and LatentStore.read(tmp_path / "scaled").scaled
+    assert json.loads((tmp_path / "scaled" / "store.json").read_text())["scaled"] is True
+    with pytest.raises(ValueError, match=r"holds scaled latents: pass --scaled, or another --out"):
+        LatentStore.open(tmp_path / "scaled", "m", 1)
+    with pytest.raises(ValueError, match=r"holds unscaled latents: drop --scaled, or another --out"):
+        LatentStore.open(tmp_path / "plain", "m", 1, scaled=True)
+    # A store written before the key existed holds the encoder's own latents.
+    meta = tmp_path / "plain" / "store.json"
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "scaled"}))
+    assert not LatentStore.read(tmp_path / "plain").scaled
+
+
 def test_sources_from_a_folder_or_a_list_file(tmp_path: Path) -> None:
     for name in ("b/x.PNG", "a.jpg", "c.webp", "notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

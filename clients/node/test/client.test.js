@@ -1,7 +1,8 @@
 'use strict';
 // The client against a real `vae serve`: tests/integration/test_node_client.py starts the server and
 // sets VAE_TARGET, and VAE_EXPECTED, a JSON file with the Python client's answer to the same seeded
-// Sample. Without VAE_TARGET only the helper tests run.
+// Sample, and VAE_SCALED_MODEL, an imported AutoencoderKL (1 -> 2 channels, factor 4, a scale and a shift)
+// served beside it. Without VAE_TARGET only the helper tests run.
 
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
@@ -135,6 +136,28 @@ describe('against a server', { skip: !target && 'VAE_TARGET is not set' }, () =>
     await assert.rejects(client.sample(1, { outputDtype: 'unit8' }), TypeError);
     const response = await client.call('Sample', { n: 1, output_dtype: 'DTYPE_UNIT8' });
     assert.equal(response.images.dtype, 'DTYPE_FLOAT32');
+  });
+
+  it("reads an imported model's ModelInfo and encodes and decodes its scaled latents", async () => {
+    const imported = new VaeClient(target, { model: { name: process.env.VAE_SCALED_MODEL } });
+    after(() => imported.close());
+    const info = await imported.modelInfo();
+    assert.deepEqual([info.image_channels, info.image_size, info.image_multiple_of], [1, [], 4]);
+    assert.deepEqual([info.latent_channels, info.latent_downsampling, info.latent_dim], [2, 4, 0]);
+    assert.deepEqual([info.value_range, info.decoder_output, info.scorable], [[-1, 1], 'image', false]);
+    const { scaling_factor: scale, shift_factor: shift } = info;
+    assert.ok(scale > 0 && shift !== 0, `scaling ${scale}, shift ${shift}`);
+    const pixels = { shape: [1, 1, 8, 12], values: Uint8Array.from({ length: 96 }, (_, i) => (i * 37) % 256) };
+    const plain = await imported.encode(pixels);
+    const scaled = await imported.encode(pixels, { scaled: true });
+    assert.deepEqual(scaled.mu.shape, [1, 2, 2, 3]);
+    plain.mu.values.forEach((v, i) => assert.ok(Math.abs((v - shift) * scale - scaled.mu.values[i]) <= 1e-5, `${i}`));
+    const fromPlain = await imported.decode(plain.mu);
+    const fromScaled = await imported.decode(scaled.mu, { scaled: true });
+    assert.deepEqual(fromScaled.images.shape, [1, 1, 8, 12]);
+    fromPlain.images.values.forEach((v, i) => assert.ok(Math.abs(v - fromScaled.images.values[i]) <= 1e-4, `${i}`));
+    // Sampling at a size: the model declares no prior, and the server says so.
+    await rpcError(imported.sample(1, { height: 8, width: 12 }), grpc.status.FAILED_PRECONDITION);
   });
 
   it('needs the raised message limit: grpc-js receives 4 MiB by default', async () => {

@@ -44,3 +44,13 @@ def versioned_repo(
     with open(repo / "tiny" / "3" / "decoder.onnx", "ab") as handle:
         handle.write(b"tampered")
     return repo
+
+
+@pytest.fixture(scope="session")
+def shapes_server(
+    tmp_path_factory: pytest.TempPathFactory, start_server: Callable[..., RunningServer]
+) -> RunningServer:
+    """flux/1, grey/1 (the default) and wide/1 of helpers.autoencoders.shapes_repo, imported once."""
+    from helpers.autoencoders import shapes_repo  # torch and diffusers: only for the tests that ask
+
+    return start_server(shapes_repo(tmp_path_factory.mktemp("shapes")), model="grey")

@@ -6,7 +6,6 @@ A small SD-shaped AutoencoderKL with random weights is built from its config, im
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +15,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-import torch
-from helpers.autoencoders import build_autoencoder, import_autoencoder
+from helpers.autoencoders import (
+    build_autoencoder,
+    declare_prior,
+    diffusers_decode,
+    diffusers_encode,
+    import_autoencoder,
+)
 from helpers.servers import RunningServer
 
 from vae.v1 import vae_pb2 as pb
@@ -41,11 +45,8 @@ def repo(autoencoder: Any, tiny_model_repo: Path, tmp_path_factory: pytest.TempP
     shutil.copytree(tiny_model_repo, repo)
     version = import_autoencoder(autoencoder, root, "sd")
     shutil.copytree(version.parent, repo / "sd")
-    # model.json is not hashed, nor has_prior in the graphs' metadata: the same model, declaring a prior.
     prior = import_autoencoder(autoencoder, tmp_path_factory.mktemp("prior"), "sd-prior")
-    manifest = json.loads((prior / "model.json").read_text())
-    manifest.update(has_prior=True)
-    (prior / "model.json").write_text(json.dumps(manifest))
+    declare_prior(prior)
     shutil.copytree(prior.parent, repo / "sd-prior")
     return repo
 
@@ -58,17 +59,6 @@ def stub(repo: Path, start_server: Callable[..., RunningServer]) -> vae_pb2_grpc
 
 def _images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, 3, height, width)).astype(np.float32)
-
-
-def _torch_encode(vae: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with torch.no_grad():
-        dist = vae.encode(torch.from_numpy(np.array(x))).latent_dist
-    return dist.mean.numpy(), dist.logvar.numpy()
-
-
-def _torch_decode(vae: Any, z: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return np.asarray(vae.decode(torch.from_numpy(np.array(z))).sample.clamp(-1, 1).numpy())
 
 
 def _close(got: np.ndarray, want: np.ndarray) -> None:
@@ -99,12 +89,12 @@ def test_encode_decode_reconstruct_match_diffusers(
     stub: vae_pb2_grpc.VaeServiceStub, autoencoder: Any, height: int, width: int
 ) -> None:
     x = _images(3, height, width)
-    mu, logvar = _torch_encode(autoencoder, x)
+    mu, logvar = diffusers_encode(autoencoder, x)
     encoded = stub.Encode(pb.EncodeRequest(model=SD, images=tensor(x)))
     _close(to_numpy(encoded.mu, "mu"), mu)
     _close(to_numpy(encoded.logvar, "logvar"), logvar)
     decoded = stub.Decode(pb.DecodeRequest(model=SD, latents=tensor(mu)))
-    pictures = _torch_decode(autoencoder, mu)
+    pictures = diffusers_decode(autoencoder, mu)
     _close(to_numpy(decoded.images, "images"), pictures)
     reconstructed = stub.Reconstruct(pb.ReconstructRequest(model=SD, images=tensor(x)))
     _close(to_numpy(reconstructed.images, "images"), pictures)
@@ -117,23 +107,23 @@ def test_scaled_latents_are_what_a_diffusion_pipeline_uses(
     stub: vae_pb2_grpc.VaeServiceStub, autoencoder: Any
 ) -> None:
     x = _images(2, 32, 32, seed=1)
-    mu, logvar = _torch_encode(autoencoder, x)
+    mu, logvar = diffusers_encode(autoencoder, x)
     factor = autoencoder.config.scaling_factor
     scaled = stub.Encode(pb.EncodeRequest(model=SD, images=tensor(x), scaled=True))
     _close(to_numpy(scaled.mu, "mu"), mu * factor)
     _close(to_numpy(scaled.logvar, "logvar"), logvar + 2 * np.log(factor))
     decoded = stub.Decode(pb.DecodeRequest(model=SD, latents=scaled.mu, scaled=True))
-    _close(to_numpy(decoded.images, "images"), _torch_decode(autoencoder, mu))
+    _close(to_numpy(decoded.images, "images"), diffusers_decode(autoencoder, mu))
 
 
 def test_uint8_images_map_onto_the_models_range(stub: vae_pb2_grpc.VaeServiceStub, autoencoder: Any) -> None:
     pixels = np.random.default_rng(2).integers(0, 256, (1, 3, 16, 24), dtype=np.uint8)
     encoded = stub.Encode(pb.EncodeRequest(model=SD, images=tensor(pixels)))
-    mu, _ = _torch_encode(autoencoder, pixels.astype(np.float32) * np.float32(2 / 255) - 1)
+    mu, _ = diffusers_encode(autoencoder, pixels.astype(np.float32) * np.float32(2 / 255) - 1)
     _close(to_numpy(encoded.mu, "mu"), mu)
     decoded = stub.Decode(pb.DecodeRequest(model=SD, latents=encoded.mu, output_dtype=pb.DTYPE_UINT8))
     images = to_numpy(decoded.images, "images")
-    expected = (_torch_decode(autoencoder, to_numpy(encoded.mu, "mu")) + 1) / 2 * 255
+    expected = (diffusers_decode(autoencoder, to_numpy(encoded.mu, "mu")) + 1) / 2 * 255
     assert images.dtype == np.uint8 and np.abs(images.astype(np.float32) - expected).max() <= 0.51
 
 
@@ -153,7 +143,7 @@ def test_two_image_sizes_at_once_are_both_answered(
     with ThreadPoolExecutor(len(inputs)) as pool:
         answers = list(pool.map(lambda x: stub.Encode(pb.EncodeRequest(model=SD, images=tensor(x))), inputs))
     for x, answer in zip(inputs, answers, strict=True):
-        _close(to_numpy(answer.mu, "mu"), _torch_encode(autoencoder, x)[0])
+        _close(to_numpy(answer.mu, "mu"), diffusers_encode(autoencoder, x)[0])
 
 
 def test_interpolate_runs_over_the_flattened_latent(
@@ -165,7 +155,7 @@ def test_interpolate_runs_over_the_flattened_latent(
     )
     path = to_numpy(answer.latents, "latents")
     _close(path, np.stack([ends[0], (ends[0] + ends[1]) / 2, ends[1]]))
-    _close(to_numpy(answer.images, "images"), _torch_decode(autoencoder, path))
+    _close(to_numpy(answer.images, "images"), diffusers_decode(autoencoder, path))
     spherical = stub.Interpolate(
         pb.InterpolateRequest(
             model=SD, latents=tensor(ends), steps=3, method=pb.INTERPOLATION_METHOD_SPHERICAL
@@ -207,6 +197,6 @@ def test_sample_draws_normal_latents_at_the_requested_size(
     z = to_numpy(answer.latents, "latents")
     want = np.random.Generator(np.random.PCG64(5)).standard_normal((2, 4, 2, 3), dtype=np.float32)
     np.testing.assert_array_equal(z, want)
-    _close(to_numpy(answer.images, "images"), _torch_decode(autoencoder, z))
+    _close(to_numpy(answer.images, "images"), diffusers_decode(autoencoder, z))
     missing = _refused(lambda: stub.Sample(pb.SampleRequest(model=model, n=1)))
     assert missing.code() == grpc.StatusCode.INVALID_ARGUMENT and "give their (H, W)" in missing.details()

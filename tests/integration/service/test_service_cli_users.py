@@ -63,7 +63,7 @@ def test_client_list_models_and_info(server: RunningServer) -> None:
         listed.stdout == "tiny/1  (default)  latent_dim 8, images 1x28x28, bernoulli, CPUExecutionProvider\n"
     )
 
-    info = cli("client", "info", "--target", server.target, "--model", "tiny", "--version", "1")
+    info = cli("client", "info", "--target", server.target, "--model", "tiny", "--version", "1", "--json")
     assert info.returncode == 0, info.stderr
     assert info.stderr == "tiny/1 answered\n"
     described = json.loads(info.stdout)

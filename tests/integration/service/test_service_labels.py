@@ -310,7 +310,7 @@ def test_client_cli_samples_a_class_and_shows_the_classes(
     vae("client", "sample", *target, "--label", "1", "--n", "3", "--seed", "6", "--npy", "--out", tmp_path)
     expected = client.sample(3, seed=6, labels=1, model=CVAE)
     np.testing.assert_array_equal(np.load(tmp_path / "sample.npy"), expected.images)
-    info = json.loads(vae("client", "info", *target).stdout)
+    info = json.loads(vae("client", "info", *target, "--json").stdout)
     assert info["classes"] == list(CLASSES)
     listed = vae("client", "list-models", "--target", server.target).stdout.splitlines()
     assert [line.endswith(", 3 classes") for line in listed] == [False, True]  # tiny, then tiny-cvae
