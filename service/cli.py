@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     # The device decides what auto means (workers, batch limit): chosen once, before any worker starts.
     placement = select_placement(config.device, available_providers(), tf32=config.cuda_tf32)
     config = sized(config, placement.provider)
-    if config.workers > 1:
+    if config.supervised:
         return serve_workers(config)
 
     async def run() -> None:

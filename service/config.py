@@ -51,6 +51,12 @@ class ServiceConfig:
         "(auto: 1 on CPU; on CUDA one per 4 cores, at most 8)",
         auto=True,
     )
+    # Measured against independent workers on a GPU by benchmarks/gpu.py (docs/gpu.md).
+    device_executor: bool = _option(
+        False,
+        "one process holds every graph's session (one CUDA context) and runs the workers' batches, "
+        "joining those that wait together; the workers only serve gRPC",
+    )
     # systemd's StartLimitBurst idea: replacing forever would hide a crash loop from the orchestrator.
     worker_restarts: int = _option(
         5,
@@ -130,6 +136,11 @@ class ServiceConfig:
         "", "send OpenTelemetry traces over OTLP/gRPC here (http://HOST:4317); OTEL_* variables apply"
     )
     event_loop: str = _option("uvloop", "uvloop (less CPU per request) or asyncio (the standard library's)")
+
+    @property
+    def supervised(self) -> bool:
+        """Served by service/workers.py's supervisor: worker processes sharing the port."""
+        return self.workers > 1 or self.device_executor
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):

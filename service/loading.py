@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -45,9 +47,47 @@ from vae.v1 import vae_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+class ServedGraph(Protocol):
+    """What the batchers run: a local Graph, or service/executor_client.py's RemoteGraph."""
+
+    provider: str
+
+    def describe(self) -> str: ...
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+class GraphSource(Protocol):
+    """Where a version's graphs are opened: in this process, or in the device executor."""
+
+    def open(self, path: Path, sha256: str) -> ServedGraph: ...  # a file the caller verified
+    def release(self, graph: ServedGraph) -> None: ...  # its version no longer serves
+
+
+class LocalGraphs:
+    """Sessions in this process, on `placement`."""
+
+    def __init__(self, config: ServiceConfig, placement: Placement) -> None:
+        self._config = config
+        self._placement = placement
+
+    def open(self, path: Path, sha256: str) -> ServedGraph:
+        return Graph(
+            path,
+            intra_op_threads=self._config.intra_op_threads,
+            inter_op_threads=self._config.inter_op_threads,
+            spinning=self._config.spinning,
+            placement=self._placement,
+        )
+
+    def release(self, graph: ServedGraph) -> None:
+        """Nothing to do: a session ends with the last batch that holds it."""
+
+
 def open_graphs(
-    path: Path, config: ServiceConfig, placement: Placement
-) -> tuple[Manifest, Prior | None, Graph, Graph]:
+    path: Path, config: ServiceConfig, source: GraphSource
+) -> tuple[Manifest, Prior | None, ServedGraph, ServedGraph]:
     """Verify a version directory, then load its prior and two graphs (blocking: call in a thread).
 
     Spatial latents have no prior object: N(0, I) is drawn at the size a request asks for.
@@ -57,16 +97,7 @@ def open_graphs(
     if report.manifest is None:  # raise_for_failures covers it; this narrows the type
         raise RepositoryError(f"{path}: no manifest")
     manifest = report.manifest
-    graphs = [
-        Graph(
-            path / manifest.graphs[role].file,
-            intra_op_threads=config.intra_op_threads,
-            inter_op_threads=config.inter_op_threads,
-            spinning=config.spinning,
-            placement=placement,
-        )
-        for role in GRAPHS
-    ]
+    graphs = [source.open(path / manifest.graphs[role].file, manifest.graphs[role].sha256) for role in GRAPHS]
     prior = None if manifest.is_spatial else load_prior(path, manifest)
     return manifest, prior, graphs[0], graphs[1]
 
@@ -76,7 +107,7 @@ def _inputs(name: str, items: Items) -> dict[str, np.ndarray]:
     return feeds(name, items.values, items.labels) if isinstance(items, Labelled) else {name: items}
 
 
-def _encoder_batch(graph: Graph) -> RunBatch:
+def _encoder_batch(graph: ServedGraph) -> RunBatch:
     def run(images: Items) -> tuple[np.ndarray, ...]:
         out = graph.run(_inputs(IMAGES, images), (MU, LOGVAR))
         return out[MU], out[LOGVAR]
@@ -84,7 +115,7 @@ def _encoder_batch(graph: Graph) -> RunBatch:
     return run
 
 
-def _decoder_batch(graph: Graph, output: str) -> RunBatch:
+def _decoder_batch(graph: ServedGraph, output: str) -> RunBatch:
     """Latents -> the one decoder output asked for; the others are never copied back."""
 
     def run(latents: Items) -> tuple[np.ndarray, ...]:
@@ -94,13 +125,18 @@ def _decoder_batch(graph: Graph, output: str) -> RunBatch:
 
 
 def _scoring(
-    manifest: Manifest, graph: Graph, batcher: Callable[[RunBatch], Batcher]
+    manifest: Manifest, graph: ServedGraph, batcher: Callable[[RunBatch], Batcher]
 ) -> Scoring | ScoringUnsupported:
     try:
         likelihood = likelihood_of(manifest)
     except ScoringUnsupported as exc:
         return exc
     return Scoring(likelihood, batcher(_decoder_batch(graph, likelihood.output)))
+
+
+def _release(source: GraphSource, graphs: Sequence[ServedGraph]) -> None:
+    for graph in graphs:
+        source.release(graph)
 
 
 # A model of any image size is warmed at one small size: the smallest multiple of its divisibility
@@ -121,7 +157,7 @@ def warm_image_shape(manifest: Manifest) -> tuple[int, int, int]:
 async def load_model(
     path: Path,
     config: ServiceConfig,
-    placement: Placement,
+    source: GraphSource,
     observers: Mapping[str, BatchObserver],
     tracer: BatchTracer | None = None,
 ) -> LoadedModel:
@@ -129,7 +165,7 @@ async def load_model(
 
     A model of any image size is warmed at one size (warm_image_shape); see service/buckets.py.
     """
-    manifest, prior, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, placement)
+    manifest, prior, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, source)
     label = f"{manifest.name}/{manifest.version}"
     image = warm_image_shape(manifest)
     latent = manifest.latent_shape(image[1:])
@@ -166,6 +202,7 @@ async def load_model(
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
         prior=prior,
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
+        release=partial(_release, source, (encoder, decoder)),
     )
     sizes = bucket_sizes(config.max_batch_items)
     y = np.zeros(1, np.int64) if manifest.conditional else None  # class 0: any class costs the same
@@ -204,12 +241,12 @@ async def load_repository(
     registry: Registry,
     watch: VersionWatch,
     config: ServiceConfig,
-    placement: Placement,
+    source: GraphSource,
     metrics: Metrics,
     tracer: BatchTracer | None = None,
 ) -> None:
     """Load every version of every model in config.repo; the default model must end up with one."""
-    await load_new_versions(registry, watch, config, placement, metrics, tracer)
+    await load_new_versions(registry, watch, config, source, metrics, tracer)
     if registry.default is None:
         raise RepositoryError(
             f"no version of the default model {registry.default_model!r} in {config.repo} could be loaded; "
@@ -221,7 +258,7 @@ async def load_new_versions(
     registry: Registry,
     watch: VersionWatch,
     config: ServiceConfig,
-    placement: Placement,
+    source: GraphSource,
     metrics: Metrics,
     tracer: BatchTracer | None = None,
 ) -> list[LoadedModel]:
@@ -245,7 +282,7 @@ async def load_new_versions(
             if watch.refused_as_is(name, version, files):
                 continue
             try:
-                model = await load_model(path, config, placement, observers, tracer)
+                model = await load_model(path, config, source, observers, tracer)
             except RepositoryError as exc:  # verification said why; no traceback needed
                 log.error("model %s version %d refused: %s", name, version, exc)
             except Exception:  # a bad version must never stop the others from serving

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from repository.manifest import (
@@ -45,6 +46,7 @@ class LoadedModel:
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
     prior: Prior | None  # p(z): what Sample draws from and Score's log p(z); None: spatial, N(0, I)
     ref: pb.ModelRef  # built once, copied into every response
+    release: Callable[[], None]  # gives its graphs back once its batchers are closed
 
     @property
     def encoder(self) -> Batcher:
@@ -61,6 +63,7 @@ class LoadedModel:
         if isinstance(self.scoring, Scoring):
             closing.append(self.scoring.decoder.close())
         await asyncio.gather(*closing)
+        self.release()
 
 
 class Registry:

@@ -32,7 +32,7 @@ from service.call_observer import Observer
 from service.calls import SERVICE, Calls, Drain
 from service.config import ServiceConfig, setting
 from service.limits import receive_limit
-from service.loading import load_new_versions, load_repository
+from service.loading import GraphSource, LocalGraphs, load_new_versions, load_repository
 from service.metrics import Metrics, serve_metrics
 from service.registry import Registry
 from service.servicer import VaeServicer
@@ -87,11 +87,14 @@ class VaeServer:
         *,
         tracing: Tracing | None = None,
         placement: Placement | None = None,
+        graphs: GraphSource | None = None,
         bind: bool = True,
     ) -> None:
         """`tracing`: spans go there (tests); by default, where config and OTEL_* variables say.
 
         `placement`: where the graphs run, when the caller has chosen it; by default config.device's.
+        `graphs`: where they are opened: sessions of this process on `placement` unless given (a
+        --device-executor worker runs them in the executor, service/executor_client.py).
         `bind`: take the gRPC port now; else listen() takes it. grpc listens as soon as it binds, so a
         --workers process, which shares its port, binds only once its models are loaded.
         """
@@ -101,6 +104,7 @@ class VaeServer:
         # An auto batch limit follows the device, before anything reads it.
         config = with_batch_limit(config, self.placement.provider)
         self.config = config
+        self.graphs = graphs or LocalGraphs(config, self.placement)
         self.tracing = tracing if tracing is not None else tracing_from(config, os.environ)
         self.metrics = Metrics()
         self.registry = Registry(config.model)
@@ -114,7 +118,7 @@ class VaeServer:
                 ("grpc.max_receive_message_length", self.receive_limit),
                 ("grpc.max_send_message_length", config.max_send_message_bytes),
                 # Two servers must not share a port by accident; --workers share it on purpose.
-                ("grpc.so_reuseport", int(config.workers > 1)),
+                ("grpc.so_reuseport", int(config.supervised)),
             ],
         )
         self.drain = Drain()
@@ -193,7 +197,7 @@ class VaeServer:
         """Verify, load and warm every version in the repository, then report SERVING."""
         async with self._loading:
             await load_repository(
-                self.registry, self.watch, self.config, self.placement, self.metrics, self.tracing
+                self.registry, self.watch, self.config, self.graphs, self.metrics, self.tracing
             )
             self._loaded = True
         if not self._stopping:
@@ -210,7 +214,7 @@ class VaeServer:
         async with self._loading:
             try:
                 loaded = await load_new_versions(
-                    self.registry, self.watch, self.config, self.placement, self.metrics, self.tracing
+                    self.registry, self.watch, self.config, self.graphs, self.metrics, self.tracing
                 )
             except RepositoryError as exc:
                 log.error("reload failed; still serving what was loaded: %s", exc)
@@ -298,8 +302,9 @@ def create_server(
     *,
     tracing: Tracing | None = None,
     placement: Placement | None = None,
+    graphs: GraphSource | None = None,
     bind: bool = True,
 ) -> tuple[VaeServer, int]:
     """A server bound to config.port (0 picks a free one), and that port (0: not bound); call in the loop."""
-    server = VaeServer(config, tracing=tracing, placement=placement, bind=bind)
+    server = VaeServer(config, tracing=tracing, placement=placement, graphs=graphs, bind=bind)
     return server, server.port

@@ -6,6 +6,8 @@ onnxruntime sessions, sharing the GPU if there is one; the kernel spreads connec
 and serves /metrics as the sum of every worker's series: vae_requests_total counts every call
 once, and vae_model_info{version} counts the workers that have that version loaded.
 Signals go to every worker: SIGTERM/SIGINT drain each, SIGHUP reloads each.
+With --device-executor the supervisor first starts the device executor (service/executor.py), which
+holds the sessions; its metrics join the sums, and it stops after the workers' drains.
 
 A worker that dies on its own (a crash, an out-of-memory kill, a CUDA error) is replaced while the
 others keep serving, as gunicorn and Triton do; what it had counted stays in the sums. Only a crash
@@ -21,36 +23,32 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
-import urllib.request
 from collections import deque
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from service.config import ServiceConfig, setting
 from service.metrics import serve_metrics
+from service.shared_arrays import run_directory
+from service.worker_metrics import SumOfWorkers
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # loading and warming every version can take minutes on a busy host
-SCRAPE_TIMEOUT_S = 5.0
 # How often the supervisor reads every worker's counters: a worker that dies loses from the sums
 # at most what it counted since the last read (the calls it was answering then failed anyway).
 SNAPSHOT_INTERVAL_S = 1.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# Series that only grow while a process lives: a dead worker's last values stay in the sums.
-_MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary"})
-
-Series = tuple[str, tuple[tuple[str, str], ...]]
+EXECUTOR_INDEX = -1  # the device executor's place among the workers whose metrics are summed
 
 
 def reserve_port(host: str, port: int, name: str = "port") -> socket.socket:
@@ -93,10 +91,16 @@ def _die_with(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker(config: ServiceConfig, index: int, ready: Connection, supervisor: int) -> None:
-    """One worker process: a VaeServer on the shared port, its metrics on a private loopback port."""
+def _worker(
+    config: ServiceConfig, index: int, ready: Connection, supervisor: int, executor: Path | None
+) -> None:
+    """One worker process: a VaeServer on the shared port, its metrics on a private loopback port.
+
+    `executor`: the device executor's directory, where its graphs run; else the worker's own sessions.
+    """
     _die_with(supervisor)
     from service import event_loop, logs
+    from service.executor_client import ExecutorGraphs
     from service.server import VaeServer, create_server
 
     logs.configure(config, worker=index)
@@ -106,70 +110,42 @@ def _worker(config: ServiceConfig, index: int, ready: Connection, supervisor: in
         ready.close()
 
     async def run() -> None:
-        server, _ = create_server(config, bind=False)
+        graphs = None if executor is None else ExecutorGraphs(executor)
+        server, _ = create_server(config, bind=False, graphs=graphs)
         await server.serve(on_serving=serving)
 
     event_loop.run(run(), config.event_loop)
 
 
-class _SumOfWorkers(Collector):
-    """Every worker's series, summed by name and labels, plus what workers that died had counted."""
+def _executor(config: ServiceConfig, directory: Path, ready: Connection, supervisor: int) -> None:
+    """The device executor's process (service/executor.py): on the device config.device names."""
+    _die_with(supervisor)
+    from repository.placement import select_placement
+    from repository.runtime import available_providers
+    from service import logs
+    from service.executor import serve_executor
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._urls: dict[int, str] = {}  # serving workers' /metrics, by worker index
-        self._last: dict[int, dict[Series, float]] = {}  # each one's values at its last read
-        self._families: dict[str, tuple[str, str]] = {}  # name -> (documentation, type)
-        self._kind_of: dict[str, str] = {}  # sample name -> its family's name
-        self._retired: dict[Series, float] = {}
+    logs.configure(config)
+    placement = select_placement(config.device, available_providers(), tf32=config.cuda_tf32)
+    serve_executor(config, placement, directory, ready)
 
-    def add(self, index: int, metrics_port: int) -> None:
-        with self._lock:
-            self._urls[index] = f"http://127.0.0.1:{metrics_port}/metrics"
 
-    def retire(self, index: int) -> None:
-        """Worker `index` died: its monotonic series from its last read stay in the sums; gauges go."""
-        with self._lock:
-            self._urls.pop(index, None)
-            for key, value in self._last.pop(index, {}).items():
-                name = key[0]
-                kind = self._families[self._kind_of[name]][1]
-                if kind in _MONOTONIC_TYPES and not name.endswith("_created"):
-                    self._retired[key] = self._retired.get(key, 0.0) + value
+def start_executor(config: ServiceConfig, directory: Path) -> tuple[BaseProcess, int]:
+    """Start the device executor for `config` in `directory` (socket, segments); it dies with this process.
 
-    def _read(self) -> None:
-        for index, url in list(self._urls.items()):
-            try:
-                with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
-                    text = response.read().decode()
-            except OSError as exc:  # a worker that is stopping or dying: its last read stands
-                log.warning("metrics of worker %d not read (%s): %s", index, url, exc)
-                continue
-            values: dict[Series, float] = {}
-            for family in text_string_to_metric_families(text):
-                self._families.setdefault(family.name, (family.documentation, family.type))
-                for sample in family.samples:
-                    self._kind_of.setdefault(sample.name, family.name)
-                    values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-            if index in self._urls:  # not retired while it was read
-                self._last[index] = values
-
-    def refresh(self) -> None:
-        """Read every worker now (the supervisor's periodic snapshot)."""
-        with self._lock:
-            self._read()
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            self._read()
-            totals = dict(self._retired)
-            for values in self._last.values():
-                for key, value in values.items():
-                    totals[key] = totals.get(key, 0.0) + value
-            families = {name: Metric(name, doc, kind) for name, (doc, kind) in self._families.items()}
-            for (sample_name, labels), value in totals.items():
-                families[self._kind_of[sample_name]].add_sample(sample_name, dict(labels), value)
-        yield from families.values()
+    (Its process, its metrics port) once it listens; RuntimeError or EOFError if it fails to start.
+    """
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_executor, args=(config, directory, send, os.getpid()), name="vae-executor", daemon=False
+    )
+    process.start()
+    send.close()
+    if not receive.poll(START_TIMEOUT_S):
+        raise RuntimeError(f"the device executor did not start within {START_TIMEOUT_S:.0f} s")
+    metrics_port: int = receive.recv()  # EOFError if it failed: its log says why
+    return process, metrics_port
 
 
 @dataclasses.dataclass
@@ -185,18 +161,27 @@ class _Slot:
 class _Supervisor:
     """Starts, watches and replaces the workers; counts their deaths to tell a crash loop."""
 
-    def __init__(self, config: ServiceConfig, port: int, metrics: _SumOfWorkers) -> None:
+    def __init__(self, config: ServiceConfig, port: int, metrics: SumOfWorkers) -> None:
         self._config = dataclasses.replace(config, port=port, metrics_port=0)
         self._context = multiprocessing.get_context("spawn")  # no forked copies of grpc's threads
         self._metrics = metrics
         self._deaths: deque[float] = deque()
         self.slots: list[_Slot] = []
+        self.executor: BaseProcess | None = None
+        self._directory: Path | None = None  # the executor's socket and every shared-memory segment
+
+    def start_executor(self) -> None:
+        """The device executor, before any worker: the workers open their graphs in it."""
+        self._directory = Path(tempfile.mkdtemp(prefix="vae-executor-", dir=run_directory()))
+        self.executor, metrics_port = start_executor(self._config, self._directory)
+        self._metrics.add(EXECUTOR_INDEX, metrics_port)
+        log.info("device executor (pid %d): metrics on 127.0.0.1:%d", self.executor.pid, metrics_port)
 
     def start(self, index: int) -> _Slot:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker,
-            args=(self._config, index, send, os.getpid()),
+            args=(self._config, index, send, os.getpid(), self._directory),
             name=f"vae-worker-{index}",
             daemon=False,
         )
@@ -225,7 +210,15 @@ class _Supervisor:
         log.info("worker %d (pid %d): metrics on 127.0.0.1:%d", slot.index, slot.process.pid, metrics_port)
 
     def watch(self) -> None:
-        """Replace dead workers, note replacements that came up; RuntimeError on a crash loop."""
+        """Replace dead workers, note replacements that came up; RuntimeError on a crash loop.
+
+        The device executor's death is a RuntimeError too: every worker's batches ran there.
+        """
+        if self.executor is not None and not self.executor.is_alive():
+            raise RuntimeError(
+                f"the device executor exited with {self.executor.exitcode}; stopping every worker "
+                "(their batches ran there)"
+            )
         for position, slot in enumerate(self.slots):
             if slot.process.is_alive() and slot.ready is not None:
                 if slot.ready.poll(0):
@@ -239,6 +232,9 @@ class _Supervisor:
             if slot.process.is_alive():
                 continue
             self._metrics.retire(slot.index)
+            if self._directory is not None:  # its input segments, which nobody will write again
+                for segment in self._directory.glob(f"in-{slot.process.pid}-*"):
+                    segment.unlink(missing_ok=True)
             now = time.monotonic()
             self._deaths.append(now)
             window, limit = self._config.worker_restart_window_seconds, self._config.worker_restarts
@@ -272,17 +268,27 @@ class _Supervisor:
         deadline = time.monotonic() + grace_seconds + 5
         for slot in self.slots:
             slot.process.join(max(0.0, deadline - time.monotonic()))
-            if slot.process.is_alive():
-                log.error("%s did not stop in time; killing it", slot.process.name)
-                slot.process.kill()
-                slot.process.join()
+            _kill_late(slot.process)
+        if self.executor is not None:
+            self.executor.terminate()
+            self.executor.join(5)
+            _kill_late(self.executor)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def _kill_late(process: BaseProcess) -> None:
+    if process.is_alive():
+        log.error("%s did not stop in time; killing it", process.name)
+        process.kill()
+        process.join()
 
 
 def serve_workers(config: ServiceConfig) -> int:
     """Run config.workers server processes until SIGTERM or SIGINT; the exit status of the whole."""
     reserved = reserve_port(config.host, config.port)
     port = reserved.getsockname()[1]
-    metrics = _SumOfWorkers()
+    metrics = SumOfWorkers()
     supervisor = _Supervisor(config, port, metrics)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -290,6 +296,8 @@ def serve_workers(config: ServiceConfig) -> int:
     # Until every worker runs, a SIGHUP would end the supervisor; after, it goes to the workers.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
+        if config.device_executor:
+            supervisor.start_executor()
         supervisor.start_all()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(metrics)

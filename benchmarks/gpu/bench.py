@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="mnist", help="model name")
     parser.add_argument("--version", type=int, default=2, help="model version for the in-process sections")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="writes OUT/gpu.json and OUT/gpu.md")
-    parser.add_argument("--budget-s", type=float, default=210.0, help="seconds for all sections together")
+    parser.add_argument("--budget-s", type=float, default=230.0, help="seconds for all sections together")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL, default=list(SECTIONS))
     parser.add_argument(
         "--batches", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096, 16384], help="sweep batches"
@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[1, "auto"],
         help="worker counts to serve with, or auto",
+    )
+    parser.add_argument(
+        "--executor-workers",
+        type=_workers,
+        nargs="*",
+        default=["auto"],
+        help="worker counts to serve with through the device executor (--device-executor)",
     )
     parser.add_argument(
         "--loads", nargs="+", choices=list(service.LOADS_BY_NAME), default=list(service.LOADS_BY_NAME)
@@ -127,7 +134,8 @@ def _reserve(args: argparse.Namespace, name: str) -> float:
     estimates = {
         "parity": PARITY_S,
         "tests": TESTS_S,
-        "service": len(args.workers) * (service.START_ALLOWANCE_S + len(args.loads) * per_load),
+        "service": (len(args.workers) + len(args.executor_workers))
+        * (service.START_ALLOWANCE_S + len(args.loads) * per_load),
     }
     later = args.sections[args.sections.index(name) + 1 :]
     return float(sum(estimates.get(section, 0.0) for section in later))
@@ -265,6 +273,7 @@ def _service(args: argparse.Namespace, logs: Path, deadline: float) -> dict[str,
         args.device,
         args.workers,
         loads,
+        executor_workers=args.executor_workers,
         seconds=args.load_s,
         warmup=args.load_warmup_s,
         logs=logs,

@@ -7,8 +7,10 @@ after the deadline is recorded as skipped, so the sweep ends in time whatever th
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -20,6 +22,10 @@ from benchmarks.gpu import torch_eager
 from repository.manifest import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, PROBS, Manifest
 from repository.placement import CPU, Placement
 from repository.runtime import DATA_PATHS, DataPath, Graph
+from service.config import ServiceConfig
+from service.executor_client import ExecutorGraphs, RemoteGraph
+from service.shared_arrays import run_directory
+from service.workers import start_executor
 
 MIN_RUNS = 3
 # The outputs the service asks for: it never copies the decoder's logits back.
@@ -27,10 +33,12 @@ OUTPUTS = {"encoder": (MU, LOGVAR), "decoder": (PROBS,)}
 PLAIN = "ort-plain"
 RESIDENT = "ort-device-resident"
 TORCH = "torch-eager"
+EXECUTOR = "graph-in-executor"
 GRAPH_METHODS: dict[str, DataPath] = {f"graph-{path}": path for path in DATA_PATHS}
 # The sweep's rows: a bare session.run on Graph's own session, Graph.run on each data path, the
-# device-resident ceiling, and torch on the same weights.
-METHODS = (PLAIN, *GRAPH_METHODS, RESIDENT, TORCH)
+# same graph run from another process through the device executor (service/executor.py: its hop
+# and shared-memory copies), the device-resident ceiling, and torch on the same weights.
+METHODS = (PLAIN, *GRAPH_METHODS, EXECUTOR, RESIDENT, TORCH)
 
 
 def median_seconds(run: Callable[[], object], seconds: float) -> tuple[float, int]:
@@ -69,7 +77,46 @@ def sweep(
 ) -> dict[str, Any]:
     """items/s for every graph, batch and method; each cell a number, or why there is none."""
     graphs = open_graphs(version_dir, manifest, placement)
-    eager = torch_eager.load(version_dir, manifest, _torch_device(placement))
+    eager = torch_eager.load(version_dir, manifest, _device_name(placement))
+    with executor_graphs(version_dir, manifest, placement, max(batches)) as remote:
+        cells = _cells(graphs, remote, eager, manifest, batches, cell_s, deadline)
+    return {
+        "placement": asdict(placement),
+        "sessions": {role: graph.describe() for role, graph in graphs.items()},
+        "torch": _torch_about(graphs, manifest, eager),
+        "cells": cells,
+    }
+
+
+@contextmanager
+def executor_graphs(
+    version_dir: Path, manifest: Manifest, placement: Placement, max_items: int
+) -> Iterator[dict[str, RemoteGraph]]:
+    """Both graphs opened in a device executor process of their own, stopped afterwards."""
+    device = _device_name(placement)
+    config = ServiceConfig(device=device, cuda_tf32=placement.tf32, max_batch_items=max_items)
+    with tempfile.TemporaryDirectory(prefix="vae-bench-executor-", dir=run_directory()) as directory:
+        process, _ = start_executor(config, Path(directory))
+        try:
+            source = ExecutorGraphs(Path(directory))
+            yield {
+                role: source.open(version_dir / manifest.graphs[role].file, manifest.graphs[role].sha256)
+                for role in GRAPHS
+            }
+        finally:
+            process.terminate()
+            process.join()
+
+
+def _cells(
+    graphs: dict[str, Graph],
+    remote: dict[str, RemoteGraph],
+    eager: torch_eager.Eager | str,
+    manifest: Manifest,
+    batches: Sequence[int],
+    cell_s: float,
+    deadline: float,
+) -> list[dict[str, Any]]:
     cells: list[dict[str, Any]] = []
     for role, graph in graphs.items():
         for batch in batches:
@@ -84,28 +131,25 @@ def sweep(
                     cell["skipped"] = eager
                     continue
                 try:
-                    run = _runner(method, graph, role, feeds, eager)
+                    run = _runner(method, graph, remote[role], role, feeds, eager)
                     median, runs = median_seconds(run, cell_s)
                 except Exception as exc:  # one cell failing (out of memory, say) leaves the others
                     cell["error"] = f"{type(exc).__name__}: {exc}"
                     continue
                 cell |= {"items_per_s": batch / median, "ms": median * 1e3, "runs": runs}
             _progress(role, batch, cells)
-    return {
-        "placement": asdict(placement),
-        "sessions": {role: graph.describe() for role, graph in graphs.items()},
-        "torch": _torch_about(graphs, manifest, eager),
-        "cells": cells,
-    }
+    return cells
 
 
-def _torch_device(placement: Placement) -> str:
+def _device_name(placement: Placement) -> str:
+    """The device as torch and `vae serve --device` name it."""
     return "cpu" if placement.provider == CPU else f"cuda:{placement.device_id}"
 
 
 def _runner(
     method: str,
     graph: Graph,
+    remote: RemoteGraph,
     role: str,
     feeds: dict[str, np.ndarray],
     eager: torch_eager.Eager | str,
@@ -113,6 +157,8 @@ def _runner(
     names = OUTPUTS[role]
     if method == PLAIN:
         return lambda: graph.session.run(list(names), feeds)
+    if method == EXECUTOR:
+        return lambda: remote.run(feeds, names)
     if method == RESIDENT:
         return graph.device_resident(feeds, names)
     if method == TORCH and isinstance(eager, torch_eager.Eager):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from benchmarks.gpu.inprocess import GRAPH_METHODS, METHODS, PLAIN, RESIDENT
+from benchmarks.gpu.inprocess import EXECUTOR, GRAPH_METHODS, METHODS, PLAIN, RESIDENT
 from benchmarks.gpu.service import LOADS, LOADS_BY_NAME, cell, workers
 
 INTRO = """# GPU serving
@@ -113,9 +113,32 @@ WORKERS = (
     "5,360 Decode calls/s for 1 and auto: windows this short vary. Eight workers ran slower than four on "
     "these 16 cores shared with the clients; the cap of 8 also bounds the CUDA contexts and the copies "
     "of every version that each worker holds. On the CPU the workers' sessions would take the cores "
-    "their front ends need, so auto stays 1 there. Front ends feeding one device executor over shared "
-    "memory (batches across all callers, one CUDA context) are not built: auto rests on the independent "
-    "workers' measured gain, and this page's service table measures 1 against auto."
+    "their front ends need, so auto stays 1 there."
+)
+EXECUTOR_TEXT = (
+    "`--device-executor` makes the workers front ends of one process that holds every graph's session "
+    "(`service/executor.py`): one CUDA context and one copy of each version, however many workers. The "
+    "workers keep all of a request (gRPC, validation, admission, their batchers, metrics, drain, reload, "
+    "health) and run each batch there; the executor joins the batches of one graph that wait at the "
+    "same time (same item shape and outputs, up to the batch limit) into one run, so that the device "
+    "sees batches formed across every worker's callers, and a batch that finds its graph idle runs at "
+    "once on the thread that received it. Arrays cross through shared memory (`/dev/shm`: a container "
+    "needs `shm_size` for its largest batches, inputs and outputs; a full one fails that batch with the "
+    "reason, not the process), and the messages on a Unix socket carry only their layout. A dead worker "
+    "gives its graphs back; the executor's death ends the service (exit 1, docs/reliability.md). "
+    "Independent workers stay the default until a GPU has measured both: this page's service section "
+    "runs `auto` both ways (`--executor-workers`), and no GPU has been lent since the executor was "
+    "built. On the project's 2-core CPU (2026-12-05, `python3 -m benchmarks.gpu --device cpu --sections "
+    "service --workers 1 2 --executor-workers 1 2 --loads decode-1-c64 sample-256-c16-uint8 decode-1-c1 "
+    "sample-4096-c1 decode-1024-c8 --load-s 5 --load-warmup-s 1`, the load generator on the same cores), "
+    "2 workers through the executor against 2 independent ones: Decode 1 latent x 64 callers 4,935 "
+    "against 5,306 calls/s (0.93x), Sample n=256 uint8 x 16 callers 17.7k against 18.8k items/s "
+    "(0.94x), Decode 1,024 latents x 8 callers 17.0k against 18.6k items/s (0.91x), none refused; Sample "
+    "n=4,096 p50 250 ms both ways; a lone Decode's p50 0.98 against 0.68 ms. The hop itself, in the "
+    "sweep's `graph-in-executor` row (`python3 -m benchmarks.gpu --device cpu --sections sweep --batches "
+    "1 64 256 --cell-s 2`): the decoder took 203 µs a run at batch 1 against 105 µs in the same process, "
+    "and ran at 0.96x and 0.94x the plain run at 64 and 256. On a CPU the device is the cores the front ends "
+    "need, so the executor cannot gain there."
 )
 
 
@@ -144,6 +167,7 @@ def _findings(document: dict[str, Any] | None) -> str:
         *([f"Measured below: {precision}"] if precision else []),
         "**Batch limit.** " + BATCHING,
         "**Workers.** " + WORKERS,
+        "**One device executor.** " + EXECUTOR_TEXT,
         *([f"Measured below: {scaling}"] if scaling else []),
     ]
     return "\n\n".join(["## Findings", *(textwrap.fill(text, 100) for text in paragraphs)])
@@ -170,7 +194,8 @@ def _data_path_text(sweep: dict[str, Any]) -> str:
     return (
         f"`Graph.run` against a bare `session.run` on the same session, over both graphs and every "
         f"batch: {paths}. The device-resident ceiling (no copy across the bus) ran at "
-        f"{_span(_ratios(cells, RESIDENT, PLAIN))} the plain run."
+        f"{_span(_ratios(cells, RESIDENT, PLAIN))} the plain run; the same graph run from another "
+        f"process through the device executor, at {_span(_ratios(cells, EXECUTOR, PLAIN))}."
     )
 
 
@@ -194,18 +219,36 @@ def _precision_text(parity: dict[str, Any]) -> str:
 
 
 def _workers_text(service: dict[str, Any]) -> str | None:
-    """`auto` workers against one, per load whose figure is a rate; None without both configurations."""
-    by_count = {c["workers"]: c["loads"] for c in service["configs"] if "started_s" in c}
-    auto = next((c for c in service["configs"] if c["workers"] == "auto"), None)
-    if 1 not in by_count or auto is None or "auto" not in by_count:
-        return None
+    """`auto` workers against one, and through the executor against independent ones.
+
+    Per load whose figure is a rate; None without both configurations of either comparison.
+    """
+    served = {
+        (c["workers"], c.get("device_executor", False)): c for c in service["configs"] if "started_s" in c
+    }
+    comparisons = [
+        _ratios_text(served[key], served[base], against)
+        for key, base, against in (
+            (("auto", False), (1, False), "1"),
+            (("auto", True), ("auto", False), "independent workers"),
+        )
+        if key in served and base in served
+    ]
+    return " ".join(comparisons) or None
+
+
+def _ratios_text(config: dict[str, Any], base: dict[str, Any], against: str) -> str:
     ratios = []
     for load in LOADS:
         key = {"calls": "requests_per_s", "items": "items_per_s"}.get(load.figure)
-        one, many = by_count[1].get(load.name, {}), by_count["auto"].get(load.name, {})
+        one, many = base["loads"].get(load.name, {}), config["loads"].get(load.name, {})
         if key and one.get(key) and many.get(key):
             ratios.append(f"{load.title} {many[key] / one[key]:.2f}x")
-    return f"`--workers {workers(auto)}` against 1: " + ("; ".join(ratios) or "no load ran in both") + "."
+    return (
+        f"`--workers {workers(config)}` against {against}: "
+        + ("; ".join(ratios) or "no load ran in both")
+        + "."
+    )
 
 
 def _measured(document: dict[str, Any]) -> str:

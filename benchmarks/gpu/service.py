@@ -1,5 +1,8 @@
 """The service under issue 29's loads: `vae serve --device D`, 1 and `auto` workers, under `vae bench`.
 
+Worker counts run as independent workers (`--workers N`) and, as asked, as front ends of the device
+executor (`--workers N --device-executor`, service/executor.py), so one run compares the two designs.
+
 Each configuration is one server process, started on free loopback ports, loaded with every load in
 turn (a short warm-up, then a measured window), and stopped. A load that would end after the
 deadline is recorded as skipped.
@@ -65,15 +68,19 @@ def measure(
     workers: Sequence[int | str],
     loads: Sequence[Load],
     *,
+    executor_workers: Sequence[int | str] = (),
     seconds: float,
     warmup: float,
     logs: Path,
     deadline: float,
 ) -> dict[str, Any]:
-    """Every load against each worker count; a configuration that fails to start is recorded as such."""
+    """Every load against each worker count, then each through the device executor.
+
+    A configuration that fails to start is recorded as such.
+    """
     configs = []
-    for count in workers:
-        config: dict[str, Any] = {"workers": count, "loads": {}}
+    for count, executor in [*((c, False) for c in workers), *((c, True) for c in executor_workers)]:
+        config: dict[str, Any] = {"workers": count, "device_executor": executor, "loads": {}}
         configs.append(config)
         if time.monotonic() + START_ALLOWANCE_S > deadline:
             config["skipped"] = "budget"
@@ -101,11 +108,14 @@ def _serve(
     from benchmarks import report, systems, workloads
 
     count = config["workers"]
-    log = logs / f"serve-workers-{count}.log"
+    name = f"serve-workers-{count}" + ("-executor" if config["device_executor"] else "")
+    log = logs / f"{name}.log"
     flags = ["--device", device, "--workers", str(count)]
-    server = systems.start_service(f"serve-workers-{count}", repo, model, log, flags)
+    if config["device_executor"]:
+        flags.append("--device-executor")
+    server = systems.start_service(name, repo, model, log, flags)
     config["started_s"] = server.started_s
-    print(f"  {count} worker(s): serving after {server.started_s:.1f} s", flush=True)
+    print(f"  {workers(config)} worker(s): serving after {server.started_s:.1f} s", flush=True)
     try:
         for load in loads:
             if time.monotonic() + warmup + seconds + LOAD_OVERHEAD_S > deadline:
@@ -152,9 +162,10 @@ def _serve(
 
 
 def workers(config: dict[str, Any]) -> str:
-    """A configuration's worker count as asked, and what `auto` became: "1", "auto (4)"."""
+    """A configuration's workers as asked, what `auto` became, the executor: "auto (4) + executor"."""
     auto = config.get("auto_workers")
-    return f"{config['workers']}" + (f" ({auto})" if auto is not None else "")
+    executor = " + executor" if config.get("device_executor") else ""
+    return f"{config['workers']}" + (f" ({auto})" if auto is not None else "") + executor
 
 
 def cell(load: Load, record: dict[str, Any]) -> str:

@@ -1,5 +1,9 @@
 """`vae serve --workers 2`: one port, calls spread over both, metrics summed, reload and drain for all,
-dead workers replaced, crash loops and taken ports refused, no worker outliving its supervisor."""
+dead workers replaced, crash loops and taken ports refused, no worker outliving its supervisor.
+
+The tests of what must hold whoever runs the graphs run twice: workers with sessions of their own, and
+workers that run their batches in the device executor (tests/e2e/test_device_executor.py has the rest).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,13 @@ pytestmark = pytest.mark.slow
 
 _WORKER_METRICS = re.compile(r"worker \d+ \(pid \d+\): metrics on 127\.0\.0\.1:(\d+)")
 _WORKER_PID = re.compile(r"worker (\d+) \(pid (\d+)\): metrics on")
+_EXECUTOR_PID = re.compile(r"device executor \(pid (\d+)\): metrics on")
+
+
+@pytest.fixture(params=[(), ("--device-executor",)], ids=["own-sessions", "device-executor"])
+def workers(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The flags of two workers, with or without the device executor."""
+    return ("--workers", "2", *request.param)
 
 
 def _worker_counts(server: ServerProcess, series: str, **labels: str) -> list[float]:
@@ -56,8 +67,10 @@ def _all_loaded(server: ServerProcess, version: str) -> Callable[[], bool]:
     )
 
 
-def test_calls_spread_over_the_workers_and_the_metrics_sum_exactly(tiny_model_repo: Path) -> None:
-    with serving(tiny_model_repo, "--workers", "2") as server:
+def test_calls_spread_over_the_workers_and_the_metrics_sum_exactly(
+    tiny_model_repo: Path, workers: tuple[str, ...]
+) -> None:
+    with serving(tiny_model_repo, *workers) as server:
         wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
         calls = 60
         for seed in range(calls):
@@ -72,12 +85,12 @@ def test_calls_spread_over_the_workers_and_the_metrics_sum_exactly(tiny_model_re
 
 
 def test_sighup_reloads_every_worker(
-    tiny_model_repo: Path, tmp_path: Path, tiny_model_exporter: Callable[..., Path]
+    tiny_model_repo: Path, tmp_path: Path, tiny_model_exporter: Callable[..., Path], workers: tuple[str, ...]
 ) -> None:
     repo = tmp_path / "models"
     shutil.copytree(tiny_model_repo, repo)
     staged = tiny_model_exporter(tmp_path / "staged", 2, seed=1)
-    with serving(repo, "--workers", "2") as server:
+    with serving(repo, *workers) as server:
         wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
         shutil.copytree(staged, repo / "tiny" / ".incoming")
         (repo / "tiny" / ".incoming").rename(repo / "tiny" / "2")
@@ -91,11 +104,13 @@ def test_sighup_reloads_every_worker(
         ]
 
 
-def test_sigterm_drains_every_worker_and_every_call_gets_an_answer(tiny_model_repo: Path) -> None:
+def test_sigterm_drains_every_worker_and_every_call_gets_an_answer(
+    tiny_model_repo: Path, workers: tuple[str, ...]
+) -> None:
     codes: Counter[str] = Counter()
     lock = threading.Lock()
     stop = threading.Event()
-    with serving(tiny_model_repo, "--workers", "2") as server:
+    with serving(tiny_model_repo, *workers) as server:
         wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
 
         def caller() -> None:
@@ -156,8 +171,10 @@ def _sample_calls(server: ServerProcess, calls: int) -> None:
             stub.Sample(pb.SampleRequest(n=1, seed=seed), timeout=30, wait_for_ready=True)
 
 
-def test_a_killed_worker_is_replaced_and_its_counts_stay_in_the_sums(tiny_model_repo: Path) -> None:
-    with serving(tiny_model_repo, "--workers", "2") as server:
+def test_a_killed_worker_is_replaced_and_its_counts_stay_in_the_sums(
+    tiny_model_repo: Path, workers: tuple[str, ...]
+) -> None:
+    with serving(tiny_model_repo, *workers) as server:
         wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
         _sample_calls(server, 40)
         assert server.metric("vae_requests_total", method="Sample", code="OK") == 40
@@ -198,14 +215,16 @@ def test_a_port_that_other_workers_serve_is_refused(tiny_model_repo: Path) -> No
         assert first.process.poll() is None
 
 
-def test_workers_die_with_their_supervisor(tiny_model_repo: Path) -> None:
-    with serving(tiny_model_repo, "--workers", "2") as server:
+def test_workers_die_with_their_supervisor(tiny_model_repo: Path, workers: tuple[str, ...]) -> None:
+    with serving(tiny_model_repo, *workers) as server:
         wait_until(_all_loaded(server, "1"), 120, "both workers loaded")
-        pids = list(_worker_pids(server).values())
+        # The device executor, where there is one, dies with them.
+        pids = [*_worker_pids(server).values(), *map(int, _EXECUTOR_PID.findall(server.log_text()))]
+        assert len(pids) == 2 + ("--device-executor" in workers)
         server.kill()  # SIGKILL: the supervisor cannot stop them itself
         wait_until(lambda: not any(_alive(pid) for pid in pids), 60, "workers gone with their supervisor")
         # Nothing holds the port any more: a new server may take it.
-        again = spawn_server(tiny_model_repo, "--workers", "2", "--port", str(server.port))
+        again = spawn_server(tiny_model_repo, *workers, "--port", str(server.port))
         try:
             again.wait_serving()
         finally:

@@ -13,9 +13,10 @@ def test_every_section_reports_numbers(tmp_path: Path) -> None:
     loads = ["decode-1-c64", "sample-256-c16-uint8", "decode-1024-c8"]
     code = bench.main(
         [
-            *("--device", "cpu", "--out", str(tmp_path), "--budget-s", "120"),
+            *("--device", "cpu", "--out", str(tmp_path), "--budget-s", "200"),
             *("--batches", "1", "8", "--cell-s", "0.01", "--precision-batches", "8"),
-            *("--workers", "1", "auto", "--loads", *loads, "--load-s", "0.5", "--load-warmup-s", "0.1"),
+            *("--workers", "1", "auto", "--executor-workers", "auto"),
+            *("--loads", *loads, "--load-s", "0.5", "--load-warmup-s", "0.1"),
         ]
     )
     sections = json.loads((tmp_path / "gpu.json").read_text())["sections"]
@@ -37,8 +38,12 @@ def test_every_section_reports_numbers(tmp_path: Path) -> None:
     assert counts["skipped"] > 0 and counts["failed"] == counts["errors"] == 0, sections["tests"]  # no CUDA
 
     configs = sections["service"]["configs"]
-    assert [c["workers"] for c in configs] == [1, "auto"]
-    assert configs[1]["auto_workers"] == 1  # auto on the CPU
+    assert [(c["workers"], c["device_executor"]) for c in configs] == [
+        (1, False),
+        ("auto", False),
+        ("auto", True),
+    ]
+    assert configs[1]["auto_workers"] == configs[2]["auto_workers"] == 1  # auto on the CPU
     for config in configs:
         assert config["started_s"] > 0 and config["plugin_ep_log_lines"] == 0
         assert set(config["loads"]) == set(loads)
@@ -51,6 +56,10 @@ def test_every_section_reports_numbers(tmp_path: Path) -> None:
     page = (tmp_path / "gpu.md").read_text()
     assert "## Measured" in page and "## Baseline (2026-12-04" in page
     assert "| graph-plain |" in page and "| Decode 1 latent, 64 callers |" in page
-    assert "| cpu, 1 worker(s) | cpu, auto (1) worker(s) |" in page
+    assert "| cpu, 1 worker(s) | cpu, auto (1) worker(s) | cpu, auto (1) + executor worker(s) |" in page
     assert "Measured below: `--workers auto (1)` against 1: Decode 1 latent, 64 callers " in page
+    flowing = " ".join(page.split())  # the findings are wrapped at 100 columns
+    assert (
+        "`--workers auto (1) + executor` against independent workers: Decode 1 latent, 64 callers " in flowing
+    )
     assert "Measured below: `Graph.run` against a bare `session.run`" in page
