@@ -8,6 +8,8 @@ for its own answer, and the executor can join batches of several threads and wor
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import threading
 import weakref
@@ -19,13 +21,20 @@ from typing import Any
 import numpy as np
 
 from repository.errors import RepositoryError
-from service.executor import SOCKET_NAME, GraphDescription, no_room
-from service.loading import ServedGraph
+from service.executor import SOCKET_NAME, GraphDescription
+from service.graph_sources import ServedGraph
+from service.joined_runs import no_room
 from service.shared_arrays import Reader, Segment
+
+log = logging.getLogger(__name__)
 
 
 class ExecutorError(RuntimeError):
     """The executor could not run a batch (its log has the traceback), or is gone."""
+
+
+class ConnectionLost(ExecutorError):
+    """The connection to the executor broke: the thread's next batch opens a new one."""
 
 
 class _ThreadChannel:
@@ -43,7 +52,13 @@ class _ThreadChannel:
             segment, layout = self._segment.write(feeds)
         except OSError as exc:
             raise ExecutorError(no_room(exc)) from None
-        reply = _exchange(self._connection, ("run", graph_id, segment, layout, tuple(names)))
+        try:
+            self._connection.send(("run", graph_id, segment, layout, tuple(names)))
+            reply: tuple[Any, ...] = self._connection.recv()
+        except (EOFError, OSError) as exc:
+            raise ConnectionLost(f"the connection to the device executor broke ({exc!r})") from None
+        if reply[0] == "error":
+            raise ExecutorError(f"the device executor: {reply[1]}")
         # Copies: the executor writes this thread's next answer over these bytes.
         return {name: view.copy() for name, view in self._reader.read(reply[1], reply[2]).items()}
 
@@ -53,49 +68,49 @@ def _close(segment: Segment, connection: Connection) -> None:
     connection.close()
 
 
-def _exchange(connection: Connection, message: tuple[Any, ...]) -> tuple[Any, ...]:
-    try:
-        connection.send(message)
-        reply: tuple[Any, ...] = connection.recv()
-    except (EOFError, OSError) as exc:
-        raise ExecutorError(f"the device executor is gone ({exc!r}); the service stops") from None
-    if reply[0] == "error":
-        raise ExecutorError(f"the device executor: {reply[1]}")
-    return reply
-
-
 class ExecutorGraphs:
     """Graphs opened in the device executor whose socket is in `directory`; a connection per thread."""
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._control = Client(str(directory / SOCKET_NAME), family="AF_UNIX")
-        self._lock = threading.Lock()  # the control connection: one open or release at a time
+        self._opening = threading.Lock()  # one open's request and reply at a time
+        # Sends on the control connection; a release (from the event loop) waits for no open's reply.
+        self._sending = threading.Lock()
         self._local = threading.local()
-        self._threads = 0
+        self._numbers = itertools.count(1)
 
     def open(self, path: Path, sha256: str) -> RemoteGraph:
         """The executor's graph of `path`, whose contents the worker verified to hash to `sha256`."""
-        with self._lock:
+        with self._opening:
             try:
-                reply = _exchange(self._control, ("open", str(path), sha256))
-            except ExecutorError as exc:
-                raise RepositoryError(f"{path}: {exc}") from None
+                with self._sending:
+                    self._control.send(("open", str(path), sha256))
+                reply: tuple[Any, ...] = self._control.recv()
+            except (EOFError, OSError) as exc:
+                raise RepositoryError(f"{path}: the device executor is gone ({exc!r})") from None
+        if reply[0] == "error":
+            raise RepositoryError(f"{path}: the device executor: {reply[1]}")
         return RemoteGraph(self, reply[1], reply[2])
 
     def release(self, graph: ServedGraph) -> None:
         assert isinstance(graph, RemoteGraph), "a graph this source opened"
-        with self._lock:
-            self._control.send(("release", graph.graph_id))
+        with self._sending:
+            try:
+                self._control.send(("release", graph.graph_id))
+            except OSError:  # the executor is gone, and its graphs with it; the service is stopping
+                log.warning("%s not given back: the device executor is gone", graph.path)
 
-    def channel(self) -> _ThreadChannel:
+    def run(self, graph_id: int, feeds: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        """A batch through this thread's connection, opened on its first batch or after one broke."""
         channel: _ThreadChannel | None = getattr(self._local, "channel", None)
         if channel is None:
-            with self._lock:
-                self._threads += 1
-                number = self._threads
-            channel = self._local.channel = _ThreadChannel(self._directory, number)
-        return channel
+            channel = self._local.channel = _ThreadChannel(self._directory, next(self._numbers))
+        try:
+            return channel.run(graph_id, feeds, names)
+        except ConnectionLost:
+            self._local.channel = None  # its finalizer closes the socket and removes the segment
+            raise
 
 
 class RemoteGraph:
@@ -117,4 +132,4 @@ class RemoteGraph:
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = list(output_names) if output_names is not None else [spec.name for spec in self.outputs]
-        return self._graphs.channel().run(self.graph_id, feeds, names)
+        return self._graphs.run(self.graph_id, feeds, names)

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -29,15 +28,14 @@ from repository.manifest import (
     Manifest,
     feeds,
 )
-from repository.placement import Placement
 from repository.prior import Prior, load_prior
-from repository.runtime import Graph
 from repository.scoring import ScoringUnsupported, likelihood_of
 from repository.verify import verify_version
 from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
 from service.batcher import Batcher
 from service.buckets import Buckets
 from service.config import ServiceConfig
+from service.graph_sources import GraphSource, ServedGraph, release_all
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry, Scoring
 from service.version_watch import VersionWatch, file_signature
@@ -45,44 +43,6 @@ from service.warm_up import bucket_sizes
 from vae.v1 import vae_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-class ServedGraph(Protocol):
-    """What the batchers run: a local Graph, or service/executor_client.py's RemoteGraph."""
-
-    provider: str
-
-    def describe(self) -> str: ...
-    def run(
-        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]: ...
-
-
-class GraphSource(Protocol):
-    """Where a version's graphs are opened: in this process, or in the device executor."""
-
-    def open(self, path: Path, sha256: str) -> ServedGraph: ...  # a file the caller verified
-    def release(self, graph: ServedGraph) -> None: ...  # its version no longer serves
-
-
-class LocalGraphs:
-    """Sessions in this process, on `placement`."""
-
-    def __init__(self, config: ServiceConfig, placement: Placement) -> None:
-        self._config = config
-        self._placement = placement
-
-    def open(self, path: Path, sha256: str) -> ServedGraph:
-        return Graph(
-            path,
-            intra_op_threads=self._config.intra_op_threads,
-            inter_op_threads=self._config.inter_op_threads,
-            spinning=self._config.spinning,
-            placement=self._placement,
-        )
-
-    def release(self, graph: ServedGraph) -> None:
-        """Nothing to do: a session ends with the last batch that holds it."""
 
 
 def open_graphs(
@@ -97,8 +57,14 @@ def open_graphs(
     if report.manifest is None:  # raise_for_failures covers it; this narrows the type
         raise RepositoryError(f"{path}: no manifest")
     manifest = report.manifest
-    graphs = [source.open(path / manifest.graphs[role].file, manifest.graphs[role].sha256) for role in GRAPHS]
     prior = None if manifest.is_spatial else load_prior(path, manifest)
+    graphs: list[ServedGraph] = []
+    try:
+        for role in GRAPHS:
+            graphs.append(source.open(path / manifest.graphs[role].file, manifest.graphs[role].sha256))
+    except BaseException:
+        release_all(source, graphs)  # the encoder's, when the decoder failed to open
+        raise
     return manifest, prior, graphs[0], graphs[1]
 
 
@@ -132,11 +98,6 @@ def _scoring(
     except ScoringUnsupported as exc:
         return exc
     return Scoring(likelihood, batcher(_decoder_batch(graph, likelihood.output)))
-
-
-def _release(source: GraphSource, graphs: Sequence[ServedGraph]) -> None:
-    for graph in graphs:
-        source.release(graph)
 
 
 # A model of any image size is warmed at one small size: the smallest multiple of its divisibility
@@ -202,16 +163,14 @@ async def load_model(
         scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
         prior=prior,
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
-        release=partial(_release, source, (encoder, decoder)),
+        release=partial(release_all, source, (encoder, decoder)),
     )
     sizes = bucket_sizes(config.max_batch_items)
-    y = np.zeros(1, np.int64) if manifest.conditional else None  # class 0: any class costs the same
-    await model.encoder.warm_up(labelled(np.zeros((1, *image), np.float32), y), sizes)
-    latents = labelled(np.zeros((1, *latent), np.float32), y)
-    await model.decoder.warm_up(latents, sizes)
-    if isinstance(model.scoring, Scoring):
-        # One full batch: Score's admission needs its cost per item before its first request.
-        await model.scoring.decoder.warm_up(latents, sizes[-1:])
+    try:
+        await _warm_up(model, image, latent, sizes)
+    except BaseException:
+        await model.close()  # its batchers' threads, and the executor's hold on its graphs
+        raise
     log.info(
         "loaded %s on %s, warmed batch sizes %s at images %s%s",
         label,
@@ -235,6 +194,18 @@ async def load_model(
             graph_batcher.item_seconds * 1e6,
         )
     return model
+
+
+async def _warm_up(
+    model: LoadedModel, image: tuple[int, ...], latent: tuple[int, ...], sizes: Sequence[int]
+) -> None:
+    y = np.zeros(1, np.int64) if model.manifest.conditional else None  # class 0: any class costs the same
+    await model.encoder.warm_up(labelled(np.zeros((1, *image), np.float32), y), sizes)
+    latents = labelled(np.zeros((1, *latent), np.float32), y)
+    await model.decoder.warm_up(latents, sizes)
+    if isinstance(model.scoring, Scoring):
+        # One full batch: Score's admission needs its cost per item before its first request.
+        await model.scoring.decoder.warm_up(latents, sizes[-1:])
 
 
 async def load_repository(

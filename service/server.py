@@ -31,8 +31,9 @@ from service import security
 from service.call_observer import Observer
 from service.calls import SERVICE, Calls, Drain
 from service.config import ServiceConfig, setting
+from service.graph_sources import GraphSource, LocalGraphs
 from service.limits import receive_limit
-from service.loading import GraphSource, LocalGraphs, load_new_versions, load_repository
+from service.loading import load_new_versions, load_repository
 from service.metrics import Metrics, serve_metrics
 from service.registry import Registry
 from service.servicer import VaeServicer

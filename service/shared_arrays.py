@@ -66,6 +66,9 @@ class Segment:
             # Reserved, not sparse: a full /dev/shm is then an OSError here, not a SIGBUS on a write.
             os.posix_fallocate(fd, 0, capacity)
             self._map = mmap.mmap(fd, capacity)
+        except OSError:
+            self.close()
+            raise
         finally:
             os.close(fd)
         return self._map
@@ -90,8 +93,8 @@ class Reader:
     def read(self, name: str, layout: Layout) -> dict[str, np.ndarray]:
         """Views of the arrays (valid until the writer writes again: copy what must outlive that)."""
         if name != self._name or self._map is None:
-            with open(self._directory / name, "r+b") as handle:
-                self._map = mmap.mmap(handle.fileno(), 0)
+            with open(self._directory / name, "rb") as handle:
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # read-only views
             self._name = name
         return {array: _view(self._map, dtype, shape, offset) for array, dtype, shape, offset in layout}
 

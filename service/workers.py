@@ -48,6 +48,7 @@ START_TIMEOUT_S = 300.0  # loading and warming every version can take minutes on
 # at most what it counted since the last read (the calls it was answering then failed anyway).
 SNAPSHOT_INTERVAL_S = 1.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+EXECUTOR_PREFIX = "vae-executor-"  # then the supervisor's pid: a dead one's directory is removed
 EXECUTOR_INDEX = -1  # the device executor's place among the workers whose metrics are summed
 
 
@@ -79,16 +80,16 @@ def reserve_port(host: str, port: int, name: str = "port") -> socket.socket:
     return reserved
 
 
-def _die_with(supervisor: int) -> None:
-    """SIGTERM (a drain) for this worker when its supervisor dies, so no orphan keeps serving the port."""
+def _die_with(supervisor: int, signum: int = signal.SIGTERM) -> None:
+    """`signum` (SIGTERM: a drain) for this process when its supervisor dies, so no orphan serves on."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signum)
     except (OSError, AttributeError):  # not Linux: the supervisor's own stop is all there is
         log.warning("workers cannot follow their supervisor's death on this system")
         return
     if os.getppid() != supervisor:  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
 
 def _worker(
@@ -118,8 +119,11 @@ def _worker(
 
 
 def _executor(config: ServiceConfig, directory: Path, ready: Connection, supervisor: int) -> None:
-    """The device executor's process (service/executor.py): on the device config.device names."""
-    _die_with(supervisor)
+    """The device executor's process (service/executor.py): on the device config.device names.
+
+    It ignores SIGTERM (the workers' drains need it), so its supervisor's death kills it.
+    """
+    _die_with(supervisor, signal.SIGKILL)
     from repository.placement import select_placement
     from repository.runtime import available_providers
     from service import logs
@@ -128,6 +132,14 @@ def _executor(config: ServiceConfig, directory: Path, ready: Connection, supervi
     logs.configure(config)
     placement = select_placement(config.device, available_providers(), tf32=config.cuda_tf32)
     serve_executor(config, placement, directory, ready)
+
+
+def remove_stale_directories(parent: Path) -> None:
+    """The executor directories of supervisors that died without removing theirs (kill -9)."""
+    for directory in parent.glob(f"{EXECUTOR_PREFIX}*-*"):
+        pid = directory.name.removeprefix(EXECUTOR_PREFIX).partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def start_executor(config: ServiceConfig, directory: Path) -> tuple[BaseProcess, int]:
@@ -143,6 +155,7 @@ def start_executor(config: ServiceConfig, directory: Path) -> tuple[BaseProcess,
     process.start()
     send.close()
     if not receive.poll(START_TIMEOUT_S):
+        process.kill()
         raise RuntimeError(f"the device executor did not start within {START_TIMEOUT_S:.0f} s")
     metrics_port: int = receive.recv()  # EOFError if it failed: its log says why
     return process, metrics_port
@@ -170,9 +183,12 @@ class _Supervisor:
         self.executor: BaseProcess | None = None
         self._directory: Path | None = None  # the executor's socket and every shared-memory segment
 
-    def start_executor(self) -> None:
+    def launch_executor(self) -> None:
         """The device executor, before any worker: the workers open their graphs in it."""
-        self._directory = Path(tempfile.mkdtemp(prefix="vae-executor-", dir=run_directory()))
+        remove_stale_directories(run_directory())
+        self._directory = Path(
+            tempfile.mkdtemp(prefix=f"{EXECUTOR_PREFIX}{os.getpid()}-", dir=run_directory())
+        )
         self.executor, metrics_port = start_executor(self._config, self._directory)
         self._metrics.add(EXECUTOR_INDEX, metrics_port)
         log.info("device executor (pid %d): metrics on 127.0.0.1:%d", self.executor.pid, metrics_port)
@@ -268,20 +284,15 @@ class _Supervisor:
         deadline = time.monotonic() + grace_seconds + 5
         for slot in self.slots:
             slot.process.join(max(0.0, deadline - time.monotonic()))
-            _kill_late(slot.process)
-        if self.executor is not None:
-            self.executor.terminate()
-            self.executor.join(5)
-            _kill_late(self.executor)
+            if slot.process.is_alive():
+                log.error("%s did not stop in time; killing it", slot.process.name)
+                slot.process.kill()
+                slot.process.join()
+        if self.executor is not None:  # it ignores SIGTERM: nothing of it needs a drain
+            self.executor.kill()
+            self.executor.join()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
-
-
-def _kill_late(process: BaseProcess) -> None:
-    if process.is_alive():
-        log.error("%s did not stop in time; killing it", process.name)
-        process.kill()
-        process.join()
 
 
 def serve_workers(config: ServiceConfig) -> int:
@@ -297,7 +308,7 @@ def serve_workers(config: ServiceConfig) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         if config.device_executor:
-            supervisor.start_executor()
+            supervisor.launch_executor()
         supervisor.start_all()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(metrics)

@@ -104,7 +104,7 @@ def executor_graphs(
                 for role in GRAPHS
             }
         finally:
-            process.terminate()
+            process.kill()  # it ignores SIGTERM
             process.join()
 
 

@@ -1,4 +1,5 @@
-"""The device executor's runs on a real graph: joined batches answer each worker with its own rows."""
+"""The device executor's runs on a real graph: joined batches answer each worker with its own rows; a
+version that fails to open gives back the graphs it held."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from repository.errors import RepositoryError
+from repository.placement import ON_CPU
 from repository.runtime import Graph
-from service.executor import ExecutorMetrics, Job, Runner, WorkerChannel, run_jobs, take_joinable
+from service.config import ServiceConfig
+from service.graph_sources import LocalGraphs, ServedGraph
+from service.joined_runs import ExecutorMetrics, Job, Runner, WorkerChannel, run_jobs, take_joinable
+from service.loading import open_graphs
 from service.shared_arrays import Reader, Segment
 
 
@@ -139,3 +145,28 @@ def test_outputs_without_room_fail_that_batch_and_the_runner_goes_on(decoder: Gr
         worker.answer()["probs"], decoder.run({name: latents}, ("probs",))["probs"], atol=1e-6
     )
     runner.stop()
+
+
+class _HeldGraphs(LocalGraphs):
+    """Real local sessions, counting holds; the decoder's open fails (as a full device would)."""
+
+    def __init__(self) -> None:
+        super().__init__(ServiceConfig(), ON_CPU)
+        self.held: list[str] = []
+
+    def open(self, path: Path, sha256: str) -> ServedGraph:
+        if path.name == "decoder.onnx":
+            raise RepositoryError(f"{path}: no room on the device")
+        self.held.append(path.name)
+        return super().open(path, sha256)
+
+    def release(self, graph: ServedGraph) -> None:
+        assert isinstance(graph, Graph)
+        self.held.remove(graph.path.name)
+
+
+def test_a_version_that_fails_to_open_gives_back_what_it_opened(tiny_model_repo: Path) -> None:
+    source = _HeldGraphs()
+    with pytest.raises(RepositoryError, match="no room on the device"):
+        open_graphs(tiny_model_repo / "tiny" / "1", ServiceConfig(), source)
+    assert source.held == []  # the encoder, opened first, was given back

@@ -1,5 +1,5 @@
 """The CUDA path on a real device: parity per TF32 setting, Graph's data paths, quiet logs, `vae verify
---device cuda`, the service and its startup lines.
+--device cuda`, the service and its startup lines, the device executor.
 
 Skipped, with the reason, where onnxruntime offers no CUDAExecutionProvider; `make bench-gpu` runs
 these and reports their counts.
@@ -124,3 +124,32 @@ def test_the_service_runs_tf32_when_asked() -> None:
     finally:
         server.stop()
     assert f"mnist/2 decoder: decoder.onnx on {CUDA} device 0, float32, TF32 on;" in server.log_text()
+
+
+def test_the_device_executor_runs_both_graphs_on_cuda_exactly() -> None:
+    from benchmarks.gpu.inprocess import executor_graphs
+
+    manifest = read_manifest(VERSION)
+    with executor_graphs(VERSION, manifest, Placement(CUDA), 256) as remote:
+        for role in GRAPHS:
+            feeds = _inputs(role, 256)
+            expected = _graph(role, Placement(CPU)).run(feeds, OUTPUTS[role])
+            assert f"on {CUDA} device 0, float32, TF32 off, in the device executor" in remote[role].describe()
+            got = remote[role].run(feeds, OUTPUTS[role])
+            for name in OUTPUTS[role]:
+                np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=EXACT)
+
+
+def test_the_service_on_cuda_through_the_device_executor_answers_decode() -> None:
+    from benchmarks import workloads
+
+    server = spawn_server(
+        ROOT / "models", "--device", "cuda", "--workers", "2", "--device-executor", model="mnist"
+    )
+    try:
+        server.wait_serving()
+        checked = workloads.prepare(server.target, "decode", 4)
+        assert checked.response_bytes > 4 * 28 * 28 * 4
+    finally:
+        server.stop()
+    assert f"device executor on {CUDA}" in server.log_text()
