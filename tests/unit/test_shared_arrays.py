@@ -1,12 +1,16 @@
-"""Arrays through shared-memory segments: exact round trips, growth into a new file, aligned starts."""
+"""Arrays through shared-memory segments: exact round trips, growth into a new file, aligned starts, and
+the segments' directories of supervisors that died removed."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from service.shared_arrays import Reader, Segment
+from service.workers import EXECUTOR_PREFIX, remove_stale_directories
 
 
 def test_arrays_of_every_dtype_come_back_exactly(tmp_path: Path) -> None:
@@ -54,3 +58,16 @@ def test_a_reader_sees_the_writers_next_batch_in_the_same_file(tmp_path: Path) -
     assert second == first
     # Views are of the shared bytes: what must outlive the next write has to be copied.
     np.testing.assert_array_equal(view, np.full(4, 7.0, np.float32))
+
+
+def test_the_directories_of_supervisors_that_died_are_removed(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])  # a pid that no longer runs
+    gone.wait()
+    dead = tmp_path / f"{EXECUTOR_PREFIX}{gone.pid}-abc"
+    alive = tmp_path / f"{EXECUTOR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "something-else"
+    for directory in (dead, alive, other):
+        directory.mkdir()
+        (directory / "in-1-1").write_bytes(b"x")
+    remove_stale_directories(tmp_path)
+    assert not dead.exists() and alive.exists() and other.exists()
