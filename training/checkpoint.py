@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from training.priors import mixture_state
 
 BEST = "best.pt"
 LAST = "last.pt"
+# The VAE's submodules that a run adding flows to another run's model starts afresh.
+FLOW_MODULES = ("prior_flow.", "posterior_flow.")
 
 
 SNAPSHOT_GLOB = "epoch-*.pt"  # kept every train.snapshot_every epochs
@@ -82,30 +85,47 @@ def load(path: Path) -> Checkpoint:
     )
 
 
-def initial_weights(source: Path, model_config: ModelConfig) -> tuple[dict[str, Any], float]:
+def initial_weights(
+    source: Path, model_config: ModelConfig, fresh: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, Any], float]:
     """The weights of the run at source as a start for a model of model_config, and its train_seconds.
 
     The networks must be the same. A VampPrior may start a mixture prior of as many components: the
     mixture it is, the encoder's posteriors at its pseudo-inputs, which is also what export writes.
+    A run without flows may start one with flows: theirs come from `fresh` (the new model's own
+    weights), where each starts as the identity, so the new run starts as the old model.
     """
     state = load(source)
     if state.model_config == model_config:
         return state.model_state, state.train_seconds
+    old, new = state.model_config, model_config
     same_network = dataclasses.replace(
-        state.model_config, prior=model_config.prior, prior_components=model_config.prior_components
+        old,
+        prior=new.prior,
+        prior_components=new.prior_components,
+        prior_flow_layers=new.prior_flow_layers,
+        posterior_flow_layers=new.posterior_flow_layers,
+        flow_hidden=new.flow_hidden,
     )
-    vamp_to_mixture = (state.model_config.prior, model_config.prior) == ("vamp", "mixture") and (
-        state.model_config.prior_components == model_config.prior_components
+    same_prior = (old.prior, old.prior_components) == (new.prior, new.prior_components)
+    vamp_to_mixture = (old.prior, new.prior) == ("vamp", "mixture") and (
+        old.prior_components == new.prior_components
     )
-    if same_network != model_config or not vamp_to_mixture:
+    adds_flows = not old.flows and new.flows
+    same_flows = dataclasses.replace(old, prior=new.prior, prior_components=new.prior_components) == new
+    if same_network != new or not (same_prior or vamp_to_mixture) or not (same_flows or adds_flows):
         raise ValueError(
-            f"train.init = {str(source)!r} holds another model ({state.model_config}); a run can start "
-            "from one of the same network and prior, or from a VampPrior of as many components when it "
-            "learns a mixture prior"
+            f"train.init = {str(source)!r} holds another model ({old}); a run can start from one of the "
+            "same network and prior, from a VampPrior of as many components when it learns a mixture "
+            "prior, and from one without flows when it adds them"
         )
-    with torch.no_grad():
-        components = state.build_model().prior_components()
-    assert components is not None, "a VampPrior has components"
-    weights = {name: value for name, value in state.model_state.items() if not name.startswith("prior.")}
-    weights |= mixture_state(components)
+    weights = dict(state.model_state)
+    if vamp_to_mixture:
+        with torch.no_grad():
+            components = state.build_model().prior_components()
+        assert components is not None, "a VampPrior has components"
+        weights = {name: value for name, value in weights.items() if not name.startswith("prior.")}
+        weights |= mixture_state(components)
+    if adds_flows:
+        weights |= {name: value for name, value in fresh.items() if name.startswith(FLOW_MODULES)}
     return weights, state.train_seconds

@@ -32,6 +32,11 @@ class ModelConfig:
     # mixture of the posteriors at prior_components learned pseudo-inputs (Tomczak & Welling 2018).
     prior: PriorKind = "normal"
     prior_components: int = 0
+    # Normalizing flows (training/flows.py), 0 layers: none. On the prior, p(z) = p_base(f(z)) |det f'|
+    # over the prior above; on the posterior, z = g(z0; mu, logvar) for z0 ~ N(mu, exp(logvar)).
+    prior_flow_layers: int = 0
+    posterior_flow_layers: int = 0
+    flow_hidden: int = 128
 
     @property
     def conditional(self) -> bool:
@@ -60,6 +65,14 @@ class ModelConfig:
         if self.classes and (len(distinct) != len(self.classes) or len(distinct) < 2 or "" in distinct):
             raise ValueError(f"classes must be two or more distinct, non-empty names: {list(self.classes)}")
         self._check_prior()
+        if min(self.prior_flow_layers, self.posterior_flow_layers) < 0 or self.flow_hidden < 1:
+            raise ValueError(
+                "prior_flow_layers and posterior_flow_layers must be 0 (none) or more, flow_hidden at least 1"
+            )
+
+    @property
+    def flows(self) -> bool:
+        return bool(self.prior_flow_layers or self.posterior_flow_layers)
 
     def _check_prior(self) -> None:
         if self.prior not in ("normal", "mixture", "vamp"):

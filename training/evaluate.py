@@ -30,8 +30,8 @@ from training.config import (
 )
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
 from training.losses import gaussian_kl, log_likelihood
-from training.model import VAE, repeat_labels
-from training.priors import Components, log_normal, log_prior
+from training.model import VAE, gaussian_draws, repeat_labels
+from training.priors import Components, log_prior
 from training.train import class_labels, pick_device
 
 EVAL_NOISE_SEED = 12345
@@ -79,6 +79,11 @@ class ExportedModel:
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         return log_prior(z, self._components)
 
+    def draw_posterior(
+        self, mu: torch.Tensor, logvar: torch.Tensor, samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_draws(mu, logvar, samples)
+
 
 def _numpy(y: torch.Tensor | None) -> Any:
     return None if y is None else y.contiguous().numpy()
@@ -109,12 +114,13 @@ def negative_elbo(model: Evaluable, x: torch.Tensor, y: torch.Tensor | None = No
     same z that was decoded (training/losses.py's ELBO).
     """
     mu, logvar = model.encode(x, y)
-    z = VAE.reparameterize(mu, logvar)
+    draws, log_q = model.draw_posterior(mu, logvar, 1)
+    z = draws[0]
     decoded = model.decode(z, y)
-    if model.config.prior == "normal":
+    if model.config.prior == "normal" and not model.config.flows:
         kl = gaussian_kl(mu, logvar).sum(1)
     else:
-        kl = log_normal(z, mu, logvar) - model.log_prior(z)
+        kl = log_q[0] - model.log_prior(z)
     return -log_likelihood(model, decoded, x) + kl
 
 
@@ -128,18 +134,17 @@ def importance_weighted_nll(
     batch_decodes decoder evaluations whatever k is.
     """
     mu, logvar = model.encode(x, y)
-    std = torch.exp(0.5 * logvar)
     images = x.shape[0]
     chunk = max(1, batch_decodes // images)
     running = torch.full((images,), -math.inf, device=x.device, dtype=x.dtype)
     done = 0
     while done < k:
         s = min(chunk, k - done)
-        z = mu + torch.randn((s, *mu.shape), device=x.device, dtype=x.dtype) * std  # (s, B, D)
+        z, log_q = model.draw_posterior(mu, logvar, s)  # (s, B, D), (s, B)
         decoded = model.decode(z.reshape(s * images, -1), repeat_labels(y, s))
         x_rep = x.expand(s, *x.shape).reshape(s * images, *x.shape[1:])
         log_px_z = log_likelihood(model, decoded, x_rep).reshape(s, images)
-        log_w = log_px_z + model.log_prior(z) - log_normal(z, mu, logvar)
+        log_w = log_px_z + model.log_prior(z) - log_q
         running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
         done += s
     return -(running - math.log(k))

@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 from repository.prior import LOG_2PI
 from training.model import VAE
-from training.priors import log_normal
 
 
 def log_likelihood(model: VAE | Any, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -61,18 +60,19 @@ def elbo_loss(
 
     Free bits keep at least that many nats per latent dimension out of the gradient (Kingma et
     al. 2016). net runs the forward pass: a DistributedDataParallel wrapper of model, or model.
-    y: the labels of a conditional model. Under a learned prior the KL is the single-sample estimate
+    y: the labels of a conditional model. Under a learned prior or a flow the KL is the single-sample estimate
     log q(z|x) - log p(z) at the z that was decoded, and free bits (per analytic KL dimension) do not apply.
     """
-    if free_bits > 0 and model.prior is not None:
+    if free_bits > 0 and (model.prior is not None or model.config.flows):
         raise ValueError(
-            f"free_bits needs the analytic KL of the normal prior; this model's prior is "
-            f"{model.config.prior!r}: set free_bits = 0"
+            f"free_bits needs the analytic KL of the normal prior and posterior; this model's prior is "
+            f"{model.config.prior!r}, with {model.config.prior_flow_layers} flow layers (posterior: "
+            f"{model.config.posterior_flow_layers}): set free_bits = 0"
         )
-    decoded, mu, logvar, z = (net or model)(x, 1, y)
+    decoded, mu, logvar, z, log_q = (net or model)(x, 1, y)
     recon = -log_likelihood(model, decoded, x)
-    if model.prior is not None:
-        kl = log_normal(z[0], mu, logvar) - model.log_prior(z[0])
+    if model.prior is not None or model.config.flows:
+        kl = log_q[0] - model.log_prior(z[0])
         kl_for_loss = kl.sum()
     elif free_bits > 0:
         kl_dims = gaussian_kl(mu, logvar)
@@ -90,10 +90,11 @@ def log_importance_weights(
     model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None, y: torch.Tensor | None = None
 ) -> torch.Tensor:
     """log p(x, z_i | y) - log q(z_i | x, y) for k posterior samples per image: shape (k, B)."""
-    decoded, mu, logvar, z = (net or model)(x, k, y)
+    passed: tuple[torch.Tensor, ...] = (net or model)(x, k, y)
+    decoded, _, _, z, log_q = passed
     x_rep = x.expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
     log_px_z = log_likelihood(model, decoded, x_rep).reshape(k, x.shape[0])
-    return log_px_z + model.log_prior(z) - log_normal(z, mu, logvar)
+    return log_px_z + model.log_prior(z) - log_q
 
 
 def iwae_loss(

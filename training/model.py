@@ -10,7 +10,8 @@ learned embedding of the label is added to the first dense layer's output on eac
 one-hot input to that layer without the one-hot.
 
 The prior is N(0, I) unless the config asks for a learned one (training/priors.py); the normal prior
-has no parameters, so such a model's state_dict is what it always was.
+has no parameters, so such a model's state_dict is what it always was. Normalizing flows
+(training/flows.py) may refine the prior and the posterior.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 from torch import nn
 
 from training.config import ModelConfig
-from training.priors import Components, MixturePrior, VampPrior, log_prior, sample_mixture
+from training.flows import CouplingFlow
+from training.priors import Components, MixturePrior, VampPrior, log_normal, log_prior, sample_mixture
 
 
 class ResidualBlock(nn.Module):
@@ -117,6 +119,14 @@ class VAE(nn.Module):
             self.prior = MixturePrior(config.prior_components, config.latent_dim)
         elif config.prior == "vamp":
             self.prior = VampPrior(config.prior_components, config.image_shape)
+        dim = config.latent_dim
+        self.prior_flow: CouplingFlow | None = None
+        if config.prior_flow_layers:
+            self.prior_flow = CouplingFlow(dim, config.prior_flow_layers, config.flow_hidden)
+        self.posterior_flow: CouplingFlow | None = None
+        if config.posterior_flow_layers:
+            # Its context is the Gaussian's (mu, logvar): the encoder stays as it is.
+            self.posterior_flow = CouplingFlow(dim, config.posterior_flow_layers, config.flow_hidden, 2 * dim)
 
     def _check_labels(self, y: torch.Tensor | None) -> None:
         if self.config.conditional and y is None:
@@ -159,26 +169,50 @@ class VAE(nn.Module):
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) summed over the last dimension."""
-        return log_prior(z, self.prior_components())
+        if self.prior_flow is None:
+            return log_prior(z, self.prior_components())
+        flowed: tuple[torch.Tensor, torch.Tensor] = self.prior_flow(z.reshape(-1, z.shape[-1]))
+        u, logdet = flowed
+        return log_prior(u, self.prior_components()).reshape(z.shape[:-1]) + logdet.reshape(z.shape[:-1])
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n latents (n, D) drawn from the prior."""
         components = self.prior_components()
         if components is None:
-            return torch.randn((n, self.config.latent_dim), generator=generator)
-        return sample_mixture(components, n, generator)
+            u = torch.randn((n, self.config.latent_dim), generator=generator)
+        else:
+            u = sample_mixture(components, n, generator)
+        return u if self.prior_flow is None else self.prior_flow.inverse(u)
+
+    def draw_posterior(
+        self, mu: torch.Tensor, logvar: torch.Tensor, samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`samples` latents per image (samples, B, D) from q(z|x), and their log q(z|x) (samples, B)."""
+        z0, log_q = gaussian_draws(mu, logvar, samples)
+        if self.posterior_flow is None:
+            return z0, log_q
+        context = torch.cat([mu, logvar], dim=-1).expand(samples, -1, -1).reshape(-1, 2 * mu.shape[-1])
+        flowed: tuple[torch.Tensor, torch.Tensor] = self.posterior_flow(z0.reshape(-1, mu.shape[-1]), context)
+        z, logdet = flowed
+        return z.reshape(z0.shape), log_q - logdet.reshape(log_q.shape)
 
     def forward(
         self, x: torch.Tensor, samples: int = 1, y: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, draw `samples` latents per image, decode them all (with the labels y, if conditional).
 
-        Returns decoded (samples * B, ...), mu and logvar (B, D), and z (samples, B, D). Training
-        goes through forward so that DistributedDataParallel sees every pass.
+        Returns decoded (samples * B, ...), mu and logvar (B, D), z (samples, B, D) and log q(z|x)
+        (samples, B). Training goes through forward so that DistributedDataParallel sees every pass.
         """
         mu, logvar = self.encode(x, y)
-        z = self.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
-        return self.decode(z.reshape(-1, mu.shape[1]), repeat_labels(y, samples)), mu, logvar, z
+        z, log_q = self.draw_posterior(mu, logvar, samples)
+        return self.decode(z.reshape(-1, mu.shape[1]), repeat_labels(y, samples)), mu, logvar, z, log_q
+
+
+def gaussian_draws(mu: torch.Tensor, logvar: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`samples` draws per row of N(mu, exp(logvar)) (samples, B, D), and their log-densities (samples, B)."""
+    z = VAE.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
+    return z, log_normal(z, mu, logvar)
 
 
 def repeat_labels(y: torch.Tensor | None, samples: int) -> torch.Tensor | None:

@@ -180,7 +180,7 @@ def train(
     model = VAE(model_config)
     start_epoch, step, best, elapsed = 0, 0, math.inf, 0.0
     if config.init:
-        weights, elapsed = ckpt.initial_weights(Path(config.init), model_config)
+        weights, elapsed = ckpt.initial_weights(Path(config.init), model_config, model.state_dict())
         model.load_state_dict(weights)
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

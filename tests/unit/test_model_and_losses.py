@@ -10,8 +10,9 @@ from torch import nn
 
 from training.config import ModelConfig
 from training.evaluate import importance_weighted_nll
-from training.losses import elbo_loss, gaussian_kl, iwae_loss, log_normal
+from training.losses import elbo_loss, gaussian_kl, iwae_loss
 from training.model import VAE
+from training.priors import log_normal
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ def test_shapes_and_dtypes(config: ModelConfig) -> None:
     assert decoded.shape == x.shape and decoded.dtype == torch.float32
     means = model.decode_mean(z)
     assert float(means.min()) >= 0.0 and float(means.max()) <= 1.0
-    out, mu2, _, z2 = model(x, samples=3)
+    out, mu2, _, z2, _ = model(x, samples=3)
     assert out.shape == (15, *config.image_shape) and z2.shape == (3, 5, config.latent_dim)
     assert torch.equal(mu, mu2)
     terms = elbo_loss(model, x)
@@ -81,7 +82,7 @@ def test_conditional_model_uses_its_labels_in_both_halves() -> None:
     assert torch.allclose(mixed[1], model.decode(z[1:], twos[:1])[0], atol=1e-6)
     # forward lays k samples out sample-major; each row must be decoded under its image's label.
     torch.manual_seed(1)
-    decoded, _, _, latents = model(x, 3, torch.tensor([0, 2]))
+    decoded, _, _, latents, _ = model(x, 3, torch.tensor([0, 2]))
     expected = model.decode(latents.reshape(6, 4), torch.tensor([0, 2, 0, 2, 0, 2]))
     assert torch.allclose(decoded, expected, atol=1e-6)
     assert torch.isfinite(elbo_loss(model, x, y=ones).loss) and torch.isfinite(

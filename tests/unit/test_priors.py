@@ -89,7 +89,7 @@ def test_importance_weights_use_the_models_log_prior() -> None:
     torch.manual_seed(5)
     log_w_normal = log_importance_weights(normal, x, 7)
     torch.manual_seed(5)
-    _, _, _, z = mixture(x, 7)  # the same draws: the encoders are the same
+    _, _, _, z, _ = mixture(x, 7)  # the same draws: the encoders are the same
     torch.manual_seed(5)
     log_w_mixture = log_importance_weights(mixture, x, 7)
     # Same decoder, same q: the weights differ by exactly log p_mixture(z) - log N(z; 0, I).
@@ -103,7 +103,7 @@ def test_elbo_under_a_learned_prior_estimates_the_kl_at_the_decoded_latent() -> 
     torch.manual_seed(2)
     terms = elbo_loss(model, x)
     torch.manual_seed(2)
-    _, mu, logvar, z = model(x, 1)
+    _, mu, logvar, z, _ = model(x, 1)
     expected_kl = (log_normal(z[0], mu, logvar) - model.log_prior(z[0])).mean()
     torch.testing.assert_close(terms.kl, expected_kl)
     assert float(terms.nelbo) == pytest.approx(float(terms.recon + terms.kl), rel=1e-5)
