@@ -62,13 +62,6 @@ def export_run(
     score_k > 0 also records the Score quantiles of the run's test set at that k (score_reference).
     """
     checkpoint = ckpt.load(run)
-    if checkpoint.model_config.flows:
-        # Sample and Score need the flows as graphs of their own, which model.json cannot name yet.
-        raise ExportError(
-            f"{run} has normalizing flows (prior_flow_layers {checkpoint.model_config.prior_flow_layers}, "
-            f"posterior_flow_layers {checkpoint.model_config.posterior_flow_layers}), which the serving "
-            "contract does not carry yet (issue 31): evaluate it with `vae curve`; export a run without flows"
-        )
     eval_path = (run if run.is_dir() else run.parent) / "eval.json"
     evaluation = json.loads(eval_path.read_text(encoding="utf-8")) if eval_path.is_file() else None
     training = {
@@ -129,6 +122,13 @@ def export_model(
     """
     model = model.eval()
     config = model.config
+    if config.flows:
+        # Sample and Score need the flows as graphs of their own, which model.json cannot name yet.
+        raise ExportError(
+            f"the model has normalizing flows (prior_flow_layers {config.prior_flow_layers}, "
+            f"posterior_flow_layers {config.posterior_flow_layers}), which the serving contract does not "
+            "carry yet (issue 31): evaluate its run with `vae curve` or `vae eval`; export one without flows"
+        )
     with stage_version(repo, name, version) as staged:
         pairing_id = uuid.uuid4().hex
         graphs = write_graphs(model, staged.path, name=name, version=staged.version, pairing_id=pairing_id)

@@ -22,8 +22,6 @@ from training.priors import mixture_state
 
 BEST = "best.pt"
 LAST = "last.pt"
-# The VAE's submodules that a run adding flows to another run's model starts afresh.
-FLOW_MODULES = ("prior_flow.", "posterior_flow.")
 
 
 SNAPSHOT_GLOB = "epoch-*.pt"  # kept every train.snapshot_every epochs
@@ -92,13 +90,18 @@ def initial_weights(
 
     The networks must be the same. A VampPrior may start a mixture prior of as many components: the
     mixture it is, the encoder's posteriors at its pseudo-inputs, which is also what export writes.
-    A run without flows may start one with flows: theirs come from `fresh` (the new model's own
-    weights), where each starts as the identity, so the new run starts as the old model.
+    A flow the source lacks may be added (prior, posterior or both): its weights come from `fresh`
+    (the new model's own), where each flow starts as the identity, so the new run starts as the old model.
     """
     state = load(source)
     if state.model_config == model_config:
         return state.model_state, state.train_seconds
     old, new = state.model_config, model_config
+    same_prior = (old.prior, old.prior_components) == (new.prior, new.prior_components)
+    vamp_to_mixture = (old.prior, new.prior) == ("vamp", "mixture") and (
+        old.prior_components == new.prior_components
+    )
+    added = _added_flows(old, new)
     same_network = dataclasses.replace(
         old,
         prior=new.prior,
@@ -107,17 +110,13 @@ def initial_weights(
         posterior_flow_layers=new.posterior_flow_layers,
         flow_hidden=new.flow_hidden,
     )
-    same_prior = (old.prior, old.prior_components) == (new.prior, new.prior_components)
-    vamp_to_mixture = (old.prior, new.prior) == ("vamp", "mixture") and (
-        old.prior_components == new.prior_components
-    )
-    adds_flows = not old.flows and new.flows
-    same_flows = dataclasses.replace(old, prior=new.prior, prior_components=new.prior_components) == new
-    if same_network != new or not (same_prior or vamp_to_mixture) or not (same_flows or adds_flows):
+    if same_network != new or not (same_prior or vamp_to_mixture):
+        added = None
+    if added is None:
         raise ValueError(
             f"train.init = {str(source)!r} holds another model ({old}); a run can start from one of the "
             "same network and prior, from a VampPrior of as many components when it learns a mixture "
-            "prior, and from one without flows when it adds them"
+            "prior, and from one without a flow when it adds it"
         )
     weights = dict(state.model_state)
     if vamp_to_mixture:
@@ -126,6 +125,19 @@ def initial_weights(
         assert components is not None, "a VampPrior has components"
         weights = {name: value for name, value in weights.items() if not name.startswith("prior.")}
         weights |= mixture_state(components)
-    if adds_flows:
-        weights |= {name: value for name, value in fresh.items() if name.startswith(FLOW_MODULES)}
+    weights |= {name: value for name, value in fresh.items() if name.startswith(added)}
     return weights, state.train_seconds
+
+
+def _added_flows(old: ModelConfig, new: ModelConfig) -> tuple[str, ...] | None:
+    """The state-dict prefixes of the flows `new` adds to `old`; None if a flow of `old` changed."""
+    added = []
+    for prefix, before, after in (
+        ("prior_flow.", old.prior_flow_layers, new.prior_flow_layers),
+        ("posterior_flow.", old.posterior_flow_layers, new.posterior_flow_layers),
+    ):
+        if before and (before != after or old.flow_hidden != new.flow_hidden):
+            return None  # a trained flow cannot change shape
+        if after and not before:
+            added.append(prefix)
+    return tuple(added)

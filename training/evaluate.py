@@ -191,6 +191,8 @@ def evaluate_run(
     torch.manual_seed(EVAL_NOISE_SEED)
     started = time.perf_counter()
 
+    layers = (model_config.prior_flow_layers, model_config.posterior_flow_layers)
+    flows = f"{layers[0]} prior and {layers[1]} posterior flow layers"
     elbo_sum, mus, kl_sum = 0.0, [], torch.zeros(model_config.latent_dim, device=device)
     with torch.no_grad():
         for start in range(0, len(x_all), 1000):
@@ -202,10 +204,10 @@ def evaluate_run(
             kl_sum += gaussian_kl(mu, logvar).sum(0)
     mu_all = torch.cat(mus)
     unit_variance = mu_all.var(0)
-    # KL(q || p) per dimension exists only for a factorised prior: N(0, I), not a mixture.
+    # KL(q || p) per dimension exists only for a factorised prior: N(0, I), not a mixture or a flow.
     kl_per_dim: list[float] | str = [round(float(v), 4) for v in kl_sum / len(x_all)]
-    if model_config.prior != "normal":
-        kl_per_dim = f"not reported: the KL is not analytic under the {model_config.prior} prior"
+    if model_config.prior != "normal" or model_config.flows:
+        kl_per_dim = f"not reported: the KL is not analytic under the {model_config.prior} prior with {flows}"
 
     task_images = max(IMAGES_PER_TASK, _images_per_pass(k, batch_decodes))
     chunks = range(0, len(x_all), task_images)
@@ -256,7 +258,7 @@ def evaluate_run(
         "conditioned_on": "the true label" if y_all is not None else None,
         "active_units": int((unit_variance > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_dim": model_config.latent_dim,
-        "prior": model_config.prior,
+        "prior": model_config.prior + (f", {flows}" if model_config.flows else ""),
         "kl_per_dim": kl_per_dim,
         **provenance,
         "eval_seconds": time.perf_counter() - started,

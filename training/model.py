@@ -182,7 +182,21 @@ class VAE(nn.Module):
             u = torch.randn((n, self.config.latent_dim), generator=generator)
         else:
             u = sample_mixture(components, n, generator)
-        return u if self.prior_flow is None else self.prior_flow.inverse(u)
+        return self.prior_point(u)
+
+    def prior_point(self, u: torch.Tensor) -> torch.Tensor:
+        """The latent at a point u (n, D) of the base prior: u itself, or through the prior flow's inverse."""
+        if self.prior_flow is None:
+            return u
+        weights = next(self.prior_flow.parameters())
+        return self.prior_flow.inverse(u.to(weights.device, weights.dtype))
+
+    def posterior_point(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """The posterior's central latent (B, D): mu, or mu through the posterior flow (pictures show it)."""
+        if self.posterior_flow is None:
+            return mu
+        moved: tuple[torch.Tensor, torch.Tensor] = self.posterior_flow(mu, torch.cat([mu, logvar], dim=-1))
+        return moved[0]
 
     def draw_posterior(
         self, mu: torch.Tensor, logvar: torch.Tensor, samples: int

@@ -113,14 +113,14 @@ def write_pictures(
         _scaled(tile(_decode(model, z), 8)).save(written[-1])
     else:
         columns = 10
-        _scaled(tile(class_grid(model, torch.randn((columns, latent), generator=generator)), columns)).save(
-            written[-1]
-        )
+        with torch.no_grad():
+            z = model.prior_point(torch.randn((columns, latent), generator=generator))
+        _scaled(tile(class_grid(model, z), columns)).save(written[-1])
 
     first = None if labels is None else labels[:16]
     with torch.no_grad():
-        mu, _ = model.encode(x[:16], first)
-    pairs = np.stack([x[:16].numpy(), _decode(model, mu, first)], 1).reshape(32, *x.shape[1:])
+        centre = model.posterior_point(*model.encode(x[:16], first))
+    pairs = np.stack([x[:16].numpy(), _decode(model, centre, first)], 1).reshape(32, *x.shape[1:])
     written.append(out / "reconstructions.png")
     _scaled(tile(pairs, 8)).save(written[-1])  # each original sits left of its reconstruction
 
@@ -130,7 +130,7 @@ def write_pictures(
         same_class = torch.nonzero(labels == labels[0]).flatten()[:2]
         pair, path_labels = x[same_class], labels[same_class[0]].repeat(len(steps))
     with torch.no_grad():
-        ends, _ = model.encode(pair, None if path_labels is None else path_labels[:2])
+        ends = model.posterior_point(*model.encode(pair, None if path_labels is None else path_labels[:2]))
     rows = [
         pair[:1].numpy(),
         _decode(model, ends[0] + steps[:, None] * (ends[1] - ends[0]), path_labels),
@@ -144,15 +144,16 @@ def write_pictures(
 
     if latent == 2:
         with torch.no_grad():
-            mu_all, _ = model.encode(x, labels)
+            centres = model.posterior_point(*model.encode(x, labels))
         written.append(out / "latent_space.png")
-        latent_scatter(mu_all.numpy(), test.test_y[:2000]).save(written[-1])
+        latent_scatter(centres.numpy(), test.test_y[:2000]).save(written[-1])
     if latent == 2 and labels is None:  # a conditional model's map would need one per class
         # Decode a grid of prior quantiles, as in Kingma & Welling 2013, figure 4.
         quantiles = torch.special.ndtri(torch.linspace(0.05, 0.95, 20))
         grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1).reshape(-1, 2)
         written.append(out / "manifold.png")
-        _scaled(tile(_decode(model, grid), 20), 2).save(written[-1])
+        with torch.no_grad():
+            _scaled(tile(_decode(model, model.prior_point(grid)), 20), 2).save(written[-1])
     return written
 
 

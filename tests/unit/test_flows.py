@@ -113,6 +113,19 @@ def test_both_losses_train_the_flows() -> None:
             assert any(float(p.grad.abs().sum()) > 0 for p in flow.parameters() if p.grad is not None)
 
 
+@torch.no_grad()
+def test_pictures_show_the_latents_through_the_flows() -> None:
+    model = _model(prior_flow_layers=2, posterior_flow_layers=2)
+    assert model.prior_flow is not None and model.posterior_flow is not None
+    _perturbed(model.prior_flow, seed=1, scale=0.1).float()
+    _perturbed(model.posterior_flow, seed=2, scale=0.1).float()
+    u, mu, logvar = torch.randn(5, D), torch.randn(5, D), torch.randn(5, D)
+    torch.testing.assert_close(model.prior_flow(model.prior_point(u))[0], u, rtol=0, atol=1e-5)
+    moved = model.posterior_point(mu, logvar)
+    assert not torch.allclose(moved, mu)
+    torch.testing.assert_close(moved, model.posterior_flow(mu, torch.cat([mu, logvar], -1))[0])
+
+
 def _save_run(run: Path, model: VAE) -> None:
     run.mkdir()
     ckpt.save(
@@ -141,9 +154,24 @@ def test_a_run_without_flows_starts_one_with_them_and_not_the_other_way(tmp_path
     torch.testing.assert_close(flowed.log_prior(z), plain.log_prior(z))
 
     _save_run(tmp_path / "flowed", flowed)
-    other = dataclasses.replace(flowed.config, prior_flow_layers=4)
-    with pytest.raises(ValueError, match="from one without flows when it adds them"):
-        ckpt.initial_weights(tmp_path / "flowed", other, VAE(other).state_dict())
-    with pytest.raises(ExportError, match="normalizing flows"):
+    for other in (
+        dataclasses.replace(flowed.config, prior_flow_layers=4),  # a trained flow cannot change shape
+        dataclasses.replace(flowed.config, flow_hidden=64),
+        dataclasses.replace(flowed.config, posterior_flow_layers=0),
+    ):
+        with pytest.raises(ValueError, match="from one without a flow when it adds it"):
+            ckpt.initial_weights(tmp_path / "flowed", other, VAE(other).state_dict())
+
+    # One flow at a time: a run with a prior flow starts one that adds a posterior flow.
+    prior_only = _model(prior_flow_layers=2)
+    _save_run(tmp_path / "prior-only", prior_only)
+    both = _model(prior_flow_layers=2, posterior_flow_layers=3)
+    weights, _ = ckpt.initial_weights(tmp_path / "prior-only", both.config, both.state_dict())
+    both.load_state_dict(weights)
+    torch.testing.assert_close(
+        both.state_dict()["prior_flow.layers.0.net.0.weight"],
+        prior_only.state_dict()["prior_flow.layers.0.net.0.weight"],
+    )
+    with pytest.raises(ExportError, match=r"normalizing flows .*\(issue 31\)"):
         export_run(tmp_path / "flowed", tmp_path / "repo", "flowed")
     assert not (tmp_path / "repo").exists()
