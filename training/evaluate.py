@@ -207,7 +207,9 @@ def evaluate_run(
     # KL(q || p) per dimension exists only for a factorised prior: N(0, I), not a mixture or a flow.
     kl_per_dim: list[float] | str = [round(float(v), 4) for v in kl_sum / len(x_all)]
     if model_config.prior != "normal" or model_config.flows:
-        kl_per_dim = f"not reported: the KL is not analytic under the {model_config.prior} prior with {flows}"
+        kl_per_dim = f"not reported: the KL is not analytic under the {model_config.prior} prior" + (
+            f" with {flows}" if model_config.flows else ""
+        )
 
     task_images = max(IMAGES_PER_TASK, _images_per_pass(k, batch_decodes))
     chunks = range(0, len(x_all), task_images)
