@@ -27,8 +27,9 @@ from pathlib import Path
 
 from repository.manifest import file_sha256
 from repository.placement import Placement
-from repository.runtime import Graph, TensorSpec
+from repository.runtime import TensorSpec
 from service.config import ServiceConfig
+from service.graph_sources import LocalGraphs
 from service.joined_runs import ExecutorMetrics, Job, Runner, WorkerChannel
 from service.metrics import serve_metrics
 from service.shared_arrays import Layout, Reader, Segment
@@ -61,7 +62,7 @@ class Executor:
 
     def __init__(self, config: ServiceConfig, placement: Placement, directory: Path) -> None:
         self._config = config
-        self._placement = placement
+        self._sessions = LocalGraphs(config, placement)
         self._directory = directory
         self.metrics = ExecutorMetrics()
         self._lock = threading.Lock()
@@ -137,13 +138,7 @@ class Executor:
                 # The worker verified these files; a graph replaced since must not be served as them.
                 if file_sha256(path) != sha256:
                     raise ValueError(f"{path} changed on disk after the worker verified it")
-                graph = Graph(
-                    path,
-                    intra_op_threads=self._config.intra_op_threads,
-                    inter_op_threads=self._config.inter_op_threads,
-                    spinning=self._config.spinning,
-                    placement=self._placement,
-                )
+                graph = self._sessions.open(path, sha256)
                 graph_id = next(self._next_id)
                 runner = Runner(graph, self._config.max_batch_items, self.metrics)
                 self._graphs[graph_id] = _Open(runner, key, 0)

@@ -36,13 +36,13 @@ class GraphSource(Protocol):
 
 
 class LocalGraphs:
-    """Sessions in this process, on `placement`."""
+    """Sessions in this process, on `placement` (the device executor opens its own through it)."""
 
     def __init__(self, config: ServiceConfig, placement: Placement) -> None:
         self._config = config
         self._placement = placement
 
-    def open(self, path: Path, sha256: str) -> ServedGraph:
+    def open(self, path: Path, sha256: str) -> Graph:
         return Graph(
             path,
             intra_op_threads=self._config.intra_op_threads,

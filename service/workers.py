@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -93,7 +94,7 @@ def _die_with(supervisor: int, signum: int = signal.SIGTERM) -> None:
 
 
 def _worker(
-    config: ServiceConfig, index: int, ready: Connection, supervisor: int, executor: Path | None
+    config: ServiceConfig, index: int, executor: Path | None, ready: Connection, supervisor: int
 ) -> None:
     """One worker process: a VaeServer on the shared port, its metrics on a private loopback port.
 
@@ -142,18 +143,25 @@ def remove_stale_directories(parent: Path) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def _spawn(target: Callable[..., None], name: str, *args: object) -> tuple[BaseProcess, Connection]:
+    """A process running target(*args, ready, our pid), and the `ready` pipe's end it reports on.
+
+    Spawned, not forked: no forked copies of grpc's threads.
+    """
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=target, args=(*args, send, os.getpid()), name=name, daemon=False)
+    process.start()
+    send.close()
+    return process, receive
+
+
 def start_executor(config: ServiceConfig, directory: Path) -> tuple[BaseProcess, int]:
     """Start the device executor for `config` in `directory` (socket, segments); it dies with this process.
 
     (Its process, its metrics port) once it listens; RuntimeError or EOFError if it fails to start.
     """
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_executor, args=(config, directory, send, os.getpid()), name="vae-executor", daemon=False
-    )
-    process.start()
-    send.close()
+    process, receive = _spawn(_executor, "vae-executor", config, directory)
     if not receive.poll(START_TIMEOUT_S):
         process.kill()
         raise RuntimeError(f"the device executor did not start within {START_TIMEOUT_S:.0f} s")
@@ -176,7 +184,6 @@ class _Supervisor:
 
     def __init__(self, config: ServiceConfig, port: int, metrics: SumOfWorkers) -> None:
         self._config = dataclasses.replace(config, port=port, metrics_port=0)
-        self._context = multiprocessing.get_context("spawn")  # no forked copies of grpc's threads
         self._metrics = metrics
         self._deaths: deque[float] = deque()
         self.slots: list[_Slot] = []
@@ -194,15 +201,7 @@ class _Supervisor:
         log.info("device executor (pid %d): metrics on 127.0.0.1:%d", self.executor.pid, metrics_port)
 
     def start(self, index: int) -> _Slot:
-        receive, send = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_worker,
-            args=(self._config, index, send, os.getpid(), self._directory),
-            name=f"vae-worker-{index}",
-            daemon=False,
-        )
-        process.start()
-        send.close()
+        process, receive = _spawn(_worker, f"vae-worker-{index}", self._config, index, self._directory)
         return _Slot(index, process, receive, time.monotonic())
 
     def start_all(self) -> None:
