@@ -110,9 +110,7 @@ def initial_weights(
         posterior_flow_layers=new.posterior_flow_layers,
         flow_hidden=new.flow_hidden,
     )
-    if same_network != new or not (same_prior or vamp_to_mixture):
-        added = None
-    if added is None:
+    if added is None or same_network != new or not (same_prior or vamp_to_mixture):
         raise ValueError(
             f"train.init = {str(source)!r} holds another model ({old}); a run can start from one of the "
             "same network and prior, from a VampPrior of as many components when it learns a mixture "

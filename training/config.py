@@ -74,6 +74,11 @@ class ModelConfig:
     def flows(self) -> bool:
         return bool(self.prior_flow_layers or self.posterior_flow_layers)
 
+    @property
+    def analytic_kl(self) -> bool:
+        """KL(q(z|x) || p(z)) in closed form: a Gaussian posterior against N(0, I), no flow."""
+        return self.prior == "normal" and not self.flows
+
     def _check_prior(self) -> None:
         if self.prior not in ("normal", "mixture", "vamp"):
             raise ValueError(f"prior must be 'normal', 'mixture' or 'vamp', got {self.prior!r}")

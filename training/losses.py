@@ -63,7 +63,7 @@ def elbo_loss(
     y: the labels of a conditional model. Under a learned prior or a flow the KL is the single-sample estimate
     log q(z|x) - log p(z) at the z that was decoded, and free bits (per analytic KL dimension) do not apply.
     """
-    if free_bits > 0 and (model.prior is not None or model.config.flows):
+    if free_bits > 0 and not model.config.analytic_kl:
         raise ValueError(
             f"free_bits needs the analytic KL of the normal prior and posterior; this model's prior is "
             f"{model.config.prior!r}, with {model.config.prior_flow_layers} flow layers (posterior: "
@@ -71,7 +71,7 @@ def elbo_loss(
         )
     decoded, mu, logvar, z, log_q = (net or model)(x, 1, y)
     recon = -log_likelihood(model, decoded, x)
-    if model.prior is not None or model.config.flows:
+    if not model.config.analytic_kl:
         kl = log_q[0] - model.log_prior(z[0])
         kl_for_loss = kl.sum()
     elif free_bits > 0:
