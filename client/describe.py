@@ -35,6 +35,11 @@ def _yes(flag: bool, detail: str = "") -> str:
     return ("yes" + (f" ({detail})" if detail else "")) if flag else "no"
 
 
+def _prior(info: ModelInfo) -> str:
+    layers = info.prior_flow_layers
+    return f"{info.prior} with a {layers}-layer flow" if layers else info.prior
+
+
 def describe(info: ModelInfo) -> list[str]:
     """The lines `vae client info` prints: images, latent, scaling and shift, decoder, prior, ..."""
     default = " (default)" if info.is_default else ""
@@ -45,7 +50,7 @@ def describe(info: ModelInfo) -> list[str]:
         ("latent", _latent(info)),
         ("scaling, shift", f"{scaling}, {shift}: --scaled latents are (z - {shift}) * {scaling}"),
         ("decoder output", info.decoder_output),
-        ("has_prior", _yes(info.has_prior, info.prior)),
+        ("has_prior", _yes(info.has_prior, _prior(info))),
         ("scorable", _yes(info.scorable)),
         ("classes", ", ".join(info.classes) if info.classes else "none (unconditional)"),
         ("provider", info.provider),

@@ -79,6 +79,7 @@ class ModelInfo:
     decoder_output: str = ""
     has_prior: bool = False
     scorable: bool = False
+    prior_flow_layers: int = 0  # a normalizing flow on the prior; 0: none (or a server older than flows)
 
 
 def _model(ref: pb.ModelRef) -> tuple[str, int]:
@@ -146,6 +147,7 @@ def model_info(info: pb.ModelInfo) -> ModelInfo:
         decoder_output=info.decoder_output,
         has_prior=info.has_prior,
         scorable=info.scorable,
+        prior_flow_layers=info.prior_flow_layers,
     )
 
 

@@ -22,7 +22,7 @@ from training.model import VAE
 # it emits. onnxruntime has run opset 18 since 1.14.
 OPSET = 18
 # torch.export specialises sizes 0 and 1, which would pin the batch axis; trace with 2.
-_TRACE_BATCH = 2
+TRACE_BATCH = 2
 
 # torch.onnx names a graph's weights by their path in the traced module: the VAE's state_dict keys
 # under the `vae` attribute both graphs keep it in (`vae recover` reads them back).
@@ -71,10 +71,10 @@ def write_graphs(
     )
     modules = {"encoder": EncoderGraph(model), "decoder": DecoderGraph(model)}
     # Tracing needs shapes, not values; zeros leave the caller's RNG state alone.
-    labels = (torch.zeros(_TRACE_BATCH, dtype=torch.int64),) if config.conditional else ()
+    labels = (torch.zeros(TRACE_BATCH, dtype=torch.int64),) if config.conditional else ()
     examples = {
-        "encoder": (torch.zeros(_TRACE_BATCH, *config.image_shape), *labels),
-        "decoder": (torch.zeros(_TRACE_BATCH, config.latent_dim), *labels),
+        "encoder": (torch.zeros(TRACE_BATCH, *config.image_shape), *labels),
+        "decoder": (torch.zeros(TRACE_BATCH, config.latent_dim), *labels),
     }
     batch = torch.export.Dim(BATCH_AXIS)
     graphs = {}
@@ -84,7 +84,7 @@ def write_graphs(
         dynamic = tuple({0: batch} for _ in examples[role])
         names = [t.name for t in inputs], [t.name for t in outputs]
         proto = to_onnx(modules[role], examples[role], *names, dynamic_shapes=dynamic)
-        _name_batch_axis(proto)
+        name_batch_axis(proto)
         metadata = graph_metadata(
             name=name,
             version=version,
@@ -157,7 +157,7 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _name_batch_axis(proto: onnx.ModelProto) -> None:
+def name_batch_axis(proto: onnx.ModelProto) -> None:
     """Call the dynamic leading axis of every input and output "batch", whatever torch named it."""
     for value in [*proto.graph.input, *proto.graph.output]:
         dims = value.type.tensor_type.shape.dim

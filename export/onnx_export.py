@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
+from export.flow_graphs import write_prior_flow
 from export.fp16 import add_fp16
 from export.graphs import OPSET, write_graphs
 from export.parity import PARITY_BATCH_SIZES, check_parity
@@ -122,18 +123,23 @@ def export_model(
     """
     model = model.eval()
     config = model.config
-    if config.flows:
-        # Sample and Score need the flows as graphs of their own, which model.json cannot name yet.
+    if config.posterior_flow_layers:
+        # Encode's mean and log-variance would no longer describe the posterior Score draws from.
         raise ExportError(
-            f"the model has normalizing flows (prior_flow_layers {config.prior_flow_layers}, "
-            f"posterior_flow_layers {config.posterior_flow_layers}), which the serving contract does not "
-            "carry yet (issue 31): evaluate its run with `vae curve` or `vae eval`; export one without flows"
+            f"the model has a posterior flow ({config.posterior_flow_layers} layers), which the serving "
+            "contract does not carry (a prior flow it does: docs/export.md); evaluate its run with "
+            "`vae curve` or `vae eval`"
         )
     with stage_version(repo, name, version) as staged:
         pairing_id = uuid.uuid4().hex
         graphs = write_graphs(model, staged.path, name=name, version=staged.version, pairing_id=pairing_id)
         parity = check_parity(model, staged.path)
         prior = write_prior(model, staged.path)
+        prior_flow = None
+        if config.prior_flow_layers:
+            prior_flow = write_prior_flow(
+                model, staged.path, name=name, version=staged.version, pairing_id=pairing_id
+            )
         manifest = Manifest(
             name=name,
             version=staged.version,
@@ -149,6 +155,7 @@ def export_model(
             training=training,
             classes=config.classes,
             prior=prior,
+            prior_flow=prior_flow,
         )
         if fp16:
             manifest = add_fp16(staged.path, manifest)

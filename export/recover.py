@@ -1,8 +1,9 @@
 """`vae recover`: an exported version's graphs and prior back into a training checkpoint.
 
 torch.onnx names each graph's weights by their path in the module it traced, so the VAE's own
-state_dict keys stand under EncoderGraph's and DecoderGraph's attribute. A version thus holds every
-weight of a Bernoulli model, and its run can be fine-tuned (`train.init`) when the checkpoint is gone.
+state_dict keys stand under EncoderGraph's and DecoderGraph's attribute (and a prior flow's graphs').
+A version thus holds every weight of a Bernoulli model, and its run can be fine-tuned (`train.init`)
+when the checkpoint is gone.
 A VampPrior's pseudo-inputs are not exported, only the mixture they make: the recovered model learns
 that mixture as its own (prior = "mixture").
 """
@@ -18,11 +19,12 @@ import torch
 from onnx import numpy_helper
 
 from export.errors import ExportError
+from export.flow_graphs import check_flow_parity
 from export.graphs import WEIGHTS_PREFIX
 from export.parity import check_parity
 from repository.errors import CommandError
-from repository.manifest import GRAPHS, read_manifest
-from repository.prior import GaussianMixture, load_prior
+from repository.manifest import FLOW_GRAPHS, GRAPHS, read_manifest
+from repository.prior import GaussianMixture, load_base_prior
 from training import checkpoint as ckpt
 from training.config import model_config_from_dict, train_config_from_dict
 from training.model import VAE
@@ -41,13 +43,16 @@ def recover_run(version_dir: Path, run: Path) -> Path:
         model_config = dataclasses.replace(model_config, prior="mixture")
     model = VAE(model_config)
     weights: dict[str, torch.Tensor] = {}
-    for role in GRAPHS:
-        graph = onnx.load(str(version_dir / manifest.graphs[role].file))
+    files = [manifest.graphs[role].file for role in GRAPHS]
+    if manifest.prior_flow is not None:
+        files += [manifest.prior_flow.graphs[role].file for role in FLOW_GRAPHS]
+    for file in files:
+        graph = onnx.load(str(version_dir / file))
         for initializer in graph.graph.initializer:
             if initializer.name.startswith(WEIGHTS_PREFIX):
                 array = numpy_helper.to_array(initializer).copy()
                 weights[initializer.name.removeprefix(WEIGHTS_PREFIX)] = torch.from_numpy(array)
-    prior = load_prior(version_dir, manifest)
+    prior = load_base_prior(version_dir, manifest)
     if isinstance(prior, GaussianMixture):
         arrays = (prior.means, prior.logvars, prior.log_weights)
         weights |= mixture_state(tuple(torch.from_numpy(a) for a in arrays))  # type: ignore[arg-type]
@@ -56,6 +61,10 @@ def recover_run(version_dir: Path, run: Path) -> Path:
         raise ExportError(f"{version_dir}'s graphs lack weights of its model: {missing}")
     model.load_state_dict(weights)
     check_parity(model.eval(), version_dir)
+    if manifest.prior_flow is not None:
+        check_flow_parity(
+            model, {role: version_dir / entry.file for role, entry in manifest.prior_flow.graphs.items()}
+        )
     run.mkdir(parents=True, exist_ok=True)
     checkpoint = ckpt.Checkpoint(
         model_config,

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 
 from repository.manifest import (
+    BASE_LATENTS,
     BATCH_AXIS,
     DECODED_IMAGE,
     IMAGES,
     LABEL_DTYPE,
     LABELS,
     LATENTS,
+    LOG_DET,
     LOGITS,
     LOGVAR,
     MU,
@@ -90,6 +92,19 @@ def contract_of(
     }
 
 
+def flow_contract(latent_dim: int) -> Contract:
+    """A prior flow's two graphs: density z [batch, D] -> (u [batch, D], log_det [batch]), sampler u -> z."""
+    z = TensorInfo(name=LATENTS, dtype="float32", shape=(BATCH_AXIS, latent_dim))
+    u = TensorInfo(name=BASE_LATENTS, dtype="float32", shape=(BATCH_AXIS, latent_dim))
+    log_det = TensorInfo(name=LOG_DET, dtype="float32", shape=(BATCH_AXIS,))
+    return {"density": ((z,), (u, log_det)), "sampler": ((u,), (z,))}
+
+
+def flow_graph_name(role: str) -> str:
+    """A prior flow graph's name in its metadata (vae.graph) and in messages."""
+    return f"prior_flow.{role}"
+
+
 def describe_model(manifest: Manifest) -> str:
     """The fields the contract follows from, for messages: format 1's, or format 2's."""
     conditioning = f"{len(manifest.classes)} classes" if manifest.conditional else "no classes"
@@ -130,7 +145,7 @@ def graph_metadata(
 
 def manifest_metadata(manifest: Manifest, graph: str) -> dict[str, str]:
     """The metadata_props a version's graph must carry: format 1's keys, or format 2's model fields."""
-    if manifest.format_version == 1:
+    if manifest.format_1_expressible:
         return graph_metadata(
             name=manifest.name,
             version=manifest.version,

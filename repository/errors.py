@@ -4,7 +4,7 @@
     ├── CommandError                  vae_cli: a command cannot run as asked (`vae ...` exits 2)
     ├── RepositoryError               repository: a model repository, model or version is wrong
     │   ├── ModelNotFoundError        no such model, or no such version of it
-    │   ├── ManifestError             model.json is missing, unreadable or not format_version 1 or 2
+    │   ├── ManifestError             model.json is missing, unreadable or not format_version 1, 2 or 3
     │   └── VerificationError         a version failed `vae verify` (repository/verify.py)
     ├── ScoringUnsupported            repository/scoring.py: the model's likelihood cannot be scored
     ├── DataError                     training/data.py: a data set is missing, corrupt or mis-shaped
@@ -49,7 +49,7 @@ class ModelNotFoundError(RepositoryError):
 
 
 class ManifestError(RepositoryError):
-    """model.json is missing, is not valid JSON, or does not follow format_version 1 or 2."""
+    """model.json is missing, is not valid JSON, or does not follow format_version 1, 2 or 3."""
 
 
 class VerificationError(RepositoryError):

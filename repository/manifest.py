@@ -1,8 +1,9 @@
 """model.json: the schema of a version's manifest and its tensor names, reading and writing it.
 
-Reads format_version 1 and 2 and writes the lowest that expresses a manifest, so that a repository
-of models that format 1 can describe stays readable by older servers. Imports neither torch nor onnx;
-see docs/export.md for each field.
+Reads format_version 1, 2 and 3 and writes the lowest that expresses a manifest, so that a repository
+of models that format 1 can describe stays readable by older servers. Format 3 adds a flow on the
+prior, which an older server must refuse rather than sample and score without it. Imports neither
+torch nor onnx; see docs/export.md for each field.
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ from typing import Any
 from repository.errors import ManifestError
 
 # Re-exported (`as`): callers name the entries and the axes through this module, as before the split.
+from repository.manifest_entries import FLOW_GRAPHS as FLOW_GRAPHS
 from repository.manifest_entries import PRIOR_KIND as PRIOR_KIND
 from repository.manifest_entries import PRIORS_TRAINED as PRIORS_TRAINED
 from repository.manifest_entries import Fp16Entry as Fp16Entry
 from repository.manifest_entries import GraphEntry as GraphEntry
 from repository.manifest_entries import PriorEntry as PriorEntry
+from repository.manifest_entries import PriorFlowEntry as PriorFlowEntry
 from repository.manifest_entries import Shape as Shape
 from repository.manifest_entries import TensorInfo as TensorInfo
-from repository.manifest_entries import classes, fp16_entry, graph_entry, prior_entry, score_reference
+from repository.manifest_entries import (
+    classes,
+    fp16_entry,
+    graph_entry,
+    prior_entry,
+    prior_flow_entry,
+    score_reference,
+)
 from repository.manifest_fields import Fields
 from repository.model_spec import BATCH_AXIS as BATCH_AXIS
 from repository.model_spec import (
@@ -40,13 +50,15 @@ from repository.model_spec import (
     v2_model,
 )
 
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "model.json"
 GRAPHS = ("encoder", "decoder")
 # The graph contract's tensor names: encoder x -> (mu, logvar); decoder z -> probs (+ logits if
 # Bernoulli), or image for a deterministic decoder.
 IMAGES, MU, LOGVAR = "x", "mu", "logvar"
 LATENTS, PROBS, LOGITS, DECODED_IMAGE = "z", "probs", "logits", "image"
+# A prior flow's tensors: its density graph z -> (u, log_det), its sampler u -> z.
+BASE_LATENTS, LOG_DET = "u", "log_det"
 # A conditional model's class index, int64 [batch], a second input of both graphs.
 LABELS = "y"
 LABEL_DTYPE = "int64"
@@ -101,6 +113,8 @@ class Manifest:
     parity_image_sizes: tuple[tuple[int, int], ...] = ()
     # Format 2: where an imported model came from (its format, class, config and weights' hash).
     source: Mapping[str, Any] | None = None
+    # Format 3: a normalizing flow on the prior, over `prior` (N(0, I) without one).
+    prior_flow: PriorFlowEntry | None = None
 
     @property
     def conditional(self) -> bool:
@@ -200,14 +214,14 @@ class Manifest:
         return image_hw[0], image_hw[1]
 
     @property
-    def format_version(self) -> int:
-        """1 when format 1 says all of it (older readers then read it too), else 2."""
+    def format_1_expressible(self) -> bool:
+        """Whether format 1's fields say all of the model (its graphs' metadata then use format 1's keys)."""
         v1_image, v1_latent = (
             flat_specs(self.latent.channels, self.fixed_image_shape)
             if self.fixed_image_shape
             else (None, None)
         )
-        expressible = (
+        return (
             self.image == v1_image
             and self.latent == v1_latent
             and self.decoder_output in LIKELIHOODS
@@ -216,15 +230,23 @@ class Manifest:
             and not self.parity_image_sizes
             and self.source is None
         )
-        return 1 if expressible else 2
+
+    @property
+    def format_version(self) -> int:
+        """1 when format 1 says all of it (older readers then read it too), 3 with a prior flow, else 2."""
+        if self.prior_flow is not None:
+            return 3
+        return 1 if self.format_1_expressible else 2
 
     def files(self) -> dict[str, str]:
-        """Every file the manifest covers (graphs and prior), mapped to its expected sha256."""
+        """Every file the manifest covers (graphs, prior and its flow), mapped to its expected sha256."""
         entries: list[GraphEntry | Fp16Entry | PriorEntry] = [self.graphs[g] for g in GRAPHS]
         if self.fp16 is not None:
             entries += [self.fp16[g] for g in GRAPHS]
         if self.prior is not None:
             entries.append(self.prior)
+        if self.prior_flow is not None:
+            entries += [self.prior_flow.graphs[g] for g in FLOW_GRAPHS]
         return {entry.file: entry.sha256 for entry in entries}
 
     def to_json(self) -> dict[str, Any]:
@@ -266,6 +288,7 @@ class Manifest:
             **({} if self.score_reference is None else {"score_reference": dict(self.score_reference)}),
             **({"classes": list(self.classes)} if self.classes else {}),
             **({} if self.prior is None else {"prior": self.prior.to_json()}),
+            **({} if self.prior_flow is None else {"prior_flow": self.prior_flow.to_json()}),
         }
 
 
@@ -296,11 +319,11 @@ def read_manifest(version_dir: Path) -> Manifest:
 
 
 def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
-    """Validate decoded model.json data (format_version 1 or 2); `source` names the file in errors."""
+    """Validate decoded model.json data (format_version 1, 2 or 3); `source` names the file in errors."""
     root = Fields(data, source, "")
     format_version = root.get("format_version", int)
     if format_version not in FORMAT_VERSIONS:
-        raise ManifestError(f"{source}: format_version is {format_version!r}; this build reads 1 and 2")
+        raise ManifestError(f"{source}: format_version is {format_version!r}; this build reads 1, 2 and 3")
     name = root.get("name", str)
     if not NAME_PATTERN.fullmatch(name):
         raise ManifestError(f"{source}: name {name!r} is not a valid model name")
@@ -312,6 +335,10 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
     graphs = root.child("graphs")
     fp16 = None if data.get("fp16") is None else root.child("fp16")
     parity = root.child("parity")
+    if ("prior_flow" in data) != (format_version == 3):
+        raise ManifestError(
+            f"{source}: a prior_flow needs format_version 3, and format_version 3 a prior_flow"
+        )
     for key in ("eval", "source"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ManifestError(f"{source}: {key} must be an object or null")
@@ -334,4 +361,5 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
         score_reference=None if data.get("score_reference") is None else score_reference(root),
         classes=classes(root) if "classes" in data else (),
         prior=prior_entry(root.child("prior")) if "prior" in data else None,
+        prior_flow=prior_flow_entry(root.child("prior_flow")) if format_version == 3 else None,
     )

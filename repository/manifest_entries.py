@@ -1,8 +1,9 @@
-"""model.json's file entries: graphs with their tensors, fp16 copies and a learned prior, read and written."""
+"""model.json's file entries: graphs with their tensors, fp16 copies, a learned prior and a flow on it."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from repository.model_spec import AXES
 # A learned prior is exported as a mixture of diagonal Gaussians, whichever prior training learned.
 PRIOR_KIND = "mixture"
 PRIORS_TRAINED = ("mixture", "vamp")
+# A flow on the prior is two graphs: density z -> (u, log_det) and its inverse, sampler u -> z.
+FLOW_GRAPHS = ("density", "sampler")
 
 Shape = tuple[int | str, ...]
 
@@ -81,6 +84,36 @@ class PriorEntry:
             "file": self.file,
             "sha256": self.sha256,
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriorFlowEntry:
+    """A normalizing flow on the prior (format 3; repository/prior.py's FlowPrior).
+
+    u = f(z) maps a latent into the base prior's space (model.json's `prior`; N(0, I) without one), so
+    log p(z) = log p_base(f(z)) + log|det f'(z)|, and a sample is f^-1(u) of a base draw u.
+    layers: coupling layers (training/flows.py); parity_max_abs_diff: each graph against PyTorch.
+    """
+
+    layers: int
+    graphs: Mapping[str, GraphEntry]  # keys: exactly FLOW_GRAPHS
+    parity_max_abs_diff: Mapping[str, float]  # keys: exactly FLOW_GRAPHS
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "graphs": {g: self.graphs[g].to_json() for g in FLOW_GRAPHS},
+            "parity": {g: {"max_abs_diff": self.parity_max_abs_diff[g]} for g in FLOW_GRAPHS},
+        }
+
+
+def prior_flow_entry(fields: Fields) -> PriorFlowEntry:
+    graphs, parity = fields.child("graphs"), fields.child("parity")
+    return PriorFlowEntry(
+        layers=fields.positive_int("layers"),
+        graphs={g: graph_entry(graphs.child(g)) for g in FLOW_GRAPHS},
+        parity_max_abs_diff={g: parity.child(g).number("max_abs_diff") for g in FLOW_GRAPHS},
+    )
 
 
 def graph_entry(fields: Fields) -> GraphEntry:

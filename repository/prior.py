@@ -1,22 +1,26 @@
-"""A version's prior p(z) in numpy: N(0, I), or the mixture of diagonal Gaussians in its prior file.
+"""A version's prior p(z): N(0, I), the mixture of diagonal Gaussians in its prior file, and a flow on either.
 
 A learned prior (a mixture of Gaussians, or a VampPrior: Tomczak & Welling 2018) is exported as the
 mixture it is at export time, so the service needs no encoder to sample or score under it. model.json
 without a `prior` object means N(0, I), the prior of every model exported before learned priors.
+A normalizing flow on the prior (format 3, `prior_flow`) is two graphs over that base prior: the
+numpy arithmetic stays here, the graphs run wherever the caller opened them.
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from repository.errors import RepositoryError
-from repository.manifest import Manifest
+from repository.manifest import BASE_LATENTS, FLOW_GRAPHS, LATENTS, LOG_DET, Manifest
+from repository.runtime import Graph
 
 LOG_2PI = math.log(2.0 * math.pi)
 PRIOR_FILE = "prior.npz"
@@ -100,14 +104,78 @@ class GaussianMixture:
         return None
 
 
-Prior = StandardNormal | GaussianMixture
+BasePrior = StandardNormal | GaussianMixture
 
 
-def load_prior(version_dir: Path, manifest: Manifest) -> Prior:
-    """The prior model.json names (N(0, I) when it names none); raises PriorError if its file is wrong."""
+class RunsGraph(Protocol):
+    """A graph session: repository.runtime.Graph in process, or one the service's executor holds."""
+
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class FlowPrior:
+    """p(z) = p_base(f(z)) |det f'(z)|: a normalizing flow over a base prior (Dinh et al. 2017).
+
+    density runs z -> (u = f(z), log|det f'(z)|), sampler u -> f^-1(u). A sample draws u from the base
+    exactly as the base samples (temperature scales the base's spread, before the flow), then maps it.
+    """
+
+    base: BasePrior
+    density: RunsGraph
+    sampler: RunsGraph
+    kind: ClassVar[str] = "flow"
+
+    @property
+    def latent_dim(self) -> int:
+        return self.base.latent_dim
+
+    def log_prob(self, z: np.ndarray) -> np.ndarray:
+        """log p(z) of latents [n, D], float64."""
+        out = self.density.run({LATENTS: np.asarray(z, dtype=np.float32)}, (BASE_LATENTS, LOG_DET))
+        return np.asarray(self.base.log_prob(out[BASE_LATENTS]) + out[LOG_DET].astype(np.float64))
+
+    def latents(self, u: np.ndarray) -> np.ndarray:
+        """f^-1(u) for base points u [n, D]: float32."""
+        return self.sampler.run({BASE_LATENTS: u}, (LATENTS,))[LATENTS]
+
+    def sample(self, rng: np.random.Generator, n: int, temperature: float) -> np.ndarray:
+        """n draws [n, D] float32: the base's draws from rng, through the flow's inverse."""
+        return self.latents(self.base.sample(rng, n, temperature))
+
+    def analytic_kl(self, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray | None:
+        """None: KL(q || flow) has no closed form; Score estimates it from its draws."""
+        return None
+
+
+Prior = StandardNormal | GaussianMixture | FlowPrior
+# Opens a verified graph file (path, expected sha256): in process by default, the executor's in a service.
+OpenGraph = Callable[[Path, str], RunsGraph]
+
+
+def _open_in_process(path: Path, sha256: str) -> RunsGraph:
+    return Graph(path)
+
+
+def load_base_prior(version_dir: Path, manifest: Manifest) -> BasePrior:
+    """The prior model.json's `prior` names (N(0, I) when it names none), without any flow on it."""
     if manifest.prior is None:
         return StandardNormal(manifest.latent_dim)
     return read_mixture(version_dir / manifest.prior.file, manifest.prior.components, manifest.latent_dim)
+
+
+def load_prior(version_dir: Path, manifest: Manifest, open_graph: OpenGraph = _open_in_process) -> Prior:
+    """The version's p(z), its flow's graphs opened by open_graph; raises PriorError if its file is wrong."""
+    base = load_base_prior(version_dir, manifest)
+    if manifest.prior_flow is None:
+        return base
+    graphs: Mapping[str, RunsGraph] = {
+        role: open_graph(version_dir / entry.file, entry.sha256)
+        for role, entry in ((g, manifest.prior_flow.graphs[g]) for g in FLOW_GRAPHS)
+    }
+    return FlowPrior(base, graphs["density"], graphs["sampler"])
 
 
 def read_mixture(path: Path, components: int, latent_dim: int) -> GaussianMixture:

@@ -128,17 +128,22 @@ class Scorer:
             labels = None if self.labels is None else self.labels[np.arange(start, stop) // self.k]
             yield start, self.latents(start, stop), labels
 
-    def add(self, start: int, decoded: np.ndarray) -> None:
-        """File the log-weights of items start.. from the decoder's output for their latents."""
+    def add(self, start: int, decoded: np.ndarray, log_prior: np.ndarray | None = None) -> None:
+        """File the log-weights of items start.. from the decoder's output for their latents.
+
+        log_prior: log p(z) of those latents when the caller computed it (the service does, in the
+        batch's thread, beside the decoder); else computed here.
+        """
         t = np.arange(start, start + len(decoded))
         image, draw = t // self.k, t % self.k
-        z = self.latents(start, start + len(decoded)).astype(np.float64)
+        if log_prior is None:
+            log_prior = self.prior.log_prob(self.latents(start, start + len(decoded)))
         eps = self.eps[draw].astype(np.float64)
         # log q(z|x) from eps directly: (z - mu)^2 / sigma^2 is eps^2, without the rounding of z - mu.
         log_q = -0.5 * np.sum(LOG_2PI + self.logvar[image].astype(np.float64) + eps * eps, axis=1)
         log_px = self.likelihood.log_prob(decoded, self.images[image])
         self._log_px[start : start + len(decoded)] = log_px
-        self._log_w[start : start + len(decoded)] = log_px + self.prior.log_prob(z) - log_q
+        self._log_w[start : start + len(decoded)] = log_px + log_prior - log_q
 
     def result(self) -> Scores:
         log_w = self._log_w.reshape(len(self.images), self.k)

@@ -22,19 +22,29 @@ from repository.comparison import (
     probe_latents,
     probe_size,
 )
-from repository.contract import describe_model, manifest_contract, manifest_metadata
+from repository.contract import (
+    Contract,
+    describe_model,
+    flow_contract,
+    flow_graph_name,
+    manifest_contract,
+    manifest_metadata,
+)
 from repository.errors import ManifestError, VerificationError
+from repository.flow_checks import flow_problems
 from repository.manifest import (
+    FLOW_GRAPHS,
     GRAPHS,
     LABELS,
     LATENTS,
+    GraphEntry,
     Manifest,
     TensorInfo,
     file_sha256,
     read_manifest,
 )
 from repository.placement import CPU, ON_CPU, Placement
-from repository.prior import PriorError, load_prior
+from repository.prior import PriorError, load_base_prior
 from repository.roundtrip import round_trip_problems, sizes_note
 from repository.runtime import Graph, TensorSpec
 
@@ -106,7 +116,7 @@ def verify_version(path: Path, *, intra_op_threads: int = 1, placement: Placemen
     variants = _variants(manifest)
     graphs: dict[str, Graph] = {}
     load_problems = []
-    for name in dict.fromkeys(file for _, file in variants):
+    for name in dict.fromkeys(file for _, file, _ in variants):
         try:
             graphs[name] = Graph(path / name, intra_op_threads=intra_op_threads)
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
@@ -114,10 +124,10 @@ def verify_version(path: Path, *, intra_op_threads: int = 1, placement: Placemen
     if not check("load", load_problems, f"{len(graphs)} graphs load in onnxruntime"):
         return VerifyReport(path, manifest, tuple(checks))
 
-    spec_problems = [p for role, file in variants for p in _spec_problems(graphs[file], file, manifest, role)]
+    spec_problems = [p for _, file, entry in variants for p in _spec_problems(graphs[file], file, entry)]
     check("shapes", spec_problems, "graph inputs and outputs match model.json")
     pairing_problems = [
-        p for role, file in variants for p in _metadata_problems(graphs[file], file, manifest, role)
+        p for graph, file, _ in variants for p in _metadata_problems(graphs[file], file, manifest, graph)
     ]
     check("pairing", pairing_problems, f"all graphs carry pairing id {manifest.pairing_id}")
     if spec_problems:
@@ -132,6 +142,8 @@ def verify_version(path: Path, *, intra_op_threads: int = 1, placement: Placemen
     if manifest.fp16 is not None:
         problems = _guarded(lambda: _fp16_problems(graphs, manifest))
         check("fp16", problems, f"half-precision graphs within {FP16_TOLERANCE} of float32")
+    if manifest.prior_flow is not None:
+        checks.append(_flow_check(path, manifest, graphs))
     if placement.provider != CPU:
         checks.append(_device_check(path, manifest, graphs, placement))
     return VerifyReport(path, manifest, tuple(checks))
@@ -163,10 +175,25 @@ def _device_check(path: Path, manifest: Manifest, cpu: Mapping[str, Graph], plac
 
 def _prior_problems(path: Path, manifest: Manifest) -> list[str]:
     try:
-        load_prior(path, manifest)
+        load_base_prior(path, manifest)
     except PriorError as exc:
         return [str(exc)]
     return []
+
+
+def _flow_check(path: Path, manifest: Manifest, graphs: Mapping[str, Graph]) -> Check:
+    """The prior flow's graphs invert each other and give the Jacobian's log-determinant."""
+    if manifest.prior_flow is None:
+        raise ValueError("no prior flow to check")
+    density, sampler = (graphs[manifest.prior_flow.graphs[g].file] for g in FLOW_GRAPHS)
+    try:
+        problems, figures = flow_problems(density, sampler, load_base_prior(path, manifest))
+    except PriorError as exc:  # the prior check has said why
+        return Check("prior-flow", False, f"no base prior to check the flow on: {exc}")
+    except Exception as exc:  # onnxruntime raises its own exception types at run time
+        return Check("prior-flow", False, f"onnxruntime failed while running the flow: {exc}")
+    layers = manifest.prior_flow.layers
+    return Check("prior-flow", not problems, "; ".join(problems) or f"{layers} layers: {figures}")
 
 
 def _guarded(find_problems: Callable[[], list[str]]) -> list[str]:
@@ -177,11 +204,17 @@ def _guarded(find_problems: Callable[[], list[str]]) -> list[str]:
         return [f"onnxruntime failed while running the graphs: {exc}"]
 
 
-def _variants(manifest: Manifest) -> list[tuple[str, str]]:
-    """(role, file) for every graph file: float32 and, if present, float16."""
-    files = [(role, manifest.graphs[role].file) for role in GRAPHS]
+def _variants(manifest: Manifest) -> list[tuple[str, str, GraphEntry]]:
+    """(graph name, file, the entry declaring its tensors) for every graph file.
+
+    The float32 encoder and decoder, their float16 copies if present (same tensors), a prior flow's.
+    """
+    files = [(role, manifest.graphs[role].file, manifest.graphs[role]) for role in GRAPHS]
     if manifest.fp16 is not None:
-        files += [(role, manifest.fp16[role].file) for role in GRAPHS]
+        files += [(role, manifest.fp16[role].file, manifest.graphs[role]) for role in GRAPHS]
+    if manifest.prior_flow is not None:
+        flow = manifest.prior_flow.graphs
+        files += [(flow_graph_name(role), flow[role].file, flow[role]) for role in FLOW_GRAPHS]
     return files
 
 
@@ -197,17 +230,33 @@ def _location_problems(path: Path, manifest: Manifest) -> list[str]:
 
 
 def _contract_problems(manifest: Manifest) -> list[str]:
+    problems = _entry_problems(
+        manifest, manifest_contract(manifest), manifest.graphs, describe_model(manifest)
+    )
+    if manifest.prior_flow is not None:
+        if manifest.is_spatial:
+            return [*problems, "a prior flow needs flat latents; this model's are spatial"]
+        flows = {flow_graph_name(role): entry for role, entry in manifest.prior_flow.graphs.items()}
+        contract = {
+            flow_graph_name(role): tensors for role, tensors in flow_contract(manifest.latent_dim).items()
+        }
+        problems += _entry_problems(manifest, contract, flows, f"latent_dim {manifest.latent_dim}")
+    return problems
+
+
+def _entry_problems(
+    manifest: Manifest, contract: Contract, entries: Mapping[str, GraphEntry], because: str
+) -> list[str]:
     problems = []
-    for role, (inputs, outputs) in manifest_contract(manifest).items():
-        entry = manifest.graphs[role]
+    for role, (inputs, outputs) in contract.items():
+        entry = entries[role]
         for kind, declared, expected in (
             ("inputs", entry.inputs, inputs),
             ("outputs", entry.outputs, outputs),
         ):
             if declared != expected:
                 problems.append(
-                    f"model.json {role} {kind} are {_show(declared)} but {describe_model(manifest)} "
-                    f"require {_show(expected)}"
+                    f"model.json {role} {kind} are {_show(declared)} but {because} require {_show(expected)}"
                 )
     return problems
 
@@ -231,8 +280,7 @@ def _hash_problems(path: Path, manifest: Manifest) -> list[str]:
     return problems
 
 
-def _spec_problems(graph: Graph, file: str, manifest: Manifest, role: str) -> list[str]:
-    entry = manifest.graphs[role]
+def _spec_problems(graph: Graph, file: str, entry: GraphEntry) -> list[str]:
     problems = []
     for kind, declared, actual in (
         ("inputs", entry.inputs, graph.inputs),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from repository.manifest import (
     Manifest,
     feeds,
 )
-from repository.prior import Prior, load_prior
+from repository.prior import FlowPrior, Prior, load_prior
 from repository.scoring import ScoringUnsupported, likelihood_of
 from repository.verify import verify_version
 from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
@@ -36,7 +37,7 @@ from service.batcher import Batcher
 from service.buckets import Buckets
 from service.config import ServiceConfig
 from service.graph_sources import GraphSource, ServedGraph, release_all
-from service.metrics import Metrics
+from service.metrics import PRIOR_FLOW, SERVED_GRAPHS, Metrics
 from service.registry import LoadedModel, Registry, Scoring
 from service.version_watch import VersionWatch, file_signature
 from service.warm_up import bucket_sizes
@@ -45,27 +46,39 @@ from vae.v1 import vae_pb2 as pb
 log = logging.getLogger(__name__)
 
 
-def open_graphs(
-    path: Path, config: ServiceConfig, source: GraphSource
-) -> tuple[Manifest, Prior | None, ServedGraph, ServedGraph]:
-    """Verify a version directory, then load its prior and two graphs (blocking: call in a thread).
+@dataclass(frozen=True)
+class OpenedVersion:
+    """A verified version's graphs, opened through a GraphSource, and its prior."""
 
-    Spatial latents have no prior object: N(0, I) is drawn at the size a request asks for.
-    """
+    manifest: Manifest
+    prior: Prior | None  # spatial latents have none: N(0, I) is drawn at the size a request asks for
+    encoder: ServedGraph
+    decoder: ServedGraph
+    graphs: tuple[ServedGraph, ...]  # every graph opened, a prior flow's included: what to give back
+
+
+def open_graphs(path: Path, config: ServiceConfig, source: GraphSource) -> OpenedVersion:
+    """Verify a version directory, then load its prior and open its graphs (blocking: call in a thread)."""
     report = verify_version(path, intra_op_threads=config.intra_op_threads)
     report.raise_for_failures()
     if report.manifest is None:  # raise_for_failures covers it; this narrows the type
         raise RepositoryError(f"{path}: no manifest")
     manifest = report.manifest
-    prior = None if manifest.is_spatial else load_prior(path, manifest)
     graphs: list[ServedGraph] = []
+
+    def open_graph(file: Path, sha256: str) -> ServedGraph:
+        graphs.append(source.open(file, sha256))
+        return graphs[-1]
+
     try:
-        for role in GRAPHS:
-            graphs.append(source.open(path / manifest.graphs[role].file, manifest.graphs[role].sha256))
+        encoder, decoder = (
+            open_graph(path / manifest.graphs[g].file, manifest.graphs[g].sha256) for g in GRAPHS
+        )
+        prior = None if manifest.is_spatial else load_prior(path, manifest, open_graph)
     except BaseException:
-        release_all(source, graphs)  # the encoder's, when the decoder failed to open
+        release_all(source, graphs)  # those opened before the one that failed
         raise
-    return manifest, prior, graphs[0], graphs[1]
+    return OpenedVersion(manifest, prior, encoder, decoder, tuple(graphs))
 
 
 def _inputs(name: str, items: Items) -> dict[str, np.ndarray]:
@@ -90,14 +103,37 @@ def _decoder_batch(graph: ServedGraph, output: str) -> RunBatch:
     return run
 
 
+def _scoring_batch(graph: ServedGraph, output: str, prior: Prior) -> RunBatch:
+    """Latents -> (the likelihood's decoder output, log p(z)): log p(z) too off the event loop."""
+    decode = _decoder_batch(graph, output)
+
+    def run(latents: Items) -> tuple[np.ndarray, ...]:
+        values = latents.values if isinstance(latents, Labelled) else latents
+        return (*decode(latents), prior.log_prob(values))
+
+    return run
+
+
+def _prior_sampler_batch(prior: FlowPrior) -> RunBatch:
+    """Base prior draws u -> (z = f^-1(u),): a prior flow's inverse."""
+
+    def run(u: Items) -> tuple[np.ndarray, ...]:
+        return (prior.latents(u.values if isinstance(u, Labelled) else u),)
+
+    return run
+
+
 def _scoring(
-    manifest: Manifest, graph: ServedGraph, batcher: Callable[[RunBatch], Batcher]
+    manifest: Manifest, opened: OpenedVersion, batcher: Callable[[RunBatch], Batcher]
 ) -> Scoring | ScoringUnsupported:
     try:
         likelihood = likelihood_of(manifest)
     except ScoringUnsupported as exc:
         return exc
-    return Scoring(likelihood, batcher(_decoder_batch(graph, likelihood.output)))
+    if opened.prior is None:
+        return ScoringUnsupported(f"model {manifest.name!r}: Score of spatial latents is not served")
+    prior = opened.prior
+    return Scoring(likelihood, prior, batcher(_scoring_batch(opened.decoder, likelihood.output, prior)))
 
 
 # A model of any image size is warmed at one small size: the smallest multiple of its divisibility
@@ -126,7 +162,8 @@ async def load_model(
 
     A model of any image size is warmed at one size (warm_image_shape); see service/buckets.py.
     """
-    manifest, prior, encoder, decoder = await asyncio.to_thread(open_graphs, path, config, source)
+    opened = await asyncio.to_thread(open_graphs, path, config, source)
+    manifest, prior, encoder, decoder = opened.manifest, opened.prior, opened.encoder, opened.decoder
     label = f"{manifest.name}/{manifest.version}"
     image = warm_image_shape(manifest)
     latent = manifest.latent_shape(image[1:])
@@ -159,11 +196,15 @@ async def load_model(
         # Decode and Sample send only the images: a Bernoulli decoder's logits stay behind.
         decoders=buckets(_decoder_batch(decoder, manifest.image_output), "decoder", latent),
         # Warmed at its largest batch only: it runs the decoder's session, whose sizes are warmed below.
-        # Its batches count in the decoder's series: they run the same graph.
-        scoring=_scoring(manifest, decoder, lambda run: batcher(run, "decoder", "decoder-score")),
+        # Its batches count in the decoder's series: they run the same graph (and log p(z), a prior
+        # flow's density graph included).
+        scoring=_scoring(manifest, opened, lambda run: batcher(run, "decoder", "decoder-score")),
         prior=prior,
+        prior_sampler=(
+            batcher(_prior_sampler_batch(prior), PRIOR_FLOW) if isinstance(prior, FlowPrior) else None
+        ),
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
-        release=partial(release_all, source, (encoder, decoder)),
+        release=partial(release_all, source, opened.graphs),
     )
     sizes = bucket_sizes(config.max_batch_items)
     try:
@@ -206,6 +247,8 @@ async def _warm_up(
     if isinstance(model.scoring, Scoring):
         # One full batch: Score's admission needs its cost per item before its first request.
         await model.scoring.decoder.warm_up(latents, sizes[-1:])
+    if model.prior_sampler is not None:
+        await model.prior_sampler.warm_up(np.zeros((1, *latent), np.float32), sizes)
 
 
 async def load_repository(
@@ -238,7 +281,7 @@ async def load_new_versions(
     Each joins the registry once warm, so the newest version of the default model takes over
     between two requests. Versions refused before are skipped until their files change.
     """
-    observers = {graph: metrics.graph(graph) for graph in GRAPHS}
+    observers = {graph: metrics.graph(graph) for graph in SERVED_GRAPHS}
     loaded = []
     for name in _model_names(config.repo, registry.default_model):
         for version in sorted(list_versions(config.repo, name), reverse=True):

@@ -23,6 +23,9 @@ from repository.manifest import GRAPHS
 from service.config import setting
 
 # Request latency: from well under a millisecond (one latent) to seconds (large streams).
+# The graph label of the batchers' series: the encoder, the decoder, and a prior flow's sampler.
+PRIOR_FLOW = "prior_flow"
+SERVED_GRAPHS = (*GRAPHS, PRIOR_FLOW)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 # Queue waits and batch compute are finer: tens of microseconds up to a second.
 _STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -204,7 +207,7 @@ class Metrics:
         # Every family defined above, in order: a new one cannot be left out of the scrape.
         self.registry.register(_Collector([v for v in vars(self).values() if isinstance(v, Family)]))
         # Every graph's series exist from the start, so dashboards and alerts see zeros, not gaps.
-        for graph in GRAPHS:
+        for graph in SERVED_GRAPHS:
             for family in (self.queue_wait, self.batch_size, self.inference_duration):
                 family.labels(graph)
             self.queue_depth.labels(graph)

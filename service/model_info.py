@@ -42,6 +42,7 @@ def model_info(model: LoadedModel, max_request_items: int) -> pb.ModelInfo:
         decoder_output=manifest.decoder_output,
         has_prior=manifest.has_prior,
         scorable=manifest.scorable,
+        prior_flow_layers=0 if manifest.prior_flow is None else manifest.prior_flow.layers,
     )
 
 

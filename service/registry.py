@@ -30,7 +30,9 @@ class Scoring:
     """
 
     likelihood: Likelihood
-    decoder: Batcher  # latents [n, D] (Labelled when conditional) -> (likelihood.output [n, C, H, W],)
+    prior: Prior  # Score's log p(z), computed in the decoder's batches
+    # latents [n, D] (Labelled when conditional) -> (likelihood.output [n, C, H, W], log p(z) [n])
+    decoder: Batcher
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +47,7 @@ class LoadedModel:
     decoders: Buckets  # latents [n, *latent] -> (the image output [n, C, H, W]: probs or image,)
     scoring: Scoring | ScoringUnsupported  # the exception says why a model cannot be scored
     prior: Prior | None  # p(z): what Sample draws from and Score's log p(z); None: spatial, N(0, I)
+    prior_sampler: Batcher | None  # a prior flow's inverse: base draws u [n, D] -> (z [n, D],); else None
     ref: pb.ModelRef  # built once, copied into every response
     release: Callable[[], None]  # gives its graphs back once its batchers are closed
 
@@ -62,6 +65,8 @@ class LoadedModel:
         closing = [self.encoders.close(), self.decoders.close()]
         if isinstance(self.scoring, Scoring):
             closing.append(self.scoring.decoder.close())
+        if self.prior_sampler is not None:
+            closing.append(self.prior_sampler.close())
         await asyncio.gather(*closing)
         self.release()
 

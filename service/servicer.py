@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
+from repository.prior import FlowPrior
 from repository.scoring import Scorer, ScoringUnsupported, draws
 from service import codec, latents
 from service.batch_types import Items, labelled
@@ -104,9 +105,9 @@ class VaeServicer:
         y = codec.labels(request.labels, model.manifest, n)
         shape = sample_shape(model.manifest, request.height, request.width, self._config.max_image_pixels)
         temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
-        z = _draw(model, latents.stream(_seed(request), self._rng), n, temperature, shape)
-        self._check_size(self._image_bytes(model, z, dtype) + z.nbytes)
-        (pixels,) = await self._run(call, model.decoders, labelled(z, y))
+        u = _draw(model, latents.stream(_seed(request), self._rng), n, temperature, shape)
+        self._check_size(self._image_bytes(model, u, dtype) + u.nbytes)
+        z, pixels = await _prior_images(call, model, u, y)
         call.items = n
         return _generated(Reply(pb.SampleResponse(model=model.ref)), model, pixels, dtype, z)
 
@@ -126,14 +127,14 @@ class VaeServicer:
         rng = latents.stream(_seed(request), self._rng)
 
         # Drawing chunk after chunk from one generator gives the same numbers as Sample's single draw.
-        def chunks() -> Iterator[tuple[np.ndarray, Items]]:
+        def chunks() -> Iterator[tuple[int, Coroutine[Any, Any, tuple[np.ndarray, np.ndarray]]]]:
             for start in range(0, n, chunk):
-                z = _draw(model, rng, min(chunk, n - start), temperature, shape)
-                yield z, labelled(z, None if y is None else y[start : start + len(z)])
+                u = _draw(model, rng, min(chunk, n - start), temperature, shape)
+                yield start, _prior_images(call, model, u, None if y is None else y[start : start + len(u)])
 
         # Two chunks in flight: the next one computes while the previous one is sent.
-        async with aclosing(_pipelined(call, decoder, chunks(), depth=2)) as decoded:
-            async for z, (pixels,) in decoded:
+        async with aclosing(_pipelined(chunks(), depth=2)) as generated:
+            async for _, (z, pixels) in generated:
                 call.items += len(z)
                 yield _generated(Reply(pb.SampleResponse(model=model.ref)), model, pixels, dtype, z)
 
@@ -183,8 +184,6 @@ class VaeServicer:
         scoring = model.scoring
         if isinstance(scoring, ScoringUnsupported):
             raise FailedPrecondition(str(scoring))
-        if model.prior is None:
-            raise FailedPrecondition(f"model {model.manifest.name!r}: Score of spatial latents is not served")
         images = self._images(request.images, model)
         y = codec.labels(request.labels, model.manifest, len(images))
         k = codec.count(request.samples, "samples", 1, self._config.max_score_samples)
@@ -193,7 +192,7 @@ class VaeServicer:
         # Drawn before any batch: the request's own stream, shared by all its images.
         eps = draws(latents.stream(_seed(request), self._rng), k, model.manifest.latent_dim)
         mu, logvar = await call.run(model.encoder, labelled(images, y))
-        scorer = Scorer(scoring.likelihood, model.prior, images, mu, logvar, eps, y)
+        scorer = Scorer(scoring.likelihood, scoring.prior, images, mu, logvar, eps, y)
         reconstruction = asyncio.ensure_future(call.run(model.decoder, labelled(mu, y)))
         try:
             await self._decode_chunks(call, scoring.decoder, scorer)
@@ -216,10 +215,10 @@ class VaeServicer:
         """Every decoder item of `scorer`, in chunks of one batch at most, a bounded number queued."""
         size = decoder.max_batch_items
         depth = max(1, min(SCORE_CHUNKS_IN_FLIGHT, self._config.max_queue_items // size))
-        chunks = ((start, labelled(z, y)) for start, z, y in scorer.chunks(size))
-        async with aclosing(_pipelined(call, decoder, chunks, depth)) as decoded:
-            async for start, (outputs,) in decoded:
-                scorer.add(start, outputs)
+        chunks = ((start, call.run(decoder, labelled(z, y))) for start, z, y in scorer.chunks(size))
+        async with aclosing(_pipelined(chunks, depth)) as decoded:
+            async for start, (outputs, log_prior) in decoded:
+                scorer.add(start, outputs, log_prior)
 
     async def _list_models(self, request: pb.ListModelsRequest, call: Call) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[self._info(model) for model in self._registry.models()])
@@ -280,20 +279,21 @@ class VaeServicer:
 
 
 Key = TypeVar("Key")
+Result = TypeVar("Result")
 
 
 async def _pipelined(
-    call: Call, batcher: Batcher, chunks: Iterable[tuple[Key, Items]], depth: int
-) -> AsyncGenerator[tuple[Key, tuple[np.ndarray, ...]], None]:
-    """Each chunk's outputs, in order, with up to `depth` chunks queued in the batcher at once.
+    chunks: Iterable[tuple[Key, Coroutine[Any, Any, Result]]], depth: int
+) -> AsyncGenerator[tuple[Key, Result], None]:
+    """Each chunk's result, in order, with up to `depth` chunks' work (batcher calls) under way at once.
 
     The caller's work on one chunk overlaps the next ones' compute. Closed early (cancelled, failed,
-    the client gone), it cancels the chunks still queued, which the batcher then drops unrun.
+    the client gone), it cancels the chunks still queued, which the batchers then drop unrun.
     """
-    pending: deque[tuple[Key, asyncio.Task[tuple[np.ndarray, ...]]]] = deque()
+    pending: deque[tuple[Key, asyncio.Task[Result]]] = deque()
     try:
-        for key, items in chunks:
-            pending.append((key, asyncio.ensure_future(call.run(batcher, items))))
+        for key, work in chunks:
+            pending.append((key, asyncio.ensure_future(work)))
             if len(pending) == depth:
                 key, task = pending.popleft()
                 yield key, await task
@@ -317,10 +317,25 @@ def _generated(
     return response
 
 
+async def _prior_images(
+    call: Call, model: LoadedModel, u: np.ndarray, y: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(latents, images) of base prior draws u: through a prior flow's inverse first, if the model has one."""
+    z = u if model.prior_sampler is None else (await call.run(model.prior_sampler, u))[0]
+    items = labelled(z, y)
+    (pixels,) = await call.run(model.decoders(items), items)
+    return z, pixels
+
+
 def _draw(
     model: LoadedModel, rng: np.random.Generator, n: int, temperature: float, shape: tuple[int, ...]
 ) -> np.ndarray:
-    """n latents of the model's prior; spatial latents: N(0, T^2 I) of `shape`, as StandardNormal draws."""
+    """n draws of the model's base prior; spatial latents: N(0, T^2 I) of `shape`, as StandardNormal's.
+
+    A prior flow maps the draws to latents afterwards, in its own batches (_prior_images).
+    """
+    if isinstance(model.prior, FlowPrior):
+        return model.prior.base.sample(rng, n, temperature)
     if model.prior is not None:
         return model.prior.sample(rng, n, temperature)
     z = rng.standard_normal((n, *shape), dtype=np.float32)

@@ -43,12 +43,23 @@ TINY_PRIOR_COMPONENTS = 3
 # The tiny mixture's components sit TINY_MIXTURE_SPREAD apart on the first axes, with unit variances
 # and unequal weights softmax([0, 1, 2]), so that tests can tell both components and proportions apart.
 TINY_MIXTURE_SPREAD = 12.0
+TINY_FLOW_NAME = "tiny-flow"
+TINY_FLOW_LAYERS = 3
+TINY_FLOW_SCALE = 0.3  # of the flow's random weights: a clear move, well conditioned
 
 
 def tiny_model(
-    seed: int = 0, *, classes: tuple[str, ...] = (), prior: PriorKind = "normal", prior_components: int = 0
+    seed: int = 0,
+    *,
+    classes: tuple[str, ...] = (),
+    prior: PriorKind = "normal",
+    prior_components: int = 0,
+    prior_flow_layers: int = 0,
 ) -> VAE:
-    """A seeded, untrained tiny conv VAE (1x28x28, latent 8, Bernoulli), as export_tiny_version exports it."""
+    """A seeded, untrained tiny conv VAE (1x28x28, latent 8, Bernoulli), as export_tiny_version exports it.
+
+    A prior flow gets random weights (a new one is the identity), so that it visibly moves the prior.
+    """
     import torch
 
     from training.config import ModelConfig
@@ -63,10 +74,16 @@ def tiny_model(
         classes=classes,
         prior=prior,
         prior_components=prior_components,
+        prior_flow_layers=prior_flow_layers,
+        flow_hidden=16,
     )
     with torch.random.fork_rng():  # seed the weights without moving the RNG of other tests
         torch.manual_seed(seed)
         model = VAE(config)
+        if model.prior_flow is not None:
+            with torch.no_grad():
+                for parameter in model.prior_flow.parameters():
+                    parameter.copy_(TINY_FLOW_SCALE * torch.randn(parameter.shape))
     if isinstance(model.prior, MixturePrior):
         with torch.no_grad():
             model.prior.means.copy_(TINY_MIXTURE_SPREAD * torch.eye(prior_components, config.latent_dim))
@@ -84,13 +101,15 @@ def export_tiny_version(
     classes: tuple[str, ...] = (),
     prior: PriorKind = "normal",
     prior_components: int = 0,
+    prior_flow_layers: int = 0,
 ) -> Path:
     """Export tiny_model(seed, ...) as repo/tiny/VERSION.
 
     Goes through a real checkpoint and the real `vae export` path. Different seeds give different
     weights, so a new version visibly changes the outputs (hot-reload tests). With classes, the VAE is
     conditional on them and goes to repo/tiny-cvae/VERSION; with a learned prior ("mixture" or
-    "vamp", prior_components of them), to repo/tiny-PRIOR/VERSION. Returns the version dir.
+    "vamp", prior_components of them), to repo/tiny-PRIOR/VERSION; with a prior flow, to
+    repo/tiny-flow/VERSION. Returns the version dir.
     """
     import tempfile
 
@@ -98,7 +117,13 @@ def export_tiny_version(
     from training import checkpoint as ckpt
     from training.config import TrainConfig
 
-    model = tiny_model(seed, classes=classes, prior=prior, prior_components=prior_components)
+    model = tiny_model(
+        seed,
+        classes=classes,
+        prior=prior,
+        prior_components=prior_components,
+        prior_flow_layers=prior_flow_layers,
+    )
     config = model.config
     with tempfile.TemporaryDirectory() as run:
         checkpoint = ckpt.Checkpoint(
@@ -113,6 +138,8 @@ def export_tiny_version(
         )
         ckpt.save(Path(run) / ckpt.LAST, checkpoint)
         name = TINY_CVAE_NAME if classes else TINY_MODEL_NAME if prior == "normal" else f"tiny-{prior}"
+        if prior_flow_layers:
+            name = TINY_FLOW_NAME
         return export_run(Path(run), repo, name, version=version, fp16=fp16)
 
 
@@ -160,4 +187,19 @@ def tiny_vamp_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding tiny-vamp/1: a VampPrior at TINY_PRIOR_COMPONENTS pseudo-inputs."""
     repo = tmp_path_factory.mktemp("vamp_repo")
     export_tiny_version(repo, 1, seed=0, prior="vamp", prior_components=TINY_PRIOR_COMPONENTS)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding tiny-flow/1: tiny-mixture's prior moved by a random TINY_FLOW_LAYERS-layer flow"""
+    repo = tmp_path_factory.mktemp("flow_repo")
+    export_tiny_version(
+        repo,
+        1,
+        seed=0,
+        prior="mixture",
+        prior_components=TINY_PRIOR_COMPONENTS,
+        prior_flow_layers=TINY_FLOW_LAYERS,
+    )
     return repo

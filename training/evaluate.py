@@ -18,8 +18,18 @@ from typing import Any
 
 import torch
 
-from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, feeds, read_manifest
-from repository.prior import GaussianMixture, load_prior
+from repository.manifest import (
+    BASE_LATENTS,
+    IMAGES,
+    LATENTS,
+    LOG_DET,
+    LOGITS,
+    LOGVAR,
+    MU,
+    feeds,
+    read_manifest,
+)
+from repository.prior import FlowPrior, GaussianMixture, load_prior
 from training import checkpoint as ckpt
 from training.config import (
     ModelConfig,
@@ -45,7 +55,8 @@ class ExportedModel:
     """An exported version's encoder and decoder graphs behind the VAE's encode/decode interface.
 
     Only Bernoulli models: their decoder graph exports the logits the likelihood needs. A learned
-    prior is the mixture in the version's prior file, as the service reads it.
+    prior is the mixture in the version's prior file, and a prior flow its density graph, as the
+    service reads them.
     """
 
     def __init__(self, version_dir: Path, config: ModelConfig, threads: int) -> None:
@@ -59,7 +70,12 @@ class ExportedModel:
         _keep_large_blocks_out_of_the_heap()
         self.encoder = Graph(version_dir / "encoder.onnx", intra_op_threads=threads)
         self.decoder = Graph(version_dir / "decoder.onnx", intra_op_threads=threads)
-        prior = load_prior(version_dir, read_manifest(version_dir))
+        prior = load_prior(
+            version_dir, read_manifest(version_dir), lambda path, _: Graph(path, intra_op_threads=threads)
+        )
+        self._flow = prior if isinstance(prior, FlowPrior) else None
+        if isinstance(prior, FlowPrior):
+            prior = prior.base
         self._components: Components | None = None
         if isinstance(prior, GaussianMixture):
             self._components = (
@@ -77,7 +93,12 @@ class ExportedModel:
         return torch.from_numpy(out[LOGITS])
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        return log_prior(z, self._components)
+        if self._flow is None:
+            return log_prior(z, self._components)
+        # The base's log p(u) in torch (log_mixture's matrix products), the flow's move in its graph.
+        flowed = self._flow.density.run({LATENTS: z.reshape(-1, z.shape[-1]).contiguous().numpy()})
+        u = torch.from_numpy(flowed[BASE_LATENTS]).reshape(z.shape)
+        return log_prior(u, self._components) + torch.from_numpy(flowed[LOG_DET]).reshape(z.shape[:-1])
 
     def draw_posterior(
         self, mu: torch.Tensor, logvar: torch.Tensor, samples: int

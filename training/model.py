@@ -167,13 +167,17 @@ class VAE(nn.Module):
         """A learned prior as a mixture (means, logvars, log_weights); None for N(0, I)."""
         return None if self.prior is None else self.prior.components(self.encode)
 
+    def log_base_prior(self, u: torch.Tensor) -> torch.Tensor:
+        """log p_base(u) summed over the last dimension: the prior below any prior flow (prior.npz's)."""
+        return log_prior(u, self.prior_components())
+
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) summed over the last dimension."""
         if self.prior_flow is None:
-            return log_prior(z, self.prior_components())
+            return self.log_base_prior(z)
         flowed: tuple[torch.Tensor, torch.Tensor] = self.prior_flow(z.reshape(-1, z.shape[-1]))
         u, logdet = flowed
-        return log_prior(u, self.prior_components()).reshape(z.shape[:-1]) + logdet.reshape(z.shape[:-1])
+        return self.log_base_prior(u).reshape(z.shape[:-1]) + logdet.reshape(z.shape[:-1])
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n latents (n, D) drawn from the prior."""

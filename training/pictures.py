@@ -192,6 +192,8 @@ def prior_samples_side_by_side(
     for row, version in zip(axes, versions, strict=True):
         manifest = read_manifest(version)
         prior = manifest.prior.trained_as if manifest.prior is not None else "normal"
+        if manifest.prior_flow is not None:
+            prior += f" + {manifest.prior_flow.layers}-layer flow"
         for ax, temperature in zip(row, temperatures, strict=True):
             images = prior_samples(version, n, temperature, seed)
             ax.imshow(tile(images, math.ceil(math.sqrt(n))), cmap="gray", vmin=0, vmax=255)

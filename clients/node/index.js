@@ -176,7 +176,7 @@ class VaeClient {
    * The model's ModelInfo message as the server sends it, every field of the proto included (loaded at
    * run time): image_channels, image_size ([] for any size, multiples of image_multiple_of),
    * value_range, latent_channels, latent_downsampling (0: a flat latent), scaling_factor,
-   * shift_factor, decoder_output, has_prior, scorable, classes, ...
+   * shift_factor, decoder_output, has_prior, scorable, prior_flow_layers, classes, ...
    */
   async modelInfo() {
     const info = await this.call('GetModelInfo', {});

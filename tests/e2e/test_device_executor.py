@@ -22,7 +22,10 @@ import pytest
 from helpers import wait_until
 from helpers.servers import ServerProcess, serving
 
+from repository.manifest import read_manifest
+from repository.prior import FlowPrior, load_prior
 from repository.runtime import Graph
+from repository.scoring import draws, likelihood_of, score_in_process
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc
 from wire.tensors import tensor, to_numpy
@@ -138,3 +141,37 @@ def test_the_executors_death_ends_the_service(tiny_model_repo: Path) -> None:
         os.kill(_executor_pid(server), signal.SIGKILL)
         assert server.wait(timeout=60) == 1
         assert "the device executor exited with -9; stopping every worker" in server.log_text()
+
+
+def test_a_prior_flows_graphs_run_in_the_executor_too(
+    tiny_model_repo: Path, tiny_flow_repo: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_model_repo, repo)
+    shutil.copytree(tiny_flow_repo / "tiny-flow", repo / "tiny-flow")
+    version = repo / "tiny-flow" / "1"
+    prior = load_prior(version, read_manifest(version))
+    assert isinstance(prior, FlowPrior)
+    with serving(repo, *FLAGS) as server:
+        wait_until(_loaded_by_both(server), 120, "both workers loaded")
+        wait_until(
+            lambda: server.metric("vae_executor_open_graphs") == 6, 60, "tiny's 2 graphs, tiny-flow's 4"
+        )
+        with grpc.insecure_channel(server.target) as channel:
+            stub = vae_pb2_grpc.VaeServiceStub(channel)
+            flow = pb.ModelRef(name="tiny-flow")
+            reply = stub.Sample(pb.SampleRequest(model=flow, n=5, seed=3), timeout=30)
+            expected = prior.sample(np.random.Generator(np.random.PCG64(3)), 5, 1.0)
+            np.testing.assert_allclose(to_numpy(reply.latents, "latents"), expected, rtol=0, atol=1e-6)
+            images = (np.random.default_rng(0).random((2, 1, 28, 28)) < 0.3).astype(np.float32)
+            request = pb.ScoreRequest(model=flow, images=tensor(images), samples=8, seed=1)
+            scored = to_numpy(stub.Score(request, timeout=30).log_likelihood, "log_likelihood")
+        want = score_in_process(
+            Graph(version / "encoder.onnx"),
+            Graph(version / "decoder.onnx"),
+            likelihood_of(read_manifest(version)),
+            prior,
+            images,
+            draws(np.random.Generator(np.random.PCG64(1)), 8, 8),
+        )
+        np.testing.assert_allclose(scored, want.log_likelihood, rtol=0, atol=1e-4)

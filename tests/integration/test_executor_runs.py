@@ -14,9 +14,10 @@ import pytest
 
 from repository.errors import RepositoryError
 from repository.placement import ON_CPU
+from repository.prior import FlowPrior
 from repository.runtime import Graph
 from service.config import ServiceConfig
-from service.graph_sources import LocalGraphs, ServedGraph
+from service.graph_sources import LocalGraphs, ServedGraph, release_all
 from service.joined_runs import ExecutorMetrics, Job, Runner, WorkerChannel, run_jobs, take_joinable
 from service.loading import open_graphs
 from service.shared_arrays import Reader, Segment
@@ -148,14 +149,15 @@ def test_outputs_without_room_fail_that_batch_and_the_runner_goes_on(decoder: Gr
 
 
 class _HeldGraphs(LocalGraphs):
-    """Real local sessions, counting holds; the decoder's open fails (as a full device would)."""
+    """Real local sessions, counting holds; opening `fails` fails (as a full device would)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails: str = "decoder.onnx") -> None:
         super().__init__(ServiceConfig(), ON_CPU)
         self.held: list[str] = []
+        self.fails = fails
 
     def open(self, path: Path, sha256: str) -> ServedGraph:
-        if path.name == "decoder.onnx":
+        if path.name == self.fails:
             raise RepositoryError(f"{path}: no room on the device")
         self.held.append(path.name)
         return super().open(path, sha256)
@@ -170,3 +172,19 @@ def test_a_version_that_fails_to_open_gives_back_what_it_opened(tiny_model_repo:
     with pytest.raises(RepositoryError, match="no room on the device"):
         open_graphs(tiny_model_repo / "tiny" / "1", ServiceConfig(), source)
     assert source.held == []  # the encoder, opened first, was given back
+
+
+def test_a_prior_flows_graphs_are_opened_and_given_back_with_its_version(tiny_flow_repo: Path) -> None:
+    version = tiny_flow_repo / "tiny-flow" / "1"
+    source = _HeldGraphs(fails="prior_flow_sampler.onnx")
+    with pytest.raises(RepositoryError, match="no room on the device"):
+        open_graphs(version, ServiceConfig(), source)
+    assert source.held == []  # the encoder, decoder and the flow's density, opened before it
+    source.fails = ""
+    opened = open_graphs(version, ServiceConfig(), source)
+    assert sorted(source.held) == sorted(
+        ["encoder.onnx", "decoder.onnx", "prior_flow_density.onnx", "prior_flow_sampler.onnx"]
+    )
+    assert isinstance(opened.prior, FlowPrior)
+    release_all(source, opened.graphs)
+    assert source.held == []

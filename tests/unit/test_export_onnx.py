@@ -171,11 +171,20 @@ def test_a_vamp_prior_is_exported_as_the_posteriors_at_its_pseudo_inputs(
     np.testing.assert_allclose(prior.means, encoded["mu"], atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("repo_fixture", "name", "flow_layers"),
+    [("tiny_vamp_repo", "tiny-vamp", 0), ("tiny_flow_repo", "tiny-flow", 3)],
+)
 def test_evaluating_an_exported_learned_prior_matches_pytorch(
-    tiny_vamp_repo: Path, tiny_model_builder: Callable[..., VAE]
+    repo_fixture: str,
+    name: str,
+    flow_layers: int,
+    request: pytest.FixtureRequest,
+    tiny_model_builder: Callable[..., VAE],
 ) -> None:
-    version = tiny_vamp_repo / "tiny-vamp" / "1"
-    model = tiny_model_builder(0, prior="vamp", prior_components=3).eval()
+    version = request.getfixturevalue(repo_fixture) / name / "1"
+    prior = "mixture" if flow_layers else "vamp"  # tests/conftest.py: the flow moves tiny-mixture's prior
+    model = tiny_model_builder(0, prior=prior, prior_components=3, prior_flow_layers=flow_layers).eval()
     exported = ExportedModel(version, model.config, threads=1)
     z = torch.randn(16, 8) * 3
     with torch.no_grad():
@@ -191,8 +200,8 @@ def test_evaluating_an_exported_learned_prior_matches_pytorch(
 class _DriftingPriorVAE(VAE):
     """A prior whose PyTorch log p(z) is off by 1e-3 from the mixture it exports."""
 
-    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        return super().log_prior(z) + 1e-3
+    def log_base_prior(self, u: torch.Tensor) -> torch.Tensor:
+        return super().log_base_prior(u) + 1e-3
 
 
 def test_failed_prior_parity_writes_nothing(tmp_path: Path) -> None:

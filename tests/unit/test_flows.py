@@ -172,6 +172,9 @@ def test_a_run_without_flows_starts_one_with_them_and_not_the_other_way(tmp_path
         both.state_dict()["prior_flow.layers.0.net.0.weight"],
         prior_only.state_dict()["prior_flow.layers.0.net.0.weight"],
     )
-    with pytest.raises(ExportError, match=r"normalizing flows .*\(issue 31\)"):
+    # A posterior flow is not served: Encode's mean and log-variance would not describe the posterior.
+    with pytest.raises(
+        ExportError, match=r"posterior flow \(1 layers\), which the serving contract does not carry"
+    ):
         export_run(tmp_path / "flowed", tmp_path / "repo", "flowed")
-    assert not (tmp_path / "repo").exists()
+    assert not (tmp_path / "repo" / "flowed" / "1").exists()

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from repository.contract import graph_contract
+from repository.contract import flow_contract, graph_contract
 from repository.errors import ManifestError, RepositoryError
 from repository.manifest import (
     Fp16Entry,
     GraphEntry,
     Manifest,
     PriorEntry,
+    PriorFlowEntry,
     file_sha256,
     parse_manifest,
     read_manifest,
@@ -46,6 +47,35 @@ def _manifest(**changes: Any) -> Manifest:
         training={"model": {"latent_dim": 4}, "train": {}, "epochs": 2, "train_seconds": 1.5},
     )
     return dataclasses.replace(base, **changes)
+
+
+def _prior_flow(latent_dim: int = 4) -> PriorFlowEntry:
+    return PriorFlowEntry(
+        layers=3,
+        graphs={
+            role: GraphEntry(file=f"prior_flow_{role}.onnx", sha256="ef" * 32, inputs=inputs, outputs=outputs)
+            for role, (inputs, outputs) in flow_contract(latent_dim).items()
+        },
+        parity_max_abs_diff={"density": 1e-6, "sampler": 2e-6},
+    )
+
+
+def test_a_prior_flow_makes_format_3_which_older_readers_refuse_and_covers_its_graphs(tmp_path: Path) -> None:
+    manifest = _manifest(prior_flow=_prior_flow())
+    data = manifest.to_json()
+    assert data["format_version"] == 3 and data["prior_flow"]["layers"] == 3
+    assert "image" in data and "latent_dim" not in data  # format 2's model fields
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+    files = manifest.files()
+    assert files["prior_flow_density.onnx"] == files["prior_flow_sampler.onnx"] == "ef" * 32
+    # Its graphs keep format 1's metadata keys: the model itself is what format 1 says.
+    assert manifest.format_1_expressible
+    # A format 2 reader given a flow would serve the base prior alone: a flow is never read as format 2.
+    with pytest.raises(ManifestError, match="a prior_flow needs format_version 3"):
+        parse_manifest({**data, "format_version": 2})
+    with pytest.raises(ManifestError, match=r"prior_flow\.graphs\.sampler"):
+        parse_manifest(_edit(data, "prior_flow.graphs.sampler", _DELETE))
 
 
 def test_manifest_round_trips_through_model_json(tmp_path: Path) -> None:
@@ -164,7 +194,8 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("format_version", 3, "format_version is 3; this build reads 1 and 2"),
+        ("format_version", 4, "format_version is 4; this build reads 1, 2 and 3"),
+        ("format_version", 3, "a prior_flow needs format_version 3, and format_version 3 a prior_flow"),
         ("version", _DELETE, "missing field 'version'"),
         ("version", 0, "field 'version' must be positive"),
         ("latent_dim", True, "field 'latent_dim' must be int, got True"),

@@ -695,6 +695,7 @@ class ModelInfo(_message.Message):
     DECODER_OUTPUT_FIELD_NUMBER: _builtins.int
     HAS_PRIOR_FIELD_NUMBER: _builtins.int
     SCORABLE_FIELD_NUMBER: _builtins.int
+    PRIOR_FLOW_LAYERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     is_default: _builtins.bool
@@ -735,6 +736,12 @@ class ModelInfo(_message.Message):
     """Whether Sample is meaningful (decoding N(0, I) or the prior gives images)."""
     scorable: _builtins.bool
     """Whether Score is (the model has a likelihood)."""
+    prior_flow_layers: _builtins.int
+    """A normalizing flow on the prior (docs/export.md): its coupling layers; 0: none. With one, p(z) is
+    `prior` moved by the flow: Sample draws `prior` and maps the draws through the flow's inverse,
+    Score's log p(z) includes the flow's log-determinant. Encode still returns the posterior's mean
+    and log-variance (the posterior stays a diagonal Gaussian).
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Every loaded version of this model, ascending."""
@@ -783,10 +790,11 @@ class ModelInfo(_message.Message):
         decoder_output: _builtins.str = ...,
         has_prior: _builtins.bool = ...,
         scorable: _builtins.bool = ...,
+        prior_flow_layers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created", b"created", "decoder_output", b"decoder_output", "has_prior", b"has_prior", "image_channels", b"image_channels", "image_multiple_of", b"image_multiple_of", "image_shape", b"image_shape", "image_size", b"image_size", "is_default", b"is_default", "latent_channels", b"latent_channels", "latent_dim", b"latent_dim", "latent_downsampling", b"latent_downsampling", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "prior", b"prior", "provider", b"provider", "scaling_factor", b"scaling_factor", "scorable", b"scorable", "shift_factor", b"shift_factor", "value_range", b"value_range", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "created", b"created", "decoder_output", b"decoder_output", "has_prior", b"has_prior", "image_channels", b"image_channels", "image_multiple_of", b"image_multiple_of", "image_shape", b"image_shape", "image_size", b"image_size", "is_default", b"is_default", "latent_channels", b"latent_channels", "latent_dim", b"latent_dim", "latent_downsampling", b"latent_downsampling", "likelihood", b"likelihood", "max_batch_items", b"max_batch_items", "max_request_items", b"max_request_items", "name", b"name", "pairing_id", b"pairing_id", "prior", b"prior", "prior_flow_layers", b"prior_flow_layers", "provider", b"provider", "scaling_factor", b"scaling_factor", "scorable", b"scorable", "shift_factor", b"shift_factor", "value_range", b"value_range", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
