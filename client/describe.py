@@ -37,7 +37,7 @@ def _yes(flag: bool, detail: str = "") -> str:
 
 def _prior(info: ModelInfo) -> str:
     layers = info.prior_flow_layers
-    return f"{info.prior} with a {layers}-layer flow" if layers else info.prior
+    return f"{info.prior} + {layers}-layer flow" if layers else info.prior
 
 
 def describe(info: ModelInfo) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 from helpers.servers import RunningServer
 
 from client.clients import VaeClient
+from client.describe import describe
 from repository.manifest import BASE_LATENTS, LATENTS, read_manifest
 from repository.prior import FlowPrior, load_prior
 from repository.runtime import Graph
@@ -45,6 +46,7 @@ def prior(version: Path) -> FlowPrior:
 def test_model_info_names_the_flow(client: VaeClient) -> None:
     info = client.model_info()
     assert (info.prior, info.prior_flow_layers) == ("mixture", LAYERS)
+    assert "has_prior       yes (mixture + 3-layer flow)" in describe(info)  # `vae client info`
 
 
 def test_seeded_samples_are_the_flow_priors_own_and_the_stream_gives_the_same(
