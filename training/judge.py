@@ -110,8 +110,10 @@ def conditional_samples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """per_class samples of every class from a conditional version's decoder: (probs, requested labels).
 
-    z ~ N(0, temperature^2 I) and the decoder's pixel means, as the service's Sample returns them.
+    z ~ N(0, temperature^2 I), through a prior flow if the model has one, and the decoder's pixel means,
+    as the service's Sample returns them.
     """
+    from repository.prior import FlowPrior, load_prior
     from repository.runtime import Graph  # the one module that imports onnxruntime
 
     manifest = read_manifest(version_dir)
@@ -121,6 +123,9 @@ def conditional_samples(
     labels = np.repeat(np.arange(len(manifest.classes), dtype=np.int64), per_class)
     rng = np.random.default_rng(seed)
     z = (temperature * rng.standard_normal((len(labels), manifest.latent_dim))).astype(np.float32)
+    prior = load_prior(version_dir, manifest)
+    if isinstance(prior, FlowPrior):  # its base is N(0, I): conditional models learn no mixture
+        z = prior.latents(z)
     probs = np.concatenate(
         [
             decoder.run({LATENTS: z[i : i + 1000], LABELS: labels[i : i + 1000]}, (PROBS,))[PROBS]

@@ -182,3 +182,19 @@ def test_recover_reads_the_flow_back(tiny_flow_repo: Path, model: VAE, tmp_path:
         flowed = recovered.prior_flow(torch.from_numpy(u))  # type: ignore[misc]
     graph = Graph(tiny_flow_repo / FLOW / "1" / "prior_flow_density.onnx").run({"z": u})
     np.testing.assert_allclose(flowed[0].numpy(), graph[BASE_LATENTS], atol=1e-5)
+
+
+def test_a_conditional_models_judged_samples_go_through_its_flow(
+    tmp_path: Path, tiny_model_exporter: Callable[..., Path]
+) -> None:
+    from training.judge import conditional_samples
+
+    version = tiny_model_exporter(tmp_path, 1, seed=0, classes=("a", "b"), prior_flow_layers=LAYERS)
+    manifest = read_manifest(version)
+    assert manifest.conditional and manifest.prior is None and manifest.prior_flow is not None
+    probs, labels = conditional_samples(version, 3, temperature=0.5, seed=2)
+    z = (0.5 * np.random.default_rng(2).standard_normal((6, 8))).astype(np.float32)
+    prior = load_prior(version, manifest)
+    assert isinstance(prior, FlowPrior)
+    decoded = Graph(version / "decoder.onnx").run({"z": prior.latents(z), "y": labels}, ("probs",))["probs"]
+    np.testing.assert_allclose(probs, decoded, rtol=0, atol=1e-6)
