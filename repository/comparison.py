@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repository.manifest import IMAGES, LABELS, LATENTS, LOGITS, Manifest
+from repository.contract import flow_graph_name
+from repository.manifest import BASE_LATENTS, IMAGES, LABELS, LATENTS, LOG_DET, LOGITS, Manifest
 from repository.runtime import Graph
 
 # Half precision keeps ~3 significant digits and overflows past 65504. The bound is 1% of an
@@ -25,9 +26,10 @@ DEVICE_TOLERANCE = 1e-4
 # 1.2-1.9e-3 from the CPU on an H200.
 TF32_TOLERANCE = FP16_TOLERANCE
 # Logits of saturated pixels reach magnitudes of 20 or more, where float32 itself resolves only
-# ~2e-6, so they are compared relative to their scale and left out of the recorded max_abs_diff,
-# which covers mu, logvar and probs: the outputs the parity rule of the issue bounds absolutely.
-SCALED_OUTPUTS = frozenset({LOGITS})
+# ~2e-6, and a prior flow's log_det is a sum over the latent's dimensions, so they are compared
+# relative to their scale and left out of the recorded max_abs_diff, which covers mu, logvar, probs
+# and the flow's points: the outputs the parity rule of the issue bounds absolutely.
+SCALED_OUTPUTS = frozenset({LOGITS, LOG_DET})
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ def graph_differences(
 
 
 def _probe_feeds(manifest: Manifest, role: str, batch: int) -> dict[str, np.ndarray]:
+    """Probe inputs of graph `role`: encoder, decoder, or a prior flow's (contract.flow_graph_name)."""
+    if role in (flow_graph_name("density"), flow_graph_name("sampler")):
+        name = LATENTS if role == flow_graph_name("density") else BASE_LATENTS
+        return {name: probe_latents(manifest.latent_dim, batch)}
     size = probe_size(manifest)
     if role == "encoder":
         images = probe_images((manifest.image.channels, *size), batch, value_range=manifest.value_range)

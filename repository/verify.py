@@ -154,9 +154,10 @@ def _device_check(path: Path, manifest: Manifest, cpu: Mapping[str, Graph], plac
     tolerance = TF32_TOLERANCE if placement.tf32 else DEVICE_TOLERANCE
     found: list[str] = []
     problems: list[str] = []
+    # fp16 copies name their float32 graph's entry: the device runs the float32 graphs and the flow's.
+    float32 = [(role, file) for role, file, entry in _variants(manifest) if file == entry.file]
     try:
-        for role in GRAPHS:
-            file = manifest.graphs[role].file
+        for role, file in float32:
             graph = Graph(path / file, placement=placement)
             if graph.provider != placement.provider:  # onnxruntime fell back: nothing to compare
                 problems.append(f"{file} runs on {graph.provider}, not {placement.provider} (docs/gpu.md)")

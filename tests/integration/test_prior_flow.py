@@ -15,9 +15,11 @@ import torch
 from onnx import helper
 
 from export.recover import recover_run
+from repository.comparison import graph_differences
 from repository.manifest import BASE_LATENTS, LOG_DET, file_sha256, read_manifest
+from repository.placement import CUDA, Placement
 from repository.prior import FlowPrior, GaussianMixture, load_prior
-from repository.runtime import Graph
+from repository.runtime import Graph, available_providers
 from repository.scoring import Scorer, decode_all, draws, likelihood_of, score_in_process
 from repository.verify import verify_version
 from training import checkpoint as ckpt
@@ -198,3 +200,22 @@ def test_a_conditional_models_judged_samples_go_through_its_flow(
     assert isinstance(prior, FlowPrior)
     decoded = Graph(version / "decoder.onnx").run({"z": prior.latents(z), "y": labels}, ("probs",))["probs"]
     np.testing.assert_allclose(probs, decoded, rtol=0, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_verify_on_a_device_runs_the_flows_graphs_there_too(tiny_flow_repo: Path) -> None:
+    version = tiny_flow_repo / FLOW / "1"
+    manifest = read_manifest(version)
+    for role, outputs in (("density", {BASE_LATENTS, LOG_DET}), ("sampler", {"z"})):
+        graph = Graph(version / f"prior_flow_{role}.onnx")
+        differences = graph_differences(graph, graph, manifest, f"prior_flow.{role}", 1e-4, batch=8)
+        assert {d.output for d in differences} == outputs and all(d.max_abs_diff == 0 for d in differences)
+    if "CUDAExecutionProvider" in available_providers():
+        return  # the gpu-marked tests run the device itself
+    # Without CUDA onnxruntime falls back to the CPU, which the check reports for every float32 graph.
+    (failure,) = verify_version(version, placement=Placement(CUDA)).failures
+    assert all(
+        f"{file} runs on CPUExecutionProvider" in failure.message
+        for file in manifest.files()
+        if ".onnx" in file
+    )
