@@ -18,9 +18,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from repository.prior import FlowPrior
 from repository.scoring import Scorer, ScoringUnsupported, draws
-from service import codec, latents
+from service import codec, latents, prior_draws
 from service.batch_types import Items, labelled
 from service.batcher import Batcher
 from service.buckets import Buckets
@@ -34,7 +33,6 @@ from service.registry import LoadedModel, Registry
 from vae.v1 import vae_pb2 as pb
 from wire import tensors
 
-MAX_TEMPERATURE = 10.0
 # Score's decoder chunks queued at once: enough to keep the batcher busy, few enough that other
 # requests' items queue between them and that one Score never fills the queue by itself.
 SCORE_CHUNKS_IN_FLIGHT = 4
@@ -104,10 +102,11 @@ class VaeServicer:
         n = codec.count(request.n, "n", 1, self._config.max_request_items)
         y = codec.labels(request.labels, model.manifest, n)
         shape = sample_shape(model.manifest, request.height, request.width, self._config.max_image_pixels)
-        temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
-        u = _draw(model, latents.stream(_seed(request), self._rng), n, temperature, shape)
+        temperature = prior_draws.requested_temperature(request)
+        dtype = codec.output_dtype(request.output_dtype)
+        u = prior_draws.draw(model, latents.stream(_seed(request), self._rng), n, temperature, shape)
         self._check_size(self._image_bytes(model, u, dtype) + u.nbytes)
-        z, pixels = await _prior_images(call, model, u, y)
+        z, pixels = await prior_draws.images(call, model, u, y)
         call.items = n
         return _generated(Reply(pb.SampleResponse(model=model.ref)), model, pixels, dtype, z)
 
@@ -118,7 +117,8 @@ class VaeServicer:
         n = codec.count(request.n, "n", 1, self._config.max_stream_items)
         y = codec.labels(request.labels, model.manifest, n)
         shape = sample_shape(model.manifest, request.height, request.width, self._config.max_image_pixels)
-        temperature, dtype = _temperature(request), codec.output_dtype(request.output_dtype)
+        temperature = prior_draws.requested_temperature(request)
+        dtype = codec.output_dtype(request.output_dtype)
         one = np.zeros((1, *shape), np.float32)
         per_item = self._image_bytes(model, one, dtype) + one.nbytes
         decoder = model.decoders(one)
@@ -129,8 +129,9 @@ class VaeServicer:
         # Drawing chunk after chunk from one generator gives the same numbers as Sample's single draw.
         def chunks() -> Iterator[tuple[int, Coroutine[Any, Any, tuple[np.ndarray, np.ndarray]]]]:
             for start in range(0, n, chunk):
-                u = _draw(model, rng, min(chunk, n - start), temperature, shape)
-                yield start, _prior_images(call, model, u, None if y is None else y[start : start + len(u)])
+                u = prior_draws.draw(model, rng, min(chunk, n - start), temperature, shape)
+                labels = None if y is None else y[start : start + len(u)]
+                yield start, prior_draws.images(call, model, u, labels)
 
         # Two chunks in flight: the next one computes while the previous one is sent.
         async with aclosing(_pipelined(chunks(), depth=2)) as generated:
@@ -317,44 +318,8 @@ def _generated(
     return response
 
 
-async def _prior_images(
-    call: Call, model: LoadedModel, u: np.ndarray, y: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(latents, images) of base prior draws u: through a prior flow's inverse first, if the model has one."""
-    z = u if model.prior_sampler is None else (await call.run(model.prior_sampler, u))[0]
-    items = labelled(z, y)
-    (pixels,) = await call.run(model.decoders(items), items)
-    return z, pixels
-
-
-def _draw(
-    model: LoadedModel, rng: np.random.Generator, n: int, temperature: float, shape: tuple[int, ...]
-) -> np.ndarray:
-    """n draws of the model's base prior; spatial latents: N(0, T^2 I) of `shape`, as StandardNormal's.
-
-    A prior flow maps the draws to latents afterwards, in its own batches (_prior_images).
-    """
-    if isinstance(model.prior, FlowPrior):
-        return model.prior.base.sample(rng, n, temperature)
-    if model.prior is not None:
-        return model.prior.sample(rng, n, temperature)
-    z = rng.standard_normal((n, *shape), dtype=np.float32)
-    if temperature != 1.0:
-        z *= np.float32(temperature)
-    return z
-
-
 def _seed(request: pb.SampleRequest | pb.EncodeRequest | pb.ScoreRequest) -> int | None:
     return request.seed if request.HasField("seed") else None
-
-
-def _temperature(request: pb.SampleRequest) -> float:
-    if not request.HasField("temperature"):
-        return 1.0
-    value = request.temperature
-    if not 0 <= value <= MAX_TEMPERATURE:  # NaN fails too
-        raise InvalidArgument(f"temperature must be in 0..{MAX_TEMPERATURE:g}, got {value}")
-    return value
 
 
 def _pair(ends: np.ndarray, what: str) -> np.ndarray:
