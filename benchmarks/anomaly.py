@@ -24,9 +24,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks.inprocess import load_graphs
 from client.clients import VaeClient
-from repository.manifest import IMAGES, LATENTS, LOGVAR, MU, PROBS, read_manifest
+from repository.manifest import read_manifest
 from repository.prior import load_prior
 from repository.scoring import Scorer, decode_all, draws, likelihood_of
+from repository.tensor_names import IMAGES, LATENTS, LOGVAR, MU, PROBS
 from service.config import ServiceConfig
 from service.latents import reconstruction_error
 from service.server import VaeServer, create_server

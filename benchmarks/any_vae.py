@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import conditions
-from repository.manifest import DECODED_IMAGE, IMAGES, LATENTS, LOGVAR, MU, Manifest, read_manifest
+from repository.manifest import Manifest, read_manifest
 from repository.placement import select_placement
 from repository.runtime import Graph, available_providers
+from repository.tensor_names import DECODED_IMAGE, IMAGES, LATENTS, LOGVAR, MU
 from service.config import ServiceConfig
 
 _SD_BLOCKS = {"down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}

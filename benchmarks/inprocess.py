@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from repository.manifest import GRAPHS, LOGVAR, MU, PROBS
 from repository.runtime import Graph
+from repository.tensor_names import GRAPHS, LOGVAR, MU, PROBS
 from service.config import ServiceConfig
 
 # The outputs the service asks for: it never copies the decoder's logits back.

@@ -26,19 +26,7 @@ from export.graphs import OPSET, save_graph, to_onnx
 from repository.comparison import compare_outputs, probe_images, probe_latents
 from repository.contract import manifest_contract, manifest_metadata
 from repository.layout import publish_version, stage_version
-from repository.manifest import (
-    DECODED_IMAGE,
-    GRAPHS,
-    IMAGES,
-    LATENTS,
-    LOGVAR,
-    MU,
-    GraphEntry,
-    Manifest,
-    TensorInfo,
-    file_sha256,
-    write_manifest,
-)
+from repository.manifest import GraphEntry, Manifest, TensorInfo, file_sha256, write_manifest
 from repository.model_spec import (
     AXES,
     BATCH_AXIS,
@@ -47,6 +35,7 @@ from repository.model_spec import (
     LatentSpec,
 )
 from repository.runtime import Graph
+from repository.tensor_names import DECODED_IMAGE, GRAPHS, IMAGES, LATENTS, LOGVAR, MU
 from repository.verify import verify_version
 
 CONFIG_FILE = "config.json"

@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from export.graphs import TRACE_BATCH, name_batch_axis, save_graph, to_onnx
-from export.parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE
-from repository.comparison import compare_outputs, probe_latents, recorded_difference
-from repository.contract import flow_contract, flow_graph_name, graph_metadata
-from repository.manifest import BASE_LATENTS, BATCH_AXIS, FLOW_GRAPHS, LATENTS, LOG_DET, PriorFlowEntry
+from export.graphs import TRACE_BATCH, export_graph
+from export.parity import PARITY_BATCH_SIZES, parity_difference
+from repository.comparison import probe_latents
+from repository.contract import flow_contract, flow_graph_name
+from repository.manifest import FLOW_GRAPHS, PriorFlowEntry
 from repository.runtime import Graph
+from repository.tensor_names import BASE_LATENTS, LATENTS, LOG_DET
 from training.flows import CouplingFlow
 from training.model import VAE
 
@@ -58,28 +59,20 @@ def write_prior_flow(
     """Both flow graphs of `model` in `directory`, checked by onnx and against PyTorch; their entry."""
     config = model.config
     modules = {"density": FlowDensityGraph(model), "sampler": FlowSamplerGraph(model)}
-    batch = torch.export.Dim(BATCH_AXIS)
-    graphs = {}
-    for role, (inputs, outputs) in flow_contract(config.latent_dim).items():
-        proto = to_onnx(
+    graphs = {
+        role: export_graph(
+            model,
             modules[role],
             (torch.zeros(TRACE_BATCH, config.latent_dim),),
-            [t.name for t in inputs],
-            [t.name for t in outputs],
-            dynamic_shapes=({0: batch},),
-        )
-        name_batch_axis(proto)
-        metadata = graph_metadata(
+            tensors,
+            directory / f"prior_flow_{role}.onnx",
+            flow_graph_name(role),
             name=name,
             version=version,
-            latent_dim=config.latent_dim,
-            image_shape=config.image_shape,
-            likelihood=config.likelihood,
             pairing_id=pairing_id,
-            graph=flow_graph_name(role),
-            classes=config.classes,
         )
-        graphs[role] = save_graph(proto, directory / f"prior_flow_{role}.onnx", metadata, inputs, outputs)
+        for role, tensors in flow_contract(config.latent_dim).items()
+    }
     return PriorFlowEntry(
         layers=config.prior_flow_layers,
         graphs=graphs,
@@ -108,12 +101,6 @@ def check_flow_parity(model: VAE, files: Mapping[str, Path]) -> dict[str, float]
         }
         actual = {"density": density.run({LATENTS: points}), "sampler": sampler.run({BASE_LATENTS: points})}
         for role in FLOW_GRAPHS:
-            differences = compare_outputs(expected[role], actual[role], PARITY_TOLERANCE)
-            for d in differences:
-                if not d.ok:
-                    raise ExportError(
-                        f"parity failed for the {flow_graph_name(role)} graph: output {d.output!r} at batch "
-                        f"size {batch} {d.describe('PyTorch')}; nothing was written"
-                    )
-            worst[role] = max(worst[role], recorded_difference(differences))
+            difference = parity_difference(flow_graph_name(role), batch, expected[role], actual[role])
+            worst[role] = max(worst[role], difference)
     return worst

@@ -11,8 +11,9 @@ from onnxconverter_common import float16
 
 from export.errors import ExportError
 from repository.comparison import fp16_differences, recorded_difference
-from repository.manifest import GRAPHS, Fp16Entry, Manifest, file_sha256
+from repository.manifest import Fp16Entry, Manifest, file_sha256
 from repository.runtime import Graph
+from repository.tensor_names import GRAPHS
 
 
 def add_fp16(staged: Path, manifest: Manifest) -> Manifest:

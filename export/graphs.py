@@ -15,7 +15,8 @@ from torch import nn
 
 from export.errors import ExportError
 from repository.contract import graph_contract, graph_metadata
-from repository.manifest import BATCH_AXIS, GRAPHS, GraphEntry, TensorInfo, file_sha256
+from repository.manifest import BATCH_AXIS, GraphEntry, TensorInfo, file_sha256
+from repository.tensor_names import GRAPHS
 from training.model import VAE
 
 # torchlib's own opset: newer would make the exporter run a version converter, older ones lack ops
@@ -76,27 +77,57 @@ def write_graphs(
         "encoder": (torch.zeros(TRACE_BATCH, *config.image_shape), *labels),
         "decoder": (torch.zeros(TRACE_BATCH, config.latent_dim), *labels),
     }
-    batch = torch.export.Dim(BATCH_AXIS)
-    graphs = {}
-    for role in GRAPHS:
-        inputs, outputs = contract[role]
-        # Every input shares the one batch axis (forward's parameter names, in order).
-        dynamic = tuple({0: batch} for _ in examples[role])
-        names = [t.name for t in inputs], [t.name for t in outputs]
-        proto = to_onnx(modules[role], examples[role], *names, dynamic_shapes=dynamic)
-        name_batch_axis(proto)
-        metadata = graph_metadata(
+    return {
+        role: export_graph(
+            model,
+            modules[role],
+            examples[role],
+            contract[role],
+            directory / f"{role}.onnx",
+            role,
             name=name,
             version=version,
-            latent_dim=config.latent_dim,
-            image_shape=config.image_shape,
-            likelihood=config.likelihood,
             pairing_id=pairing_id,
-            graph=role,
-            classes=config.classes,
         )
-        graphs[role] = save_graph(proto, directory / f"{role}.onnx", metadata, inputs, outputs)
-    return graphs
+        for role in GRAPHS
+    }
+
+
+def export_graph(
+    model: VAE,
+    module: nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    tensors: tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]],
+    path: Path,
+    graph: str,
+    *,
+    name: str,
+    version: int,
+    pairing_id: str,
+) -> GraphEntry:
+    """`module` traced at `examples` into `path`, with the metadata of `model`'s graph `graph`.
+
+    tensors: the contract's (inputs, outputs); every input shares the one batch axis.
+    """
+    config = model.config
+    inputs, outputs = tensors
+    batch = torch.export.Dim(BATCH_AXIS)
+    dynamic = tuple({0: batch} for _ in examples)  # forward's parameters, in order
+    proto = to_onnx(
+        module, examples, [t.name for t in inputs], [t.name for t in outputs], dynamic_shapes=dynamic
+    )
+    name_batch_axis(proto)
+    metadata = graph_metadata(
+        name=name,
+        version=version,
+        latent_dim=config.latent_dim,
+        image_shape=config.image_shape,
+        likelihood=config.likelihood,
+        pairing_id=pairing_id,
+        graph=graph,
+        classes=config.classes,
+    )
+    return save_graph(proto, path, metadata, inputs, outputs)
 
 
 def save_graph(

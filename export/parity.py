@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ from repository.comparison import (
     probe_latents,
     recorded_difference,
 )
-from repository.manifest import GRAPHS, IMAGES, LABELS, LATENTS
 from repository.runtime import Graph
+from repository.tensor_names import GRAPHS, IMAGES, LABELS, LATENTS
 from training.model import VAE
 
 PARITY_BATCH_SIZES = (1, 7, 64)
@@ -47,12 +48,22 @@ def check_parity(model: VAE, graphs_dir: Path) -> dict[str, float]:
                 expected["decoder"]["logits"] = model.decode(torch.from_numpy(z), y).numpy()
         actual = {"encoder": encoder.run({IMAGES: x, **feeds}), "decoder": decoder.run({LATENTS: z, **feeds})}
         for role in GRAPHS:
-            differences = compare_outputs(expected[role], actual[role], PARITY_TOLERANCE)
-            for d in differences:
-                if not d.ok:
-                    raise ExportError(
-                        f"parity failed for the {role} graph: output {d.output!r} at batch size {batch} "
-                        f"{d.describe('PyTorch')}; nothing was written"
-                    )
-            worst[role] = max(worst[role], recorded_difference(differences))
+            worst[role] = max(worst[role], parity_difference(role, batch, expected[role], actual[role]))
     return worst
+
+
+def parity_difference(
+    graph: str, batch: int, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]
+) -> float:
+    """One graph's outputs against PyTorch's at one batch size: the difference model.json records.
+
+    Raises ExportError, naming the graph, the output and the batch size, past PARITY_TOLERANCE.
+    """
+    differences = compare_outputs(expected, actual, PARITY_TOLERANCE)
+    for d in differences:
+        if not d.ok:
+            raise ExportError(
+                f"parity failed for the {graph} graph: output {d.output!r} at batch size {batch} "
+                f"{d.describe('PyTorch')}; nothing was written"
+            )
+    return recorded_difference(differences)

@@ -23,8 +23,9 @@ from export.flow_graphs import check_flow_parity
 from export.graphs import WEIGHTS_PREFIX
 from export.parity import check_parity
 from repository.errors import CommandError
-from repository.manifest import FLOW_GRAPHS, GRAPHS, read_manifest
+from repository.manifest import FLOW_GRAPHS, read_manifest
 from repository.prior import GaussianMixture, load_base_prior
+from repository.tensor_names import GRAPHS
 from training import checkpoint as ckpt
 from training.config import model_config_from_dict, train_config_from_dict
 from training.model import VAE

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from repository.contract import flow_graph_name
-from repository.manifest import BASE_LATENTS, IMAGES, LABELS, LATENTS, LOG_DET, LOGITS, Manifest
+from repository.manifest import Manifest
 from repository.runtime import Graph
+from repository.tensor_names import BASE_LATENTS, IMAGES, LABELS, LATENTS, LOG_DET, LOGITS
 
 # Half precision keeps ~3 significant digits and overflows past 65504. The bound is 1% of an
 # output's scale (at least 0.01 absolute, about 2.5 grey levels of an 8-bit pixel): rounding noise

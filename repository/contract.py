@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import json
 
-from repository.manifest import (
+from repository.manifest import BATCH_AXIS, Manifest, Shape, TensorInfo
+from repository.model_spec import (
+    DETERMINISTIC,
+    HEIGHT,
+    LATENT_HEIGHT,
+    LATENT_WIDTH,
+    WIDTH,
+    ImageSpec,
+    LatentSpec,
+    flat_specs,
+)
+from repository.tensor_names import (
     BASE_LATENTS,
-    BATCH_AXIS,
     DECODED_IMAGE,
     IMAGES,
     LABEL_DTYPE,
@@ -20,19 +30,6 @@ from repository.manifest import (
     LOGVAR,
     MU,
     PROBS,
-    Manifest,
-    Shape,
-    TensorInfo,
-)
-from repository.model_spec import (
-    DETERMINISTIC,
-    HEIGHT,
-    LATENT_HEIGHT,
-    LATENT_WIDTH,
-    WIDTH,
-    ImageSpec,
-    LatentSpec,
-    flat_specs,
 )
 
 Contract = dict[str, tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from repository.comparison import compare_outputs, probe_latents
-from repository.manifest import BASE_LATENTS, LATENTS, LOG_DET
 from repository.prior import BasePrior, RunsGraph
+from repository.tensor_names import BASE_LATENTS, LATENTS, LOG_DET
 
 FLOW_CHECK_POINTS = 64
 # Round trips in float32 through layers that scale by at most e each: 1e-4 of the point's scale.

@@ -19,8 +19,9 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from repository.errors import RepositoryError
-from repository.manifest import BASE_LATENTS, FLOW_GRAPHS, LATENTS, LOG_DET, Manifest
+from repository.manifest import FLOW_GRAPHS, Manifest
 from repository.runtime import Graph
+from repository.tensor_names import BASE_LATENTS, LATENTS, LOG_DET
 
 LOG_2PI = math.log(2.0 * math.pi)
 PRIOR_FILE = "prior.npz"

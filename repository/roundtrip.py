@@ -12,8 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from repository.comparison import label_feeds, probe_images, probe_size
-from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, Manifest
+from repository.manifest import Manifest
 from repository.runtime import Graph
+from repository.tensor_names import IMAGES, LATENTS, LOGITS, LOGVAR, MU
 
 Expectation = tuple[str, np.ndarray, tuple[int, ...], Callable[[np.ndarray], bool], str]
 

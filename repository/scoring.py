@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from repository.errors import VaeError
-from repository.manifest import IMAGES, LATENTS, LOGITS, LOGVAR, MU, PROBS, Manifest, feeds
+from repository.manifest import Manifest
 from repository.prior import LOG_2PI, Prior
 from repository.runtime import Graph
+from repository.tensor_names import IMAGES, LATENTS, LOGITS, LOGVAR, MU, PROBS, feeds
 
 
 class ScoringUnsupported(VaeError, ValueError):

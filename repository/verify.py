@@ -32,21 +32,12 @@ from repository.contract import (
 )
 from repository.errors import ManifestError, VerificationError
 from repository.flow_checks import flow_problems
-from repository.manifest import (
-    FLOW_GRAPHS,
-    GRAPHS,
-    LABELS,
-    LATENTS,
-    GraphEntry,
-    Manifest,
-    TensorInfo,
-    file_sha256,
-    read_manifest,
-)
+from repository.manifest import FLOW_GRAPHS, GraphEntry, Manifest, TensorInfo, file_sha256, read_manifest
 from repository.placement import CPU, ON_CPU, Placement
 from repository.prior import PriorError, load_base_prior
 from repository.roundtrip import round_trip_problems, sizes_note
 from repository.runtime import Graph, TensorSpec
+from repository.tensor_names import GRAPHS, LABELS, LATENTS
 
 VERIFY_BATCH = 8
 _ORT_DTYPES = {"float": "float32", "double": "float64"}  # onnxruntime's names -> numpy's

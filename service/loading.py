@@ -20,17 +20,10 @@ import numpy as np
 
 from repository.errors import RepositoryError
 from repository.layout import list_models, list_versions
-from repository.manifest import (
-    GRAPHS,
-    IMAGES,
-    LATENTS,
-    LOGVAR,
-    MU,
-    Manifest,
-    feeds,
-)
+from repository.manifest import Manifest
 from repository.prior import FlowPrior, Prior, load_prior
 from repository.scoring import ScoringUnsupported, likelihood_of
+from repository.tensor_names import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, feeds
 from repository.verify import verify_version
 from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
 from service.batcher import Batcher

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from repository.manifest import GRAPHS
+from repository.tensor_names import GRAPHS
 from service.config import setting
 
 # Request latency: from well under a millisecond (one latent) to seconds (large streams).

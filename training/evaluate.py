@@ -18,18 +18,9 @@ from typing import Any
 
 import torch
 
-from repository.manifest import (
-    BASE_LATENTS,
-    IMAGES,
-    LATENTS,
-    LOG_DET,
-    LOGITS,
-    LOGVAR,
-    MU,
-    feeds,
-    read_manifest,
-)
+from repository.manifest import read_manifest
 from repository.prior import FlowPrior, GaussianMixture, load_prior
+from repository.tensor_names import BASE_LATENTS, IMAGES, LATENTS, LOG_DET, LOGITS, LOGVAR, MU, feeds
 from training import checkpoint as ckpt
 from training.config import (
     ModelConfig,

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from repository.manifest import LABELS, LATENTS, PROBS, read_manifest
+from repository.manifest import read_manifest
+from repository.tensor_names import LABELS, LATENTS, PROBS
 from training.data import load_dataset
 from training.train import to_unit_float
 

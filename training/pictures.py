@@ -163,9 +163,10 @@ def prior_samples(version: Path, n: int, temperature: float, seed: int) -> np.nd
     Its own prior, seeded as `vae client sample --seed SEED` seeds, its decoder graph in onnxruntime:
     a picture of them is what that request returns.
     """
-    from repository.manifest import LATENTS, PROBS, read_manifest
+    from repository.manifest import read_manifest
     from repository.prior import load_prior
     from repository.runtime import Graph
+    from repository.tensor_names import LATENTS, PROBS
 
     manifest = read_manifest(version)
     if manifest.classes:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.gpu import torch_eager
-from repository.manifest import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, PROBS, Manifest
+from repository.manifest import Manifest
 from repository.placement import CPU, Placement
 from repository.runtime import DATA_PATHS, DataPath, Graph
+from repository.tensor_names import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, PROBS
 from service.config import ServiceConfig
 from service.executor_client import ExecutorGraphs, RemoteGraph
 from service.shared_arrays import run_directory

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from repository.manifest import GRAPHS, Manifest
+from repository.manifest import Manifest
+from repository.tensor_names import GRAPHS
 
 # export/graphs.py's WEIGHTS_PREFIX; export itself is not imported, it needs the whole train extra.
 WEIGHTS_PREFIX = "vae."

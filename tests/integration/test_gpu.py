@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from helpers.servers import spawn_server
 
-from repository.manifest import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, PROBS, read_manifest
+from repository.manifest import read_manifest
 from repository.placement import CPU, CUDA, Placement
 from repository.runtime import DATA_PATHS, Graph, available_providers
+from repository.tensor_names import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, PROBS
 from service.sizing import CUDA_BATCH_ITEMS, auto_workers, usable_cores
 from vae_cli import main
 

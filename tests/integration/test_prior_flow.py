@@ -16,11 +16,12 @@ from onnx import helper
 
 from export.recover import recover_run
 from repository.comparison import graph_differences
-from repository.manifest import BASE_LATENTS, LOG_DET, file_sha256, read_manifest
+from repository.manifest import file_sha256, read_manifest
 from repository.placement import CUDA, Placement
 from repository.prior import FlowPrior, GaussianMixture, load_prior
 from repository.runtime import Graph, available_providers
 from repository.scoring import Scorer, decode_all, draws, likelihood_of, score_in_process
+from repository.tensor_names import BASE_LATENTS, LOG_DET
 from repository.verify import verify_version
 from training import checkpoint as ckpt
 from training.model import VAE

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from repository.manifest import LOGITS, PROBS, Manifest, v1_specs
+from repository.manifest import Manifest, v1_specs
 from repository.prior import GaussianMixture, Prior, StandardNormal
 from repository.scoring import Likelihood, Scorer, ScoringUnsupported, likelihood_of
+from repository.tensor_names import LOGITS, PROBS
 from training.losses import log_likelihood
 
 RNG = np.random.default_rng(0)

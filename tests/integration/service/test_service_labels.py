@@ -17,10 +17,11 @@ from helpers import vae
 from helpers.servers import RunningServer
 
 from client.clients import AsyncVaeClient, VaeClient
-from repository.manifest import IMAGES, LABELS, LATENTS, MU, PROBS, read_manifest
+from repository.manifest import read_manifest
 from repository.prior import StandardNormal
 from repository.runtime import Graph
 from repository.scoring import draws, likelihood_of, score_in_process
+from repository.tensor_names import IMAGES, LABELS, LATENTS, MU, PROBS
 from service.latents import interpolate
 from vae.v1 import vae_pb2 as pb
 from vae.v1 import vae_pb2_grpc

@@ -12,10 +12,11 @@ from helpers.servers import RunningServer
 
 from client.clients import VaeClient
 from client.describe import describe
-from repository.manifest import BASE_LATENTS, LATENTS, read_manifest
+from repository.manifest import read_manifest
 from repository.prior import FlowPrior, load_prior
 from repository.runtime import Graph
 from repository.scoring import draws, likelihood_of, score_in_process
+from repository.tensor_names import BASE_LATENTS, LATENTS
 
 FLOW, LAYERS, LATENT = "tiny-flow", 3, 8  # tests/conftest.py's tiny_flow_repo
 
