@@ -32,7 +32,15 @@ from repository.contract import (
 )
 from repository.errors import ManifestError, VerificationError
 from repository.flow_checks import flow_problems
-from repository.manifest import FLOW_GRAPHS, GraphEntry, Manifest, TensorInfo, file_sha256, read_manifest
+from repository.manifest import (
+    FLOW_GRAPHS,
+    GraphEntry,
+    Manifest,
+    PriorFlowEntry,
+    TensorInfo,
+    file_sha256,
+    read_manifest,
+)
 from repository.placement import CPU, ON_CPU, Placement
 from repository.prior import PriorError, load_base_prior
 from repository.roundtrip import round_trip_problems, sizes_note
@@ -134,7 +142,7 @@ def verify_version(path: Path, *, intra_op_threads: int = 1, placement: Placemen
         problems = _guarded(lambda: _fp16_problems(graphs, manifest))
         check("fp16", problems, f"half-precision graphs within {FP16_TOLERANCE} of float32")
     if manifest.prior_flow is not None:
-        checks.append(_flow_check(path, manifest, graphs))
+        checks.append(_flow_check(path, manifest, manifest.prior_flow, graphs))
     if placement.provider != CPU:
         checks.append(_device_check(path, manifest, graphs, placement))
     return VerifyReport(path, manifest, tuple(checks))
@@ -173,19 +181,16 @@ def _prior_problems(path: Path, manifest: Manifest) -> list[str]:
     return []
 
 
-def _flow_check(path: Path, manifest: Manifest, graphs: Mapping[str, Graph]) -> Check:
+def _flow_check(path: Path, manifest: Manifest, flow: PriorFlowEntry, graphs: Mapping[str, Graph]) -> Check:
     """The prior flow's graphs invert each other and give the Jacobian's log-determinant."""
-    if manifest.prior_flow is None:
-        raise ValueError("no prior flow to check")
-    density, sampler = (graphs[manifest.prior_flow.graphs[g].file] for g in FLOW_GRAPHS)
+    density, sampler = (graphs[flow.graphs[g].file] for g in FLOW_GRAPHS)
     try:
         problems, figures = flow_problems(density, sampler, load_base_prior(path, manifest))
     except PriorError as exc:  # the prior check has said why
         return Check("prior-flow", False, f"no base prior to check the flow on: {exc}")
     except Exception as exc:  # onnxruntime raises its own exception types at run time
         return Check("prior-flow", False, f"onnxruntime failed while running the flow: {exc}")
-    layers = manifest.prior_flow.layers
-    return Check("prior-flow", not problems, "; ".join(problems) or f"{layers} layers: {figures}")
+    return Check("prior-flow", not problems, "; ".join(problems) or f"{flow.layers} layers: {figures}")
 
 
 def _guarded(find_problems: Callable[[], list[str]]) -> list[str]:
@@ -222,9 +227,7 @@ def _location_problems(path: Path, manifest: Manifest) -> list[str]:
 
 
 def _contract_problems(manifest: Manifest) -> list[str]:
-    problems = _entry_problems(
-        manifest, manifest_contract(manifest), manifest.graphs, describe_model(manifest)
-    )
+    problems = _entry_problems(manifest_contract(manifest), manifest.graphs, describe_model(manifest))
     if manifest.prior_flow is not None:
         if manifest.is_spatial:
             return [*problems, "a prior flow needs flat latents; this model's are spatial"]
@@ -232,13 +235,11 @@ def _contract_problems(manifest: Manifest) -> list[str]:
         contract = {
             flow_graph_name(role): tensors for role, tensors in flow_contract(manifest.latent_dim).items()
         }
-        problems += _entry_problems(manifest, contract, flows, f"latent_dim {manifest.latent_dim}")
+        problems += _entry_problems(contract, flows, f"latent_dim {manifest.latent_dim}")
     return problems
 
 
-def _entry_problems(
-    manifest: Manifest, contract: Contract, entries: Mapping[str, GraphEntry], because: str
-) -> list[str]:
+def _entry_problems(contract: Contract, entries: Mapping[str, GraphEntry], because: str) -> list[str]:
     problems = []
     for role, (inputs, outputs) in contract.items():
         entry = entries[role]

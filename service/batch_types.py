@@ -60,6 +60,11 @@ def labelled(values: np.ndarray, labels: np.ndarray | None) -> Items:
     return values if labels is None else Labelled(values, labels)
 
 
+def values_of(items: Items) -> np.ndarray:
+    """The items' array, without a conditional model's labels."""
+    return items.values if isinstance(items, Labelled) else items
+
+
 def item_bytes(items: Items) -> int:
     """The bytes a request's items hold (a conditional model's labels included)."""
     return items.values.nbytes + items.labels.nbytes if isinstance(items, Labelled) else items.nbytes

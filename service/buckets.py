@@ -16,7 +16,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 
-from service.batch_types import Items, Labelled
+from service.batch_types import Items, values_of
 from service.batcher import Batcher
 
 # Shapes served at once besides the warmed one: each has a worker thread and a queue.
@@ -25,8 +25,7 @@ MAX_SHAPES = 8
 
 def item_shape(items: Items) -> tuple[int, ...]:
     """The shape of one item: what a batch's items must share."""
-    values = items.values if isinstance(items, Labelled) else items
-    return tuple(values.shape[1:])
+    return tuple(values_of(items).shape[1:])
 
 
 class Buckets:

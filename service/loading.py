@@ -25,7 +25,7 @@ from repository.prior import FlowPrior, Prior, load_prior
 from repository.scoring import ScoringUnsupported, likelihood_of
 from repository.tensor_names import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, feeds
 from repository.verify import verify_version
-from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled
+from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled, values_of
 from service.batcher import Batcher
 from service.buckets import Buckets
 from service.config import ServiceConfig
@@ -101,8 +101,7 @@ def _scoring_batch(graph: ServedGraph, output: str, prior: Prior) -> RunBatch:
     decode = _decoder_batch(graph, output)
 
     def run(latents: Items) -> tuple[np.ndarray, ...]:
-        values = latents.values if isinstance(latents, Labelled) else latents
-        return (*decode(latents), prior.log_prob(values))
+        return (*decode(latents), prior.log_prob(values_of(latents)))
 
     return run
 
@@ -111,7 +110,7 @@ def _prior_sampler_batch(prior: FlowPrior) -> RunBatch:
     """Base prior draws u -> (z = f^-1(u),): a prior flow's inverse."""
 
     def run(u: Items) -> tuple[np.ndarray, ...]:
-        return (prior.latents(u.values if isinstance(u, Labelled) else u),)
+        return (prior.latents(values_of(u)),)
 
     return run
 
