@@ -265,7 +265,7 @@ def register(commands: Any) -> None:
         "eval",
         parents=[data_dir],
         help="test ELBO, IW-NLL, active units",
-        description="k = 5000 over the whole MNIST test set takes about 1.5 h on 2 CPU cores.",
+        description="k = 5000 on all MNIST test images: about 1.5 h on 2 CPU cores; interrupted, it resumes.",
         epilog=(
             "examples:\n"
             "  vae eval runs/default --k 5000 --workers 2\n"

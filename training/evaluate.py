@@ -30,6 +30,7 @@ from training.config import (
     trains_on_binary,
 )
 from training.data import EVAL_BINARIZATION_SEED, load_dataset, model_inputs
+from training.eval_tasks import FinishedTasks, images_per_pass, images_per_task, progress_path
 from training.losses import gaussian_kl, log_likelihood
 from training.model import VAE, gaussian_draws, repeat_labels
 from training.priors import Components, log_prior
@@ -38,8 +39,6 @@ from training.train import class_labels, pick_device
 EVAL_NOISE_SEED = 12345
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[u]) above 1e-2
-# The IW-NLL's unit of work and of progress, at least: at k = 5000, about 10 s of one core.
-IMAGES_PER_TASK = 10
 
 
 class ExportedModel:
@@ -177,8 +176,8 @@ def evaluate_run(
 
     The IW-NLL runs over tasks of images, each with noise seeded by its first image, so the
     figures do not depend on `workers`, the processes that share the `threads`. Writes the
-    report to `out`, by default RUN/eval.json (an exported version's folder is never written to: it is
-    what its manifest's hashes describe).
+    report to `out`, by default RUN/eval.json (never to an exported version's folder: its manifest's
+    hashes describe it), and each task to OUT.partial, which an interrupted run resumes from.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -186,6 +185,10 @@ def evaluate_run(
         raise ValueError(f"workers must be at least 1, got {workers}")
     total_threads = threads or torch.get_num_threads()
     model, model_config, train_config, provenance = _load(run, device_name, total_threads)
+    if out is None:
+        if isinstance(model, ExportedModel):
+            raise ValueError("evaluating an exported version needs --out FILE for the report")
+        out = (run if run.is_dir() else run.parent) / "eval.json"
     device = torch.device("cpu") if isinstance(model, ExportedModel) else pick_device(device_name)
     if workers > 1 and device.type != "cpu":
         raise ValueError(f"workers split the CPU's threads; evaluate on {device} with workers = 1")
@@ -220,41 +223,47 @@ def evaluate_run(
             f" with {flows}" if model_config.flows else ""
         )
 
-    task_images = max(IMAGES_PER_TASK, _images_per_pass(k, batch_decodes))
-    chunks = range(0, len(x_all), task_images)
-    parts: dict[int, torch.Tensor] = {}
+    task_images = images_per_task(k, batch_decodes)
+    evaluation = {"model": str(run.resolve()), **provenance, "k": k, "images": [first_image, len(x_all)]}
+    evaluation |= {"task_images": task_images, "batch_decodes": batch_decodes, "noise_seed": EVAL_NOISE_SEED}
+    finished = FinishedTasks(progress_path(out), evaluation, announce=progress)
+    pending = finished.pending(range(0, len(x_all), task_images))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(x_all), desc=f"IW-NLL k={k}", unit="img", dynamic_ncols=True)
+        resumed = sum(map(len, finished.values.values()))
+        bar = tqdm(total=len(x_all), initial=resumed, desc=f"IW-NLL k={k}", unit="img", dynamic_ncols=True)
 
     def done(start: int, nll_part: torch.Tensor) -> None:
-        parts[start] = nll_part
+        finished.add(start, nll_part, finished.earlier_seconds + time.perf_counter() - started)
         if bar is not None:
             bar.update(len(nll_part))
-            bar.set_postfix(nll=f"{float(torch.cat(list(parts.values())).mean()):.2f}")
+            bar.set_postfix(nll=f"{float(torch.cat(list(finished.values.values())).mean()):.2f}")
 
     def task(start: int) -> tuple[torch.Tensor, torch.Tensor | None, int, int, int]:
         end = start + task_images
         y = None if y_all is None else y_all[start:end]
         return x_all[start:end], y, k, batch_decodes, EVAL_NOISE_SEED + first_image + start
 
-    if workers == 1:
-        for start in chunks:
-            done(start, _task_nll(model, *task(start)))
-    else:
-        # Processes of one thread each: on CPU they outpace one process of as many threads.
-        context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
-        per_worker = max(1, total_threads // workers)
-        with ProcessPoolExecutor(workers, context, _start_worker, (run, device_name, per_worker)) as pool:
-            futures = {pool.submit(_worker_task, *task(start)): start for start in chunks}
-            for future in as_completed(futures):
-                done(futures[future], future.result())
+    try:
+        if workers == 1:
+            for start in pending:
+                done(start, _task_nll(model, *task(start)))
+        else:
+            # Processes of one thread each: on CPU they outpace one process of as many threads.
+            context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
+            per_worker = max(1, total_threads // workers)
+            with ProcessPoolExecutor(workers, context, _start_worker, (run, device_name, per_worker)) as pool:
+                futures = {pool.submit(_worker_task, *task(start)): start for start in pending}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+    except BaseException:
+        finished.close(done=False)
+        raise
     if bar is not None:
         bar.close()
-    nll_values = [parts[start] for start in chunks]
-    nll = torch.cat(nll_values).double()
+    nll = torch.cat([finished.values[start] for start in sorted(finished.values)]).double()
 
     report = {
         "test_images": len(x_all),
@@ -272,14 +281,11 @@ def evaluate_run(
         "prior": model_config.prior + (f", {flows}" if model_config.flows else ""),
         "kl_per_dim": kl_per_dim,
         **provenance,
-        "eval_seconds": time.perf_counter() - started,
+        "eval_seconds": finished.earlier_seconds + time.perf_counter() - started,
         "workers": workers,
     }
-    if out is None:
-        if isinstance(model, ExportedModel):
-            raise ValueError("evaluating an exported version needs --out FILE for the report")
-        out = (run if run.is_dir() else run.parent) / "eval.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
+    finished.close(done=True)
     return report
 
 
@@ -288,16 +294,12 @@ def _task_nll(
 ) -> torch.Tensor:
     """IW-NLL of one task's images, in passes of as many images as batch_decodes decodes allow."""
     torch.manual_seed(seed)
-    per_pass = _images_per_pass(k, batch_decodes)
+    per_pass = images_per_pass(k, batch_decodes)
     values = []
     for start in range(0, len(x), per_pass):
         y_pass = None if y is None else y[start : start + per_pass]
         values.append(importance_weighted_nll(model, x[start : start + per_pass], k, batch_decodes, y_pass))
     return torch.cat(values)
-
-
-def _images_per_pass(k: int, batch_decodes: int) -> int:
-    return max(1, min(100, batch_decodes // k))
 
 
 _worker_model: Evaluable | None = None

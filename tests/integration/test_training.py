@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from training import checkpoint as ckpt
 from training.config import ModelConfig, TrainConfig
 from training.curve import nll_curve
 from training.data import default_data_dir, load_mnist, model_inputs, prepare_mnist
+from training.eval_tasks import progress_path
 from training.evaluate import evaluate_run, importance_weighted_nll
 from training.model import VAE
 from training.pictures import write_pictures
@@ -313,3 +315,51 @@ def test_a_fine_tune_refuses_a_run_of_another_network(tmp_path: Path, data_dir: 
     mixture = dataclasses.replace(SMALL_MODEL, prior="mixture", prior_components=4)
     with pytest.raises(ValueError, match="holds another model"):
         train(mixture, dataclasses.replace(one_epoch, init=str(base)), tmp_path / "c", data_dir=data_dir)
+
+
+# 30 tasks of 10 images, each 10,000 decodes: long enough to interrupt between two tasks.
+RESUMABLE = {"k": 1000, "subset": 300, "batch_decodes": 10_000}
+
+
+def test_an_interrupted_evaluation_resumes_with_the_uninterrupted_figures(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    first_epoch = TrainConfig(**{**SMALL_TRAINING.__dict__, "epochs": 1})
+    run = train(SMALL_MODEL, first_epoch, tmp_path / "run", data_dir=data_dir, progress=False)
+    options = {**RESUMABLE, "data_dir": data_dir, "progress": False}
+    whole = evaluate_run(run, out=tmp_path / "whole.json", **options)
+    assert not progress_path(tmp_path / "whole.json").exists()  # the report holds the figures
+
+    out = tmp_path / "resumed.json"
+    command = [sys.executable, "-m", "vae_cli", "eval", str(run), "--out", str(out), "--no-progress"]
+    command += ["--data-dir", str(data_dir), "--k", "1000", "--subset", "300", "--batch-decodes", "10000"]
+    evaluation = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while len(_lines(progress_path(out))) < 3 and evaluation.poll() is None:
+            time.sleep(0.005)
+    finally:
+        evaluation.kill()  # between tasks or in the middle of one: either way it must resume
+        evaluation.wait()
+    finished = len(_lines(progress_path(out))) - 1
+    assert not out.exists() and 2 <= finished < 30
+    with progress_path(out).open("a") as log:
+        log.write('{"start": 290, "nll": [8')  # a line the interruption cut short is dropped
+    resumed = evaluate_run(run, out=out, **options)
+    assert not progress_path(out).exists()
+    for figure in ("iw_nll", "iw_nll_stderr", "negative_elbo", "active_units"):
+        assert resumed[figure] == whole[figure], figure  # each task's noise is seeded by its first image
+    assert resumed["eval_seconds"] > 0
+
+    # Progress of another evaluation (here another k) is not taken for this one's.
+    other = {**RESUMABLE, "k": 999}
+    stale = evaluate_run(run, out=tmp_path / "other.json", **{**options, **other})
+    progress_path(out).write_text(
+        json.dumps({"evaluation": {"model": str(run.resolve()), "k": 999}}) + "\n"
+        + json.dumps({"start": 0, "nll": [0.0] * 10, "seconds": 1.0}) + "\n"
+    )  # fmt: skip
+    again = evaluate_run(run, out=out, **options)
+    assert again["iw_nll"] == whole["iw_nll"] != stale["iw_nll"]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
