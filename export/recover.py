@@ -57,7 +57,11 @@ def recover_run(version_dir: Path, run: Path) -> Path:
     if isinstance(prior, GaussianMixture):
         arrays = (prior.means, prior.logvars, prior.log_weights)
         weights |= mixture_state(tuple(torch.from_numpy(a) for a in arrays))  # type: ignore[arg-type]
-    missing = sorted(set(model.state_dict()) - set(weights))
+    # A buffer (a coupling layer's mask) is built from the config; onnx keeps one copy of equal constants,
+    # so a buffer may have no initializer of its own. The parity checks below cover the built ones.
+    built = model.state_dict()
+    weights |= {name: built[name] for name, _ in model.named_buffers() if name not in weights}
+    missing = sorted(set(built) - set(weights))
     if missing:
         raise ExportError(f"{version_dir}'s graphs lack weights of its model: {missing}")
     model.load_state_dict(weights)

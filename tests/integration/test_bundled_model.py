@@ -70,3 +70,29 @@ def test_the_default_version_recovers_into_a_checkpoint_for_fine_tuning(tmp_path
 
     path = recover_run(BUNDLED, tmp_path / "run")  # checks the rebuilt model against the graphs
     assert ckpt.load(path).model_config.prior == "mixture"
+
+
+# The flow-prior run on its way to version 3 (docs/results.md): served beside the default, and the
+# checkpoint the next stage of training recovers and continues from.
+FLOW = BUNDLED.parents[1] / "mnist-flow" / "1"
+
+
+def test_bundled_flow_model_verifies_its_flow_and_carries_a_measured_likelihood() -> None:
+    report = verify_version(FLOW)
+    assert report.ok, report.failures
+    assert "prior-flow" in [check.name for check in report.checks]
+    assert sum(f.stat().st_size for f in FLOW.iterdir()) < 20 * 1024 * 1024
+    manifest = json.loads((FLOW / "model.json").read_text())
+    assert (manifest["format_version"], manifest["prior_flow"]["layers"]) == (3, 8)
+    assert manifest["prior"]["kind"] == "mixture" and manifest["score_reference"]["images"] == 10_000
+    evaluation = manifest["eval"]
+    assert evaluation["iw_nll"] < evaluation["negative_elbo"]
+    assert evaluation["prior"] == "mixture, 8 prior and 0 posterior flow layers"
+
+
+def test_the_flow_model_recovers_with_its_flow_for_more_training(tmp_path: Path) -> None:
+    from export.recover import recover_run
+    from training import checkpoint as ckpt
+
+    recovered = ckpt.load(recover_run(FLOW, tmp_path / "run"))  # checks the flow's graphs too
+    assert (recovered.model_config.prior, recovered.model_config.prior_flow_layers) == ("mixture", 8)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,12 +63,27 @@ def _reported_nll(version: int) -> float:
     return float(manifest["eval"]["iw_nll"])
 
 
+def _test_images() -> np.ndarray:
+    directory = default_data_dir().resolve()
+    prepare_mnist(directory)
+    return model_inputs(load_mnist(directory).test_x[:IMAGES], True, EVAL_BINARIZATION_SEED)
+
+
+def _scores(client: VaeClient, test: np.ndarray, **version: Any) -> np.ndarray:
+    """log p(x) of each image, in requests of 50 (the server takes up to 64 images per Score), the
+    same draws of noise for every version."""
+    return np.concatenate(
+        [
+            client.score(test[i : i + 50], samples=200, seed=0, **version).log_likelihood
+            for i in range(0, IMAGES, 50)
+        ]
+    )
+
+
 def test_version_2_is_the_default_and_version_1_still_answers(
     start_server: Callable[..., RunningServer],
 ) -> None:
-    directory = default_data_dir().resolve()
-    prepare_mnist(directory)
-    test = model_inputs(load_mnist(directory).test_x[:IMAGES], True, EVAL_BINARIZATION_SEED)
+    test = _test_images()
     server = start_server(BUNDLED, model="mnist")
     with VaeClient(server.target) as client:
         latest, first = client.model_info(), client.model_info(version=1)
@@ -75,16 +91,7 @@ def test_version_2_is_the_default_and_version_1_still_answers(
         assert (first.version, first.prior) == (1, "normal")
         assert client.sample(3, seed=1, version=1).model == ("mnist", 1)
         assert client.sample(3, seed=1).model == ("mnist", 2)
-        # In requests of 50 (the server takes up to 64 images per Score), the same draws for each.
-        old, new = (
-            np.concatenate(
-                [
-                    client.score(test[i : i + 50], samples=200, seed=0, version=v).log_likelihood
-                    for i in range(0, IMAGES, 50)
-                ]
-            )
-            for v in (1, 2)
-        )
+        old, new = (_scores(client, test, version=v) for v in (1, 2))
     gain = new - old  # per image, on the same images and the same draws of noise
     reported = _reported_nll(1) - _reported_nll(2)
     standard_error = gain.std() / np.sqrt(IMAGES)
@@ -114,3 +121,19 @@ def test_the_judge_reads_prior_samples_of_both_versions(judge: Judge) -> None:
     for temperature in ("1", "0.8"):
         old, new = (reports[v]["temperatures"][temperature]["unsure"] for v in (1, 2))
         assert old > new + 0.1, (temperature, old, new)
+
+
+def test_the_flow_model_samples_through_its_flow_and_scores_above_version_2(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """mnist-flow/1, version 2 with a prior flow trained on (docs/results.md), beside the default."""
+    test = _test_images()
+    server = start_server(BUNDLED, model="mnist")
+    with VaeClient(server.target) as client:
+        info = client.model_info("mnist-flow")
+        assert (info.version, info.prior, info.prior_flow_layers, info.is_default) == (1, "mixture", 8, False)
+        drawn = client.sample(4, seed=3, model="mnist-flow")
+        assert drawn.model == ("mnist-flow", 1) and drawn.images.shape[0] == 4
+        flow, default = _scores(client, test, model="mnist-flow"), _scores(client, test)
+    gain = flow - default
+    assert gain.mean() > 3 * gain.std() / np.sqrt(IMAGES), gain.mean()
