@@ -155,10 +155,58 @@ async def load_model(
     A model of any image size is warmed at one size (warm_image_shape); see service/buckets.py.
     """
     opened = await asyncio.to_thread(open_graphs, path, config, source)
-    manifest, prior, encoder, decoder = opened.manifest, opened.prior, opened.encoder, opened.decoder
+    manifest = opened.manifest
+    try:
+        image = warm_image_shape(manifest)
+        latent = manifest.latent_shape(image[1:])
+        model = _assemble(opened, config, source, observers, tracer, image, latent)
+    except BaseException:
+        release_all(source, opened.graphs)  # no batcher holds them yet
+        raise
     label = f"{manifest.name}/{manifest.version}"
-    image = warm_image_shape(manifest)
-    latent = manifest.latent_shape(image[1:])
+    sizes = bucket_sizes(config.max_batch_items)
+    try:
+        await _warm_up(model, image, latent, sizes)
+    except BaseException:
+        await model.close()  # its batchers' threads, and the executor's hold on its graphs
+        raise
+    log.info(
+        "loaded %s on %s, warmed batch sizes %s at images %s%s",
+        label,
+        model.provider,
+        sizes,
+        list(image),
+        "" if manifest.fixed_image_shape else " (other sizes: batchers made unwarmed when first asked for)",
+    )
+    for role, graph, graph_batcher in (
+        ("encoder", opened.encoder, model.encoder),
+        ("decoder", opened.decoder, model.decoder),
+    ):
+        log.info(
+            "%s %s: %s; batches of at most %d items, started at once from %d (the knee), %.3g µs per item "
+            "in a full batch",
+            label,
+            role,
+            graph.describe(),
+            graph_batcher.max_batch_items,
+            graph_batcher.enough_items,
+            graph_batcher.item_seconds * 1e6,
+        )
+    return model
+
+
+def _assemble(
+    opened: OpenedVersion,
+    config: ServiceConfig,
+    source: GraphSource,
+    observers: Mapping[str, BatchObserver],
+    tracer: BatchTracer | None,
+    image: tuple[int, ...],
+    latent: tuple[int, ...],
+) -> LoadedModel:
+    """A version's batchers around its opened graphs: one per graph (per image size where sizes vary)."""
+    manifest, prior = opened.manifest, opened.prior
+    label = f"{manifest.name}/{manifest.version}"
 
     def batcher(run_batch: RunBatch, graph: str, name: str = "") -> Batcher:
         return Batcher(
@@ -181,12 +229,12 @@ async def load_model(
         dynamic = manifest.fixed_image_shape is None
         return Buckets(batcher(run_batch, graph), shape, make if dynamic else None)
 
-    model = LoadedModel(
+    return LoadedModel(
         manifest=manifest,
-        provider=decoder.provider,
-        encoders=buckets(_encoder_batch(encoder), "encoder", image),
+        provider=opened.decoder.provider,
+        encoders=buckets(_encoder_batch(opened.encoder), "encoder", image),
         # Decode and Sample send only the images: a Bernoulli decoder's logits stay behind.
-        decoders=buckets(_decoder_batch(decoder, manifest.image_output), "decoder", latent),
+        decoders=buckets(_decoder_batch(opened.decoder, manifest.image_output), "decoder", latent),
         # Warmed at its largest batch only: it runs the decoder's session, whose sizes are warmed below.
         # Its batches count in the decoder's series: they run the same graph (and log p(z), a prior
         # flow's density graph included).
@@ -198,35 +246,6 @@ async def load_model(
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
         release=partial(release_all, source, opened.graphs),
     )
-    sizes = bucket_sizes(config.max_batch_items)
-    try:
-        await _warm_up(model, image, latent, sizes)
-    except BaseException:
-        await model.close()  # its batchers' threads, and the executor's hold on its graphs
-        raise
-    log.info(
-        "loaded %s on %s, warmed batch sizes %s at images %s%s",
-        label,
-        model.provider,
-        sizes,
-        list(image),
-        "" if manifest.fixed_image_shape else " (other sizes: batchers made unwarmed when first asked for)",
-    )
-    for role, graph, graph_batcher in (
-        ("encoder", encoder, model.encoder),
-        ("decoder", decoder, model.decoder),
-    ):
-        log.info(
-            "%s %s: %s; batches of at most %d items, started at once from %d (the knee), %.3g µs per item "
-            "in a full batch",
-            label,
-            role,
-            graph.describe(),
-            graph_batcher.max_batch_items,
-            graph_batcher.enough_items,
-            graph_batcher.item_seconds * 1e6,
-        )
-    return model
 
 
 async def _warm_up(

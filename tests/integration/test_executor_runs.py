@@ -1,10 +1,12 @@
 """The device executor's runs on a real graph: joined batches answer each worker with its own rows; a
-version that fails to open gives back the graphs it held."""
+version that fails to open, to be assembled or to warm up gives back the graphs it held."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -19,7 +21,8 @@ from repository.runtime import Graph
 from service.config import ServiceConfig
 from service.graph_sources import LocalGraphs, ServedGraph, release_all
 from service.joined_runs import ExecutorMetrics, Job, Runner, WorkerChannel, run_jobs, take_joinable
-from service.loading import open_graphs
+from service.loading import load_model, open_graphs
+from service.metrics import SERVED_GRAPHS, Metrics
 from service.shared_arrays import Reader, Segment
 
 
@@ -148,22 +151,39 @@ def test_outputs_without_room_fail_that_batch_and_the_runner_goes_on(decoder: Gr
     runner.stop()
 
 
-class _HeldGraphs(LocalGraphs):
-    """Real local sessions, counting holds; opening `fails` fails (as a full device would)."""
+class _LostGraph:
+    """An opened graph whose runs fail, as on a device lost after the version opened."""
 
-    def __init__(self, fails: str = "decoder.onnx") -> None:
+    def __init__(self, graph: Graph) -> None:
+        self.path = graph.path
+        self.provider = graph.provider
+        self.describe = graph.describe
+
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        raise RuntimeError("CUDA failure 999: device lost")
+
+
+class _HeldGraphs(LocalGraphs):
+    """Real local sessions, counting holds; opening `fails` fails (as a full device would), running
+    `lost` fails."""
+
+    def __init__(self, fails: str = "decoder.onnx", lost: str = "") -> None:
         super().__init__(ServiceConfig(), ON_CPU)
         self.held: list[str] = []
         self.fails = fails
+        self.lost = lost
 
     def open(self, path: Path, sha256: str) -> ServedGraph:
         if path.name == self.fails:
             raise RepositoryError(f"{path}: no room on the device")
         self.held.append(path.name)
-        return super().open(path, sha256)
+        graph = super().open(path, sha256)
+        return _LostGraph(graph) if path.name == self.lost else graph
 
     def release(self, graph: ServedGraph) -> None:
-        assert isinstance(graph, Graph)
+        assert isinstance(graph, Graph | _LostGraph)
         self.held.remove(graph.path.name)
 
 
@@ -187,4 +207,26 @@ def test_a_prior_flows_graphs_are_opened_and_given_back_with_its_version(tiny_fl
     )
     assert isinstance(opened.prior, FlowPrior)
     release_all(source, opened.graphs)
+    assert source.held == []
+
+
+def test_a_version_that_cannot_be_assembled_or_warmed_up_gives_back_what_it_opened(
+    tiny_model_repo: Path,
+) -> None:
+    version = tiny_model_repo / "tiny" / "1"
+    config = ServiceConfig(max_batch_items=16)  # as the server resolves it (service/sizing.py)
+    metrics = Metrics()
+    observers = {graph: metrics.graph(graph) for graph in SERVED_GRAPHS}
+    source = _HeldGraphs(fails="", lost="decoder.onnx")
+    with pytest.raises(RuntimeError, match="device lost"):
+        asyncio.run(load_model(version, config, source, observers))
+    assert source.held == []  # the encoder's batches ran; the decoder's first one failed
+    source.lost = ""
+    without_decoders = {graph: observer for graph, observer in observers.items() if graph != "decoder"}
+    with pytest.raises(KeyError, match="decoder"):
+        asyncio.run(load_model(version, config, source, without_decoders))
+    assert source.held == []  # failed before any batcher held them
+    model = asyncio.run(load_model(version, config, source, observers))
+    assert sorted(source.held) == ["decoder.onnx", "encoder.onnx"]
+    asyncio.run(model.close())
     assert source.held == []
