@@ -165,12 +165,12 @@ class _LostGraph:
         raise RuntimeError("CUDA failure 999: device lost")
 
 
-class _HeldGraphs(LocalGraphs):
+class _HeldGraphs:
     """Real local sessions, counting holds; opening `fails` fails (as a full device would), running
     `lost` fails."""
 
     def __init__(self, fails: str = "decoder.onnx", lost: str = "") -> None:
-        super().__init__(ServiceConfig(), ON_CPU)
+        self.local = LocalGraphs(ServiceConfig(), ON_CPU)
         self.held: list[str] = []
         self.fails = fails
         self.lost = lost
@@ -179,7 +179,7 @@ class _HeldGraphs(LocalGraphs):
         if path.name == self.fails:
             raise RepositoryError(f"{path}: no room on the device")
         self.held.append(path.name)
-        graph = super().open(path, sha256)
+        graph = self.local.open(path, sha256)
         return _LostGraph(graph) if path.name == self.lost else graph
 
     def release(self, graph: ServedGraph) -> None:
