@@ -33,6 +33,11 @@ def log_likelihood(model: VAE | Any, decoded: torch.Tensor, x: torch.Tensor) -> 
     return log_density.sum(dims)
 
 
+def float32(x: torch.Tensor) -> torch.autocast:
+    """Densities and bounds in float32 even where the networks ran under autocast (train.precision)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension, shape of mu."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
@@ -70,20 +75,21 @@ def elbo_loss(
             f"{model.config.posterior_flow_layers}): set free_bits = 0"
         )
     decoded, mu, logvar, z, log_q = (net or model)(x, 1, y)
-    recon = -log_likelihood(model, decoded, x)
-    if not model.config.analytic_kl:
-        kl = log_q[0] - model.log_prior(z[0])
-        kl_for_loss = kl.sum()
-    elif free_bits > 0:
-        kl_dims = gaussian_kl(mu, logvar)
-        kl = kl_dims.sum(1)
-        kl_for_loss = torch.clamp(kl_dims.mean(0), min=free_bits).sum() * x.shape[0]
-    else:
-        kl = gaussian_kl(mu, logvar).sum(1)
-        kl_for_loss = kl.sum()
-    total = recon.sum() + beta * kl_for_loss
-    loss = total if sum_over_batch else total / x.shape[0]
-    return LossTerms(loss, (recon + kl).mean().detach(), recon.mean().detach(), kl.mean().detach())
+    with float32(x):
+        recon = -log_likelihood(model, decoded, x)
+        if not model.config.analytic_kl:
+            kl = log_q[0] - model.log_prior(z[0])
+            kl_for_loss = kl.sum()
+        elif free_bits > 0:
+            kl_dims = gaussian_kl(mu, logvar)
+            kl = kl_dims.sum(1)
+            kl_for_loss = torch.clamp(kl_dims.mean(0), min=free_bits).sum() * x.shape[0]
+        else:
+            kl = gaussian_kl(mu, logvar).sum(1)
+            kl_for_loss = kl.sum()
+        total = recon.sum() + beta * kl_for_loss
+        loss = total if sum_over_batch else total / x.shape[0]
+        return LossTerms(loss, (recon + kl).mean().detach(), recon.mean().detach(), kl.mean().detach())
 
 
 def log_importance_weights(
@@ -93,15 +99,16 @@ def log_importance_weights(
     passed: tuple[torch.Tensor, ...] = (net or model)(x, k, y)
     decoded, _, _, z, log_q = passed
     x_rep = x.expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
-    log_px_z = log_likelihood(model, decoded, x_rep).reshape(k, x.shape[0])
-    return log_px_z + model.log_prior(z) - log_q
+    with float32(x):
+        log_px_z = log_likelihood(model, decoded, x_rep).reshape(k, x.shape[0])
+        return log_px_z + model.log_prior(z) - log_q
 
 
 def iwae_loss(
     model: VAE, x: torch.Tensor, k: int, net: nn.Module | None = None, y: torch.Tensor | None = None
 ) -> LossTerms:
     """The importance-weighted bound with k samples, averaged over the batch."""
-    log_w = log_importance_weights(model, x, k, net, y)
+    log_w = log_importance_weights(model, x, k, net, y)  # float32
     bound = torch.logsumexp(log_w, 0) - math.log(k)
     loss = -bound.mean()
     zero = torch.zeros((), device=x.device)

@@ -223,8 +223,11 @@ class VAE(nn.Module):
         (samples, B). Training goes through forward so that DistributedDataParallel sees every pass.
         """
         mu, logvar = self.encode(x, y)
-        z, log_q = self.draw_posterior(mu, logvar, samples)
-        return self.decode(z.reshape(-1, mu.shape[1]), repeat_labels(y, samples)), mu, logvar, z, log_q
+        mu, logvar = mu.float(), logvar.float()  # the networks may run under autocast; never the draws
+        with torch.autocast(x.device.type, enabled=False):
+            z, log_q = self.draw_posterior(mu, logvar, samples)
+        decoded = self.decode(z.reshape(-1, mu.shape[1]), repeat_labels(y, samples))
+        return decoded.float(), mu, logvar, z, log_q
 
 
 def gaussian_draws(mu: torch.Tensor, logvar: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -234,19 +234,20 @@ def train(
             lr = learning_rate(config, step / total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if config.objective == "iwae":
-                terms = iwae_loss(model, x, config.iw_samples, net, y)
-            else:
-                weight = kl_weight(config, epoch + batch_index / steps_per_epoch)
-                terms = elbo_loss(
-                    model,
-                    x,
-                    net,
-                    y=y,
-                    beta=weight,
-                    free_bits=config.free_bits,
-                    sum_over_batch=config.reduction == "sum",
-                )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                if config.objective == "iwae":
+                    terms = iwae_loss(model, x, config.iw_samples, net, y)
+                else:
+                    weight = kl_weight(config, epoch + batch_index / steps_per_epoch)
+                    terms = elbo_loss(
+                        model,
+                        x,
+                        net,
+                        y=y,
+                        beta=weight,
+                        free_bits=config.free_bits,
+                        sum_over_batch=config.reduction == "sum",
+                    )
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(terms.loss)
             if config.grad_clip > 0:

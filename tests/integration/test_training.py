@@ -22,6 +22,7 @@ from training.curve import nll_curve
 from training.data import default_data_dir, load_mnist, model_inputs, prepare_mnist
 from training.eval_tasks import progress_path
 from training.evaluate import evaluate_run, importance_weighted_nll
+from training.losses import log_importance_weights, log_likelihood
 from training.model import VAE
 from training.pictures import write_pictures
 from training.train import VALIDATION_SEED, train, validation_nelbo
@@ -303,6 +304,47 @@ def test_an_iwae_fine_tune_starts_from_a_vampprior_run_as_the_mixture_it_is(
     assert after["val_iw_nelbo"] < after["val_nelbo"]
     assert state.best_val_nelbo == after["val_iw_nelbo"]
     assert state.train_seconds > source.train_seconds  # the whole model's time, base run included
+
+
+def test_bfloat16_training_learns_as_float32_does_and_keeps_weights_and_bounds_in_float32(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    flow = dataclasses.replace(
+        SMALL_MODEL, prior="mixture", prior_components=4, prior_flow_layers=2, flow_hidden=16
+    )
+    iwae = dataclasses.replace(SMALL_TRAINING, objective="iwae", iw_samples=4)
+    runs = {
+        precision: train(
+            flow,
+            dataclasses.replace(iwae, precision=precision),
+            tmp_path / precision,
+            data_dir=data_dir,
+            progress=False,
+        )
+        for precision in ("float32", "bfloat16")
+    }
+    full, half = (_read_metrics(runs[precision]) for precision in ("float32", "bfloat16"))
+    assert half[-1]["val_iw_nelbo"] < half[0]["val_iw_nelbo"] - 5  # it learns
+    assert half[-1]["val_iw_nelbo"] != full[-1]["val_iw_nelbo"]  # it ran otherwise...
+    assert half[-1]["val_iw_nelbo"] == pytest.approx(full[-1]["val_iw_nelbo"], abs=2.0)  # ...as well
+    state = ckpt.load(runs["bfloat16"])
+    assert {t.dtype for t in state.model_state.values() if t.is_floating_point()} == {torch.float32}
+    # Under autocast the networks round to bfloat16; the draws, the flow and the bound stay float32.
+    model = state.build_model().eval()
+    x = torch.from_numpy(model_inputs(load_mnist(data_dir).val_x[:256], True, VALIDATION_SEED))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            decoded, mu, logvar, z, log_q = model(x, 4)
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            log_w = log_importance_weights(model, x, 4)
+        assert {t.dtype for t in (decoded, mu, logvar, z, log_q, log_w)} == {torch.float32}
+        torch.manual_seed(0)
+        assert torch.equal(model.draw_posterior(mu, logvar, 4)[0], z)
+        x_rep = x.expand(4, *x.shape).reshape(-1, *x.shape[1:])
+        in_float32 = log_likelihood(model, decoded, x_rep).reshape(4, -1) + model.log_prior(z) - log_q
+    assert torch.allclose(log_w, in_float32, atol=1e-4)
 
 
 def test_a_fine_tune_refuses_a_run_of_another_network(tmp_path: Path, data_dir: Path) -> None:

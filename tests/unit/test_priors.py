@@ -148,3 +148,16 @@ def test_the_fine_tune_recipe_continues_the_default_run_as_a_mixture_on_the_iw_b
     assert tune.model == dataclasses.replace(default.model, prior="mixture")
     assert (tune.train.init, tune.train.objective, tune.train.iw_samples) == ("runs/default", "iwae", 8)
     assert tune.train.lr < default.train.lr
+
+
+def test_the_flow_continuation_recipe_is_the_flow_run_on_a_tighter_bound_at_a_lower_rate() -> None:
+    flow, more = load_recipe(RECIPES / "default-flow.toml"), load_recipe(RECIPES / "default-flow-k32.toml")
+    assert more.model == flow.model
+    assert more.train == dataclasses.replace(
+        flow.train,
+        init="runs/default-flow/epoch-028.pt",  # models/mnist-flow/1
+        iw_samples=32,
+        lr=1e-4,
+        epochs=14,
+        snapshot_every=1,
+    )
