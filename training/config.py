@@ -128,6 +128,9 @@ class TrainConfig:
     seed: int = 0
     train_subset: int = 0  # 0 = all training images
     val_subset: int = 0
+    # "train+val" also trains on the validation images (MNIST: 60,000 in all, the protocol of Burda et
+    # al. 2015); validation figures then describe images it trained on, so best.pt is the last epoch.
+    train_on: Literal["train", "train+val"] = "train"
     snapshot_every: int = 0  # also keep epoch-NNN.pt every N epochs, for NLL-against-time curves; 0 = off
     # A run (directory or .pt) whose weights start this one, to fine-tune it; "" starts from scratch.
     # The optimizer starts afresh; train_seconds goes on from that run's, so it counts the whole model.
@@ -140,6 +143,8 @@ class TrainConfig:
             raise ValueError("snapshot_every must be 0 (off) or a number of epochs")
         if self.objective == "iwae" and self.iw_samples < 2:
             raise ValueError("objective 'iwae' needs iw_samples >= 2")
+        if self.train_on not in ("train", "train+val"):
+            raise ValueError(f"train_on must be 'train' or 'train+val', got {self.train_on!r}")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.objective == "elbo" and self.iw_samples != 1:

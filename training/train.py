@@ -167,14 +167,20 @@ def train(
             f"the dataset's images are {splits.image_shape} but the model expects "
             f"{model_config.image_shape}; set [model] image_shape = {list(splits.image_shape)}"
         )
-    train_images = torch.from_numpy(splits.train_x[: config.train_subset or None]).to(device)
+    train_x, train_y = (
+        splits.train_x[: config.train_subset or None],
+        splits.train_y[: config.train_subset or None],
+    )
+    val_x, val_y = splits.val_x[: config.val_subset or None], splits.val_y[: config.val_subset or None]
+    if config.train_on == "train+val":
+        train_x, train_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
+    train_images = torch.from_numpy(train_x).to(device)
     binarized = trains_on_binary(model_config, config)
-    val_x = model_inputs(splits.val_x[: config.val_subset or None], binarized, VALIDATION_SEED)
-    val_images = torch.from_numpy(val_x).to(device)
+    val_images = torch.from_numpy(model_inputs(val_x, binarized, VALIDATION_SEED)).to(device)
     train_labels = val_labels = None
     if model_config.conditional:
-        train_labels = class_labels(splits.train_y[: config.train_subset or None], model_config).to(device)
-        val_labels = class_labels(splits.val_y[: config.val_subset or None], model_config).to(device)
+        train_labels = class_labels(train_y, model_config).to(device)
+        val_labels = class_labels(val_y, model_config).to(device)
 
     torch.manual_seed(config.seed)
     model = VAE(model_config)
@@ -302,7 +308,7 @@ def train(
                 min(best, val),
                 elapsed,
             )
-            if val < best:
+            if val < best or config.train_on == "train+val":
                 best = val
                 ckpt.save(run_dir / ckpt.BEST, state)
             ckpt.save(run_dir / ckpt.LAST, state)

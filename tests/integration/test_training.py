@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,6 +61,23 @@ def test_training_lowers_validation_loss_and_writes_a_self_describing_run(
     assert records[-1]["val_nelbo"] < validation_nelbo(untrained, val) - 100
     assert records[-1]["val_nelbo"] < records[0]["val_nelbo"]
     assert (run / "tensorboard").is_dir() and any((run / "tensorboard").iterdir())
+
+
+def test_training_on_the_validation_images_too_takes_both_and_keeps_the_last_epoch(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    both = dataclasses.replace(SMALL_TRAINING, train_on="train+val")
+    run = train(
+        SMALL_MODEL, dataclasses.replace(both, epochs=1), tmp_path / "run", data_dir=data_dir, progress=False
+    )
+    steps = math.ceil((1536 + 256) / 64)  # train_subset and val_subset images
+    assert _read_metrics(run)[0]["step"] == steps
+    # As if the first epoch were unbeatable on validation: images it trained on, so it does not count.
+    last = ckpt.load(run / ckpt.LAST)
+    ckpt.save(run / ckpt.LAST, dataclasses.replace(last, best_val_nelbo=-math.inf))
+    train(SMALL_MODEL, both, run, data_dir=data_dir, progress=False, resume=True)
+    assert [r["step"] for r in _read_metrics(run)] == [steps, 2 * steps]
+    assert ckpt.load(run / ckpt.BEST).epoch == 2
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path: Path, data_dir: Path) -> None:
