@@ -74,7 +74,7 @@ def test_the_default_version_recovers_into_a_checkpoint_for_fine_tuning(tmp_path
 
 # The flow-prior run on its way to version 3 (docs/results.md): served beside the default, and the
 # checkpoint the next stage of training recovers and continues from.
-FLOW = BUNDLED.parents[1] / "mnist-flow" / "1"
+FLOW = BUNDLED.parents[1] / "mnist-flow" / "2"
 
 
 def test_bundled_flow_model_verifies_its_flow_and_carries_a_measured_likelihood() -> None:

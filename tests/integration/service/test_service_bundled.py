@@ -126,14 +126,14 @@ def test_the_judge_reads_prior_samples_of_both_versions(judge: Judge) -> None:
 def test_the_flow_model_samples_through_its_flow_and_scores_above_version_2(
     start_server: Callable[..., RunningServer],
 ) -> None:
-    """mnist-flow/1, version 2 with a prior flow trained on (docs/results.md), beside the default."""
+    """mnist-flow/2, version 2 with a prior flow trained on (docs/results.md), beside the default."""
     test = _test_images()
     server = start_server(BUNDLED, model="mnist")
     with VaeClient(server.target) as client:
         info = client.model_info("mnist-flow")
-        assert (info.version, info.prior, info.prior_flow_layers, info.is_default) == (1, "mixture", 8, False)
+        assert (info.version, info.prior, info.prior_flow_layers, info.is_default) == (2, "mixture", 8, False)
         drawn = client.sample(4, seed=3, model="mnist-flow")
-        assert drawn.model == ("mnist-flow", 1) and drawn.images.shape[0] == 4
+        assert drawn.model == ("mnist-flow", 2) and drawn.images.shape[0] == 4
         flow, default = _scores(client, test, model="mnist-flow"), _scores(client, test)
     gain = flow - default
     assert gain.mean() > 3 * gain.std() / np.sqrt(IMAGES), gain.mean()
