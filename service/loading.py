@@ -23,15 +23,16 @@ from repository.layout import list_models, list_versions
 from repository.manifest import Manifest
 from repository.prior import FlowPrior, Prior, load_prior
 from repository.scoring import ScoringUnsupported, likelihood_of
-from repository.tensor_names import GRAPHS, IMAGES, LATENTS, LOGVAR, MU, feeds
+from repository.tensor_names import GRAPHS
 from repository.verify import verify_version
-from service.batch_types import BatchObserver, BatchTracer, Items, Labelled, RunBatch, labelled, values_of
+from service.batch_types import BatchObserver, BatchTracer, RunBatch, labelled
 from service.batcher import Batcher
 from service.buckets import Buckets
 from service.config import ServiceConfig
 from service.graph_sources import GraphSource, ServedGraph, release_all
 from service.metrics import PRIOR_FLOW, SERVED_GRAPHS, Metrics
 from service.registry import LoadedModel, Registry, Scoring
+from service.run_batches import decoder_batch, encoder_batch, prior_sampler_batch, scoring_batch
 from service.version_watch import VersionWatch, file_signature
 from service.warm_up import bucket_sizes
 from vae.v1 import vae_pb2 as pb
@@ -74,47 +75,6 @@ def open_graphs(path: Path, config: ServiceConfig, source: GraphSource) -> Opene
     return OpenedVersion(manifest, prior, encoder, decoder, tuple(graphs))
 
 
-def _inputs(name: str, items: Items) -> dict[str, np.ndarray]:
-    """A batch as a graph's inputs: a conditional model's labels go to its second input."""
-    return feeds(name, items.values, items.labels) if isinstance(items, Labelled) else {name: items}
-
-
-def _encoder_batch(graph: ServedGraph) -> RunBatch:
-    def run(images: Items) -> tuple[np.ndarray, ...]:
-        out = graph.run(_inputs(IMAGES, images), (MU, LOGVAR))
-        return out[MU], out[LOGVAR]
-
-    return run
-
-
-def _decoder_batch(graph: ServedGraph, output: str) -> RunBatch:
-    """Latents -> the one decoder output asked for; the others are never copied back."""
-
-    def run(latents: Items) -> tuple[np.ndarray, ...]:
-        return (graph.run(_inputs(LATENTS, latents), (output,))[output],)
-
-    return run
-
-
-def _scoring_batch(graph: ServedGraph, output: str, prior: Prior) -> RunBatch:
-    """Latents -> (the likelihood's decoder output, log p(z)): log p(z) too off the event loop."""
-    decode = _decoder_batch(graph, output)
-
-    def run(latents: Items) -> tuple[np.ndarray, ...]:
-        return (*decode(latents), prior.log_prob(values_of(latents)))
-
-    return run
-
-
-def _prior_sampler_batch(prior: FlowPrior) -> RunBatch:
-    """Base prior draws u -> (z = f^-1(u),): a prior flow's inverse."""
-
-    def run(u: Items) -> tuple[np.ndarray, ...]:
-        return (prior.latents(values_of(u)),)
-
-    return run
-
-
 def _scoring(
     manifest: Manifest, opened: OpenedVersion, batcher: Callable[[RunBatch], Batcher]
 ) -> Scoring | ScoringUnsupported:
@@ -125,7 +85,7 @@ def _scoring(
     if opened.prior is None:
         return ScoringUnsupported(f"model {manifest.name!r}: Score of spatial latents is not served")
     prior = opened.prior
-    return Scoring(likelihood, prior, batcher(_scoring_batch(opened.decoder, likelihood.output, prior)))
+    return Scoring(likelihood, prior, batcher(scoring_batch(opened.decoder, likelihood.output, prior)))
 
 
 # A model of any image size is warmed at one small size: the smallest multiple of its divisibility
@@ -232,16 +192,16 @@ def _assemble(
     return LoadedModel(
         manifest=manifest,
         provider=opened.decoder.provider,
-        encoders=buckets(_encoder_batch(opened.encoder), "encoder", image),
+        encoders=buckets(encoder_batch(opened.encoder), "encoder", image),
         # Decode and Sample send only the images: a Bernoulli decoder's logits stay behind.
-        decoders=buckets(_decoder_batch(opened.decoder, manifest.image_output), "decoder", latent),
+        decoders=buckets(decoder_batch(opened.decoder, manifest.image_output), "decoder", latent),
         # Warmed at its largest batch only: it runs the decoder's session, whose sizes are warmed below.
         # Its batches count in the decoder's series: they run the same graph (and log p(z), a prior
         # flow's density graph included).
         scoring=_scoring(manifest, opened, lambda run: batcher(run, "decoder", "decoder-score")),
         prior=prior,
         prior_sampler=(
-            batcher(_prior_sampler_batch(prior), PRIOR_FLOW) if isinstance(prior, FlowPrior) else None
+            batcher(prior_sampler_batch(prior), PRIOR_FLOW) if isinstance(prior, FlowPrior) else None
         ),
         ref=pb.ModelRef(name=manifest.name, version=manifest.version),
         release=partial(release_all, source, opened.graphs),
