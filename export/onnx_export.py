@@ -71,6 +71,8 @@ def export_run(
         "epochs": checkpoint.epoch,
         "train_seconds": checkpoint.train_seconds,
     }
+    if checkpoint.averaged_epochs:
+        training["averaged_epochs"] = list(checkpoint.averaged_epochs)
     return export_model(
         checkpoint.build_model(),
         repo,

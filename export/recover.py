@@ -80,6 +80,7 @@ def recover_run(version_dir: Path, run: Path) -> Path:
         optimizer_state=None,
         best_val_nelbo=math.inf,
         train_seconds=float(training["train_seconds"]),
+        averaged_epochs=tuple(training.get("averaged_epochs", ())),
     )
     ckpt.save(target, checkpoint)
     return target

@@ -41,6 +41,7 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     best_val_nelbo: float
     train_seconds: float
+    averaged_epochs: tuple[int, ...] = ()  # the snapshots `vae average` made these weights from
 
     def build_model(self) -> VAE:
         model = VAE(self.model_config)
@@ -58,6 +59,7 @@ def save(path: Path, checkpoint: Checkpoint) -> None:
         "optimizer_state": checkpoint.optimizer_state,
         "best_val_nelbo": checkpoint.best_val_nelbo,
         "train_seconds": checkpoint.train_seconds,
+        "averaged_epochs": list(checkpoint.averaged_epochs),
     }
     partial = path.with_suffix(".tmp")
     torch.save(payload, partial)
@@ -80,6 +82,7 @@ def load(path: Path) -> Checkpoint:
         optimizer_state=payload["optimizer_state"],
         best_val_nelbo=payload["best_val_nelbo"],
         train_seconds=payload["train_seconds"],
+        averaged_epochs=tuple(payload.get("averaged_epochs", ())),
     )
 
 

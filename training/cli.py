@@ -162,6 +162,13 @@ def _curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _average(args: argparse.Namespace) -> int:
+    from training.average import average_snapshots
+
+    print(average_snapshots(args.run, first_epoch=args.from_epoch, out=args.out))
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from training.pictures import write_pictures
 
@@ -301,6 +308,23 @@ def register(commands: Any) -> None:
     curve.add_argument("--k", type=int, default=100, help="importance samples per image")
     curve.add_argument("--subset", type=int, default=1000, help="the first N test images (0 = all)")
     curve.set_defaults(handler=_curve)
+
+    average = commands.add_parser(
+        "average",
+        help="average a run's epoch snapshots into one model (stochastic weight averaging)",
+        description=(
+            "Writes the uniform average of the weights of every epoch-NNN.pt that `train.snapshot_every` "
+            "kept (from --from-epoch on) to RUN/averaged.pt, a checkpoint to evaluate and export."
+        ),
+        epilog=(
+            "example:\n  vae average runs/v3-trainval\n"
+            "  vae export runs/v3-trainval/averaged.pt --repo models --name mnist-flow"
+        ),
+    )
+    average.add_argument("run", type=Path, help="run directory")
+    average.add_argument("--from-epoch", type=int, default=1, help="the first snapshot's epoch")
+    average.add_argument("--out", type=Path, default=None, help="checkpoint file (default RUN/averaged.pt)")
+    average.set_defaults(handler=_average)
 
     sample = commands.add_parser(
         "sample",

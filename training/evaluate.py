@@ -329,7 +329,7 @@ def _load(
             "checkpoint_epoch": training["epochs"],
             "train_seconds": training["train_seconds"],
             "engine": f"onnxruntime ({path})",
-        }
+        } | _averaged(training.get("averaged_epochs", []))
         return (
             ExportedModel(path, model_config, threads),
             model_config,
@@ -342,5 +342,10 @@ def _load(
         "checkpoint_epoch": state.epoch,
         "train_seconds": state.train_seconds,
         "engine": f"torch ({device})",
-    }
+    } | _averaged(list(state.averaged_epochs))
     return state.build_model().to(device), state.model_config, state.train_config, provenance
+
+
+def _averaged(epochs: list[int]) -> dict[str, list[int]]:
+    """The report names the snapshots of an averaged model (`vae average`); others say nothing."""
+    return {"averaged_epochs": epochs} if epochs else {}

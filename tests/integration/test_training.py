@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from export.onnx_export import export_run
+from export.recover import recover_run
 from training import checkpoint as ckpt
+from training.average import AVERAGED, average_snapshots
 from training.config import ModelConfig, TrainConfig
 from training.curve import nll_curve
 from training.data import default_data_dir, load_mnist, model_inputs, prepare_mnist
@@ -292,6 +294,49 @@ def test_snapshots_give_a_curve_of_nll_against_training_time(tmp_path: Path, dat
     assert [v["val_nelbo"] for v in curve["validation"]] == [r["val_nelbo"] for r in _read_metrics(run)]
     with Image.open(run / "curve.png") as picture:
         assert picture.size[0] > 300 and len(picture.getcolors(maxcolors=1 << 20) or []) > 10
+
+
+def test_averaging_a_runs_snapshots_gives_a_model_of_their_mean_weights_to_evaluate_and_export(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    flow_model = dataclasses.replace(
+        SMALL_MODEL, prior="mixture", prior_components=4, prior_flow_layers=2, flow_hidden=16
+    )
+    config = TrainConfig(**{**SMALL_TRAINING.__dict__, "epochs": 3, "snapshot_every": 1})
+    run = train(flow_model, config, tmp_path / "run", data_dir=data_dir, progress=False)
+    second, third = ckpt.load(run / "epoch-002.pt"), ckpt.load(run / "epoch-003.pt")
+    averaged = ckpt.load(average_snapshots(run, first_epoch=2))
+    assert (averaged.averaged_epochs, averaged.epoch, averaged.optimizer_state) == ((2, 3), 3, None)
+    assert averaged.model_config == flow_model and averaged.train_seconds == third.train_seconds
+    buffers = {name for name, _ in averaged.build_model().named_buffers()}
+    assert any(name.startswith("prior_flow.") for name in buffers)  # the coupling layers' masks
+    for name, value in averaged.model_state.items():
+        before, after = second.model_state[name], third.model_state[name]
+        assert torch.allclose(value, (before + after) / 2, rtol=0, atol=1e-7), name
+        if name in buffers:
+            assert torch.equal(value, after), name
+    moved = [
+        name
+        for name in averaged.model_state
+        if not torch.equal(second.model_state[name], third.model_state[name])
+    ]
+    assert len(moved) > len(averaged.model_state) // 2  # the epochs differ, so the mean is neither
+
+    report = evaluate_run(run / AVERAGED, k=16, subset=24, data_dir=data_dir, progress=False,
+                          out=tmp_path / "averaged-eval.json")  # fmt: skip
+    assert report["averaged_epochs"] == [2, 3] and "averaged_epochs" not in evaluate_run(
+        run / "epoch-003.pt", k=16, subset=24, data_dir=data_dir, progress=False, out=tmp_path / "e3.json"
+    )
+    version = export_run(run / AVERAGED, tmp_path / "models", "small")
+    assert json.loads((version / "model.json").read_text())["training"]["averaged_epochs"] == [2, 3]
+    assert evaluate_run(version, k=16, subset=24, data_dir=data_dir, progress=False,
+                        out=tmp_path / "onnx-eval.json")["averaged_epochs"] == [2, 3]  # fmt: skip
+
+    recovered = recover_run(version, tmp_path / "recovered")
+    assert ckpt.load(recovered).averaged_epochs == (2, 3)
+
+    with pytest.raises(ValueError, match="1 snapshot"):
+        average_snapshots(run, first_epoch=3)
 
 
 def test_an_iwae_fine_tune_starts_from_a_vampprior_run_as_the_mixture_it_is(

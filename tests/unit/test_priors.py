@@ -161,3 +161,16 @@ def test_the_flow_continuation_recipe_is_the_flow_run_on_a_tighter_bound_at_a_lo
         epochs=14,
         snapshot_every=1,
     )
+
+
+def test_the_train_and_validation_recipe_continues_the_k32_run_on_60000_images_in_bfloat16() -> None:
+    more = load_recipe(RECIPES / "default-flow-k32.toml")
+    trainval = load_recipe(RECIPES / "default-flow-trainval.toml")
+    assert trainval.model == more.model
+    assert trainval.train == dataclasses.replace(
+        more.train,
+        init="runs/default-flow-k32/best.pt",  # models/mnist-flow/2
+        train_on="train+val",
+        precision="bfloat16",
+        epochs=12,
+    )
