@@ -105,10 +105,12 @@ def test_overload_is_refused_at_admission_and_throughput_recovers(tiny_model_rep
     assert flood.failed("RESOURCE_EXHAUSTED") == 0 and calm.failed() == 0 and recovered.failed() == 0
     assert refused_by_server == rejected
     assert "queue full" in flood.messages["RESOURCE_EXHAUSTED"]
-    # Refusal happens at admission, before any queueing: by its own clock the server answered at
-    # least as many flood calls within 5 ms as it refused (admitted ones wait behind a full queue).
-    # The client's clock adds its own event loop, busy with the flood: a loose bound there.
-    assert fast >= rejected
+    # Refusal happens at admission, before any queueing: by its own clock the server answered about
+    # as many flood calls within 5 ms as it refused (admitted ones wait behind a full queue); refusals
+    # that queued would all take longer. A busy 2-core machine may stall a handful (9,258 of 9,259
+    # once), so 1% may miss. The client's clock adds its own event loop, busy with the flood: a loose
+    # bound there.
+    assert fast >= 0.99 * rejected
     assert flood.percentile("RESOURCE_EXHAUSTED", 50) < 0.25
     # Admitted calls wait behind at most a full queue, not behind the flood.
     assert flood.percentile("OK", 99) < 2.0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from repository.layout import list_versions, version_dir
 from repository.verify import verify_version
 
 MNIST = Path(__file__).resolve().parents[2] / "models" / "mnist"
@@ -74,7 +75,7 @@ def test_the_default_version_recovers_into_a_checkpoint_for_fine_tuning(tmp_path
 
 # The flow-prior run on its way to version 3 (docs/results.md): served beside the default, and the
 # checkpoint the next stage of training recovers and continues from.
-FLOW = BUNDLED.parents[1] / "mnist-flow" / "2"
+FLOW = version_dir(BUNDLED.parents[1], "mnist-flow", max(list_versions(BUNDLED.parents[1], "mnist-flow")))
 
 
 def test_bundled_flow_model_verifies_its_flow_and_carries_a_measured_likelihood() -> None:

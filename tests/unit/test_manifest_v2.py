@@ -24,7 +24,7 @@ from repository.scoring import ScoringUnsupported, likelihood_of
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = sorted(path.parent for path in MODELS.glob("*/*/model.json"))
-# mnist-flow/2 is format 3 (a prior flow): format 1 cannot describe it.
+# mnist-flow's version is format 3 (a prior flow): format 1 cannot describe it.
 FORMAT_1 = [v for v in BUNDLED if json.loads((v / "model.json").read_text())["format_version"] == 1]
 
 
