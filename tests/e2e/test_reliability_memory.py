@@ -92,10 +92,12 @@ def test_hostile_requests_cannot_inflate_the_servers_memory() -> None:
             f"after {huge_after / MiB:.0f}; "
             + "; ".join(f"12.8 MB burst peak {p / MiB:.0f}, after {a / MiB:.0f}" for p, a in rounds)
         )
-        # Sixteen messages of 64 MiB each, or sixteen of the largest valid size: none is kept.
-        assert huge_after - before < 160 * MiB, (before, huge_peak, huge_after)
+        # Sixteen messages of 64 MiB each, or sixteen of the largest valid size: none is kept. Messages
+        # refused by size never reach a handler, so no trim follows them: what gRPC's core buffered of
+        # them (186 MiB once, in a full suite) stays in the allocator's free lists until the next large
+        # call's trim, which the Encode rounds bring. A message kept alive would outlast that trim.
         for _, after in rounds:
-            assert after - before < 160 * MiB, (before, rounds)
+            assert after - before < 160 * MiB, (before, huge_peak, huge_after, rounds)
         assert server.metric("vae_requests_total", method="Encode", code="INVALID_ARGUMENT") == 2 * CALLERS
     finally:
         server.stop()
